@@ -1,0 +1,18 @@
+"""The shared entry point of every `python -m competition.<verb>`: user mistakes become one line and exit 2."""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from competition.errors import UserError
+
+
+def main_guard(main: Callable[[list[str]], None], argv: list[str] | None = None) -> None:
+    try:
+        main(sys.argv[1:] if argv is None else argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

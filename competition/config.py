@@ -1,0 +1,297 @@
+"""Experiment configuration: `experiments/<exp>/config.yaml`, the bases it names, and command-line overrides.
+
+One typed schema (the dataclasses below) is the single list of valid keys, so a misspelt or mistyped key fails
+at load time with its name and the closest valid keys instead of being silently ignored mid-run.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from competition.errors import UserError
+from competition.metrics import METRICS
+
+EXPERIMENTS_DIR = Path("experiments")
+
+
+@dataclass
+class SourceConfig:
+    """Where one set of clips lives and how its labels and groups are read."""
+
+    path: str = ""  # a folder or a .zip (read in place, never extracted)
+    subdir: str = ""  # a folder inside `path`, e.g. "train" inside a zip
+    layout: str = "files"  # files | table | class_folders | filename (labelled sets), files (unlabelled test)
+    table: str = ""  # label table, relative to the source (inside the zip too) or an absolute path
+    header: bool = False  # whether the label table's first line names its columns
+    delimiter: str = ""  # "" picks tab for .tsv, comma otherwise
+    id_column: str = "id"  # with a header: column names; without one, the columns are id, label[, group]
+    label_column: str = "label"
+    group_column: str = ""  # a column naming the speaker (or any group that must stay in one fold)
+    filename_regex: str = ""  # matched against the file name without extension; named groups: label, group
+
+
+@dataclass
+class DataConfig:
+    name: str = ""  # names the fold file folds/<name>.csv and the waveform cache
+    train: SourceConfig = field(default_factory=lambda: SourceConfig(layout="table"))
+    test: Optional[SourceConfig] = None
+    extensions: list[str] = field(default_factory=lambda: [".wav", ".flac"])
+    skip_bad_audio: bool = False  # leave out unreadable files (listed) instead of stopping
+    strict: bool = True  # false leaves out table ids without audio and audio without a label, with a warning
+    cache_dir: str = ""  # "" means $COMPETITION_CACHE/waveforms, else ~/.cache/competition/waveforms
+    workers: int = 0  # decoding processes; 0 means one per CPU core
+
+
+@dataclass
+class AudioConfig:
+    sample_rate: int = 16000
+    duration: float = 1.0  # seconds the model sees: shorter clips are padded, longer ones cropped
+
+
+@dataclass
+class FoldsConfig:
+    n_splits: int = 5
+    seed: int = 42
+    holdout: float = 0.0  # fraction of the groups locked away as fold -1, never trained on
+
+
+@dataclass
+class FrontendConfig:
+    n_mels: int = 64
+    n_fft: int = 1024
+    hop_length: int = 160
+    f_min: float = 0.0
+    f_max: Optional[float] = None  # None means sample_rate / 2
+    top_db: float = 80.0
+    normalize: str = "clip"  # clip (standardise each spectrogram) | none
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet18"  # any timm model name
+    pretrained: bool = False
+    weights_file: str = ""  # local pretrained weights (.pth, .bin, .safetensors); adapted to in_chans=1
+    drop_rate: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    schedule: str = "onecycle"  # onecycle | cosine | constant
+    patience: int = 0  # stop after this many epochs without a better validation metric; 0 never stops early
+    metric: str = "accuracy"  # accuracy | balanced_accuracy | macro_f1 | log_loss | roc_auc
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported); ignored on the CPU
+    seed: int = 42
+
+
+@dataclass
+class SubmissionConfig:
+    """The contest's answer-file format."""
+
+    id_column: str = "id"
+    label_column: str = "label"
+    delimiter: str = ","
+    header: bool = True
+    id_suffix: str = ""  # appended to each id, e.g. ".wav" when the contest names files
+    extension: str = "csv"
+
+
+@dataclass
+class Config:
+    base: Any = None  # a path or list of paths, relative to the file that names them
+    data: DataConfig = field(default_factory=DataConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+
+
+CHOICES = {
+    "data.train.layout": ("table", "class_folders", "filename", "files"),
+    "frontend.normalize": ("clip", "none"),
+    "train.schedule": ("onecycle", "cosine", "constant"),
+    "train.metric": tuple(METRICS),
+}
+
+
+@dataclass
+class Experiment:
+    """A named experiment: its folder (outputs go to fold_<k>/ beside the config) and resolved config."""
+
+    name: str
+    dir: Path
+    cfg: DictConfig
+
+    def fold_dir(self, fold: int) -> Path:
+        return self.dir / f"fold_{fold}"
+
+
+def _demo_path(sub: str) -> str:
+    from competition.demo import demo_path
+
+    return demo_path(sub)
+
+
+def _register_resolvers() -> None:
+    """`${demo:words/train}` in a config generates the built-in demo on first use and gives its path."""
+    if not OmegaConf.has_resolver("demo"):
+        OmegaConf.register_resolver("demo", _demo_path)
+
+
+def valid_keys(node: Any = None, prefix: str = "") -> list[str]:
+    """Every dotted key the schema accepts, for 'did you mean' suggestions."""
+    node = OmegaConf.structured(Config) if node is None else node
+    keys = []
+    for key in node:
+        dotted = f"{prefix}{key}"
+        keys.append(dotted)
+        child = OmegaConf.select(node, str(key))
+        if isinstance(child, DictConfig):
+            keys.extend(valid_keys(child, f"{dotted}."))
+    return keys
+
+
+def _suggest(key: str) -> str:
+    keys = valid_keys() + ["data.test." + k.split(".", 2)[2] for k in valid_keys() if k.startswith("data.train.")]
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+    if not close:  # a right leaf under the wrong section, e.g. epochs=3 for train.epochs
+        leaf = key.rsplit(".", 1)[-1]
+        close = [k for k in keys if k.rsplit(".", 1)[-1] == leaf][:3]
+    return f"; did you mean {', '.join(close)}?" if close else "; see competition/config.py for the valid keys"
+
+
+def _merge(base: DictConfig, layer: DictConfig, origin: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, layer)
+    except ConfigKeyError as exc:
+        key = exc.full_key or str(exc.key)
+        raise UserError(f"{origin}: unknown config key '{key}'{_suggest(key)}") from None
+    except ValidationError as exc:
+        if exc.full_key is None:  # a whole section given a plain value, e.g. `train: 5`; omegaconf names no key
+            detail = str(exc).splitlines()[0]
+            raise UserError(f"{origin}: a section is not a mapping of keys to values ({detail})") from None
+        raise UserError(f"{origin}: bad value {exc.value!r} for '{exc.full_key}': {exc.msg.splitlines()[0]}") from None
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    try:
+        cfg = OmegaConf.load(path)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read config ({exc.strerror})") from None
+    except yaml.MarkedYAMLError as exc:  # its first line is only the context; the problem and its line come later
+        line = f"line {exc.problem_mark.line + 1}: " if exc.problem_mark else ""
+        raise UserError(f"{path}: not valid YAML ({line}{exc.problem or exc.context})") from None
+    except Exception as exc:  # other yaml.YAMLError and friends: report the first line, not a traceback
+        raise UserError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(cfg, DictConfig):
+        raise UserError(f"{path}: a config must be a mapping of keys to values")
+    return cfg
+
+
+def _load_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[DictConfig, str]]:
+    """The file and its bases, bases first, so later layers override earlier ones."""
+    path = path.resolve()
+    if path in seen:
+        raise UserError(f"{path}: 'base' chain loops back to itself")
+    if not path.is_file():
+        raise UserError(f"{path}: base config not found")
+    cfg = _read_yaml(path)
+    bases = cfg.pop("base", None) or []
+    layers = []
+    for base in [bases] if isinstance(bases, str) else list(bases):
+        layers += _load_layers(path.parent / str(base), seen + (path,))
+    return layers + [(cfg, str(path))]
+
+
+def find_experiment(exp: str) -> Path:
+    """The config file of an experiment given by name (experiments/<exp>) or by a path to its folder or YAML."""
+    candidate = Path(exp)
+    for path in (EXPERIMENTS_DIR / exp / "config.yaml", candidate / "config.yaml", candidate):
+        if path.is_file():
+            return path
+    known = sorted(p.parent.name for p in EXPERIMENTS_DIR.glob("*/config.yaml"))
+    close = difflib.get_close_matches(exp, known, n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else f"known experiments: {', '.join(known) or 'none'}"
+    raise UserError(f"experiment '{exp}' not found (looked for {EXPERIMENTS_DIR / exp / 'config.yaml'}); {hint}")
+
+
+def parse_overrides(overrides: list[str]) -> DictConfig:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise UserError(f"command-line argument '{item}' is not key=value (e.g. train.epochs=10)")
+    try:
+        return OmegaConf.from_dotlist(overrides)
+    except (OmegaConfBaseException, yaml.YAMLError) as exc:  # values are parsed as YAML: `a=[1` is a YAML error
+        raise UserError(f"command line: cannot parse overrides: {str(exc).splitlines()[0]}") from None
+
+
+def validate(cfg: DictConfig, origin: str) -> None:
+    """Checks a schema cannot express: choices, ranges, and values needed before any work starts."""
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise UserError(f"{origin}: '{key}' is '{value}'; {hint}choose one of {', '.join(choices)}")
+    if cfg.data.test is not None and cfg.data.test.layout != "files":
+        raise UserError(f"{origin}: 'data.test.layout' must be 'files' (test clips carry no labels)")
+    positive = ["audio.sample_rate", "audio.duration", "folds.n_splits", "frontend.n_mels", "frontend.n_fft",
+                "frontend.hop_length", "train.epochs", "train.batch_size", "train.eval_batch_size", "train.lr"]
+    for key in positive:
+        if not OmegaConf.select(cfg, key) > 0:
+            raise UserError(f"{origin}: '{key}' must be positive, got {OmegaConf.select(cfg, key)}")
+    if cfg.folds.n_splits < 2:
+        raise UserError(f"{origin}: 'folds.n_splits' must be at least 2, got {cfg.folds.n_splits}")
+    if not 0.0 <= cfg.folds.holdout < 1.0:
+        raise UserError(f"{origin}: 'folds.holdout' is a fraction in [0, 1), got {cfg.folds.holdout}")
+
+
+def load_config(config_file: Path, overrides: list[str] = ()) -> DictConfig:
+    """The schema's defaults, then the file's bases, the file, and the command line, each overriding the last."""
+    _register_resolvers()
+    cfg = OmegaConf.structured(Config)
+    for layer, origin in _load_layers(config_file):
+        cfg = _merge(cfg, layer, origin)
+    cfg = _merge(cfg, parse_overrides(list(overrides)), "command line")
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as exc:
+        raise UserError(f"{config_file}: cannot resolve an interpolation: {str(exc).splitlines()[0]}") from None
+    if not cfg.data.name:
+        raise UserError(f"{config_file}: 'data.name' is empty; name the data set (it names folds/<name>.csv)")
+    validate(cfg, str(config_file))
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def load_experiment(exp: str, overrides: list[str] = ()) -> Experiment:
+    config_file = find_experiment(exp)
+    cfg = load_config(config_file, overrides)
+    return Experiment(name=config_file.parent.name, dir=config_file.parent, cfg=cfg)
+
+
+def parse_cli(argv: list[str], command_keys: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Split `key=value` arguments into the command's own keys (with their defaults) and config overrides."""
+    options = dict(command_keys)
+    overrides = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise UserError(f"argument '{arg}' is not key=value (e.g. exp=default fold=0 train.epochs=5)")
+        if key in command_keys:
+            options[key] = value
+        else:
+            overrides.append(arg)
+    return options, overrides

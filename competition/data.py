@@ -1,0 +1,249 @@
+"""Index a data set from configuration alone: which clips exist, their ids, labels and groups.
+
+Every contest layout reduces to one table per split (`id, path, label, group`); readers differ only in where
+the label and the group come from (a label table, the class folder, or the file name), and whether the files
+sit in a folder or inside a zip that is read in place.
+"""
+from __future__ import annotations
+
+import io
+import posixpath
+import re
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from competition.errors import UserError
+
+
+def _examples(items: list[str], n: int = 3) -> str:
+    shown = ", ".join(items[:n])
+    return f"{shown} and {len(items) - n} more" if len(items) > n else shown
+
+
+class Source:
+    """The files under a folder, or under a folder inside a zip kept open (reopening per file is ~50x slower)."""
+
+    def __init__(self, path: str, subdir: str = "") -> None:
+        self.path = Path(path).expanduser()
+        self.subdir = subdir.strip("/")
+        self._zip: zipfile.ZipFile | None = None
+        if not self.path.exists():
+            raise UserError(f"{self.path}: no such folder or zip; check data.*.path in the experiment config")
+        self.is_zip = self.path.is_file()
+        if self.is_zip and not zipfile.is_zipfile(self.path):
+            raise UserError(f"{self.path}: not a folder or a readable .zip")
+        if not self.is_zip and self.subdir and not (self.path / self.subdir).is_dir():
+            raise UserError(f"{self.path / self.subdir}: no such folder; check data.*.subdir")
+
+    def __str__(self) -> str:
+        return str(self.path / self.subdir) if self.subdir else str(self.path)
+
+    def __getstate__(self) -> dict:  # an open zip cannot cross a process boundary; workers reopen it once
+        return {**self.__dict__, "_zip": None}
+
+    @property
+    def zip(self) -> zipfile.ZipFile:
+        if self._zip is None:
+            self._zip = zipfile.ZipFile(self.path)
+        return self._zip
+
+    def files(self) -> list[str]:
+        """Every file below the source's root, as sorted posix paths relative to it."""
+        if self.is_zip:
+            prefix = f"{self.subdir}/" if self.subdir else ""
+            names = [n[len(prefix):] for n in self.zip.namelist() if n.startswith(prefix) and not n.endswith("/")]
+            names = [n for n in names if not n.startswith("__MACOSX/")]
+        else:
+            root = self.path / self.subdir
+            names = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+        return sorted(n for n in names if not PurePosixPath(n).name.startswith("."))
+
+    def _member(self, rel: str) -> str:
+        return f"{self.subdir}/{rel}" if self.subdir else rel
+
+    def read(self, rel: str) -> bytes:
+        if self.is_zip:
+            return self.zip.read(self._member(rel))
+        return (self.path / self.subdir / rel).read_bytes()
+
+    def fingerprint(self, rel: str) -> tuple[int, int]:
+        """Size and a change stamp (CRC inside a zip, mtime on disk): enough to notice an edited source."""
+        if self.is_zip:
+            info = self.zip.getinfo(self._member(rel))
+            return info.file_size, info.CRC
+        stat = (self.path / self.subdir / rel).stat()
+        return stat.st_size, stat.st_mtime_ns
+
+    def open_table(self, table: str) -> tuple[io.BytesIO, str]:
+        """A label table given relative to the source (also inside a zip) or as an absolute path."""
+        if Path(table).expanduser().is_absolute():
+            path = Path(table).expanduser()
+            if not path.is_file():
+                raise UserError(f"{path}: label table not found; check data.train.table")
+            return io.BytesIO(path.read_bytes()), str(path)
+        if self.is_zip:  # zip members are plain names: resolve '..' (a table beside the subdir) as a folder would
+            member = posixpath.normpath(self._member(table))
+            try:
+                return io.BytesIO(self.zip.read(member)), f"{self.path}:{member}"
+            except KeyError:
+                raise UserError(f"{self.path}: no '{member}' inside the zip; check data.train.table") from None
+        path = self.path / self.subdir / table
+        if not path.is_file():
+            raise UserError(f"{path}: label table not found; check data.train.table")
+        return io.BytesIO(path.read_bytes()), str(path)
+
+
+@dataclass
+class Split:
+    """One split's clips: `clips` has columns id, path (relative to `source`), and for training label, group."""
+
+    name: str
+    source: Source
+    clips: pd.DataFrame
+
+
+def _audio_files(source: Source, extensions: list[str]) -> list[str]:
+    allowed = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
+    files = [f for f in source.files() if PurePosixPath(f).suffix.lower() in allowed]
+    if not files:
+        raise UserError(f"{source}: no audio files ({', '.join(sorted(allowed))}); check the path or data.extensions")
+    return files
+
+
+def _stem_id(rel: str) -> str:
+    """A clip's id: its path without the extension (just the file name's stem for a flat folder)."""
+    return str(PurePosixPath(rel).with_suffix(""))
+
+
+def _read_table(source: Source, cfg: DictConfig) -> pd.DataFrame:
+    """The label table as strings with columns id, label[, group]; bad lines named by number."""
+    buffer, name = source.open_table(cfg.table)
+    delimiter = cfg.delimiter or ("\t" if name.lower().endswith(".tsv") else ",")
+    try:
+        table = pd.read_csv(buffer, sep=delimiter, header=0 if cfg.header else None, dtype=str,
+                            keep_default_na=False, skip_blank_lines=True, engine="python")
+    except pd.errors.ParserError as exc:
+        raise UserError(f"{name}: malformed line ({str(exc).splitlines()[-1].strip()}); fix it or the delimiter") from None
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{name}: the label table is empty") from None
+    first_line = 2 if cfg.header else 1
+    if not cfg.header:
+        if table.shape[1] < 2:
+            raise UserError(f"{name}: expected lines 'id{delimiter!r}label', found one column; check data.train.delimiter")
+        table.columns = ["id", "label", "group", *[f"column{i}" for i in range(3, table.shape[1])]][: table.shape[1]]
+    wanted = {"id": cfg.id_column, "label": cfg.label_column}
+    if cfg.group_column:
+        wanted["group"] = cfg.group_column
+    missing = [c for c in wanted.values() if c not in table.columns]
+    if missing:
+        raise UserError(f"{name}: no column {', '.join(map(repr, missing))}; columns are {', '.join(map(str, table.columns))}"
+                        f" (set data.train.id_column / label_column / group_column, or header=false)")
+    table = table[list(wanted.values())].set_axis(list(wanted), axis=1)
+    for column in wanted:
+        values = table[column].fillna("").str.strip()  # a line with too few fields reads as missing (NaN)
+        empty = (values == "").to_numpy().nonzero()[0]
+        if len(empty):
+            lines = [str(i + first_line) for i in empty]
+            raise UserError(f"{name}: empty {column} on line {_examples(lines)}; fix or remove those lines")
+        table[column] = values
+    dupes = table["id"][table["id"].duplicated()].tolist()
+    if dupes:
+        raise UserError(f"{name}: id listed twice: {_examples(dupes)}; each clip needs one label")
+    return table
+
+
+def _match_table(table: pd.DataFrame, files: list[str], source: Source, strict: bool) -> pd.DataFrame:
+    """Pair table ids with audio files; an id may be given with or without its extension."""
+    by_key = {f: f for f in files} | {_stem_id(f): f for f in files}
+    table = table.assign(path=table["id"].map(by_key))
+    twice = table["path"][table["path"].duplicated(keep=False)].dropna()
+    if len(twice):  # e.g. ids 'a' and 'a.wav': one clip, two labels
+        ids = table.loc[twice.index, "id"].tolist()
+        raise UserError(f"{source}: ids {_examples(ids)} name the same audio file; each clip needs one label")
+    no_audio = table.loc[table["path"].isna(), "id"].tolist()
+    unlabelled = sorted(set(files) - set(table["path"].dropna()))
+    problems = []
+    if no_audio:
+        problems.append(f"{len(no_audio)} ids in the label table have no audio file ({_examples(no_audio)})")
+    if unlabelled:
+        problems.append(f"{len(unlabelled)} audio files have no label ({_examples(unlabelled)})")
+    if problems and strict:
+        raise UserError(f"{source}: {'; '.join(problems)}; fix the table or set data.strict=false to leave them out")
+    for problem in problems:
+        print(f"warning: {source}: {problem}; left out", file=sys.stderr)
+    table = table.dropna(subset=["path"])
+    if table.empty:
+        raise UserError(f"{source}: no labelled audio after matching the table; check the ids against the file names")
+    return table
+
+
+def _filename_fields(files: list[str], pattern: str, source: Source) -> pd.DataFrame:
+    """Named groups `label` and `group` of a regex matched against each file name's stem."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise UserError(f"data.train.filename_regex: invalid regex ({exc})") from None
+    fields = []
+    unmatched = []
+    for rel in files:
+        match = regex.fullmatch(PurePosixPath(rel).stem)
+        if match is None:
+            unmatched.append(rel)
+        else:
+            fields.append(match.groupdict())
+    if unmatched:
+        raise UserError(f"{source}: {len(unmatched)} file names do not match data.train.filename_regex "
+                        f"'{pattern}' ({_examples(unmatched)}); fix the regex or move those files")
+    return pd.DataFrame(fields, index=range(len(files)), columns=list(regex.groupindex))
+
+
+def index_train(cfg: DictConfig) -> Split:
+    """The labelled clips, with a group per clip (the clip itself when no group rule is configured)."""
+    spec = cfg.data.train
+    source = Source(spec.path, spec.subdir)
+    files = _audio_files(source, cfg.data.extensions)
+    regex_fields = _filename_fields(files, spec.filename_regex, source) if spec.filename_regex else None
+    if spec.layout == "table":
+        if not spec.table:
+            raise UserError("data.train.table is empty: name the label table (e.g. targets.tsv) for layout 'table'")
+        clips = _match_table(_read_table(source, spec), files, source, cfg.data.strict)
+        if regex_fields is not None:
+            clips = clips.merge(regex_fields.drop(columns=["label"], errors="ignore").set_index(pd.Index(files)),
+                                left_on="path", right_index=True, how="left", suffixes=("", "_regex"))
+    else:
+        clips = pd.DataFrame({"id": [_stem_id(f) for f in files], "path": files})
+        if regex_fields is not None:
+            clips = pd.concat([clips, regex_fields], axis=1)
+        if spec.layout == "class_folders":
+            nested = [f for f in files if "/" in f]
+            if len(nested) != len(files):
+                loose = sorted(set(files) - set(nested))
+                raise UserError(f"{source}: {len(loose)} files lie outside any class folder ({_examples(loose)}); "
+                                "layout 'class_folders' expects <label>/<file>")
+            clips["label"] = [f.split("/", 1)[0] for f in files]
+        elif spec.layout == "filename":
+            if regex_fields is None or "label" not in regex_fields:
+                raise UserError("layout 'filename' needs data.train.filename_regex with a (?P<label>...) group")
+        else:
+            raise UserError(f"data.train.layout '{spec.layout}' gives no labels; use table, class_folders or filename")
+    if "group" not in clips or clips["group"].isna().all():
+        clips["group"] = clips["id"]
+    clips = clips[["id", "path", "label", "group"]].astype(str).reset_index(drop=True)
+    if clips["label"].nunique() < 2:
+        raise UserError(f"{source}: only one class ({clips['label'].iloc[0]}) found; a classifier needs at least two")
+    return Split("train", source, clips)
+
+
+def index_test(cfg: DictConfig) -> Split | None:
+    """The unlabelled test clips (every audio file under the test source), or None when there is no test set."""
+    spec = cfg.data.test
+    if spec is None or not spec.path:
+        return None
+    source = Source(spec.path, spec.subdir)
+    files = _audio_files(source, cfg.data.extensions)
+    return Split("test", source, pd.DataFrame({"id": [_stem_id(f) for f in files], "path": files}))

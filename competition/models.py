@@ -1,0 +1,63 @@
+"""Any timm backbone by name, fed one-channel spectrograms; pretrained weights from the hub or a local file.
+
+timm adapts pretrained 3-channel RGB stems to `in_chans=1` and replaces the classifier head, so an ImageNet
+checkpoint (downloaded, or saved by hand on a machine without internet) starts a spectrogram model.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import timm
+import torch
+from omegaconf import DictConfig
+
+from competition.errors import UserError
+
+
+def check_backbone(name: str) -> None:
+    if name in timm.list_models() or name.split(".")[0] in timm.list_models():
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=4, cutoff=0.6)
+    close = close or timm.list_models(f"*{name}*")[:4]
+    hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models() for the names"
+    raise UserError(f"model.name '{name}' is not a timm model; {hint}")
+
+
+def _check_weights_cover(model: torch.nn.Module, weights: Path) -> None:
+    """timm loads pretrained files non-strictly; refuse a file that leaves backbone layers at random init."""
+    stored = set(timm.models.load_state_dict(str(weights)))
+    head = model.pretrained_cfg.get("classifier") or ""
+    heads = (head,) if isinstance(head, str) else tuple(head)
+    missing = [k for k in model.state_dict() if k not in stored and not k.startswith(heads) and "num_batches" not in k]
+    if missing:
+        raise UserError(f"model.weights_file '{weights}' lacks {len(missing)} of the backbone's tensors "
+                        f"(e.g. {missing[0]}); is it a checkpoint of '{model.pretrained_cfg.get('architecture')}'?")
+
+
+def create_model(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
+    """The configured backbone with a `num_classes` head and a one-channel stem."""
+    spec = cfg.model
+    check_backbone(spec.name)
+    kwargs = dict(in_chans=1, num_classes=num_classes, drop_rate=spec.drop_rate)
+    if spec.weights_file:
+        weights = Path(spec.weights_file).expanduser()
+        if not weights.is_file():
+            raise UserError(f"model.weights_file '{weights}' not found; give the path of a .pth/.bin/.safetensors file")
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)))
+    elif spec.pretrained:
+        kwargs.update(pretrained=True)
+    try:
+        model = timm.create_model(spec.name, **kwargs)
+        if spec.weights_file:
+            _check_weights_cover(model, weights)
+        return model
+    except (RuntimeError, OSError, ValueError, KeyError) as exc:
+        if not (spec.pretrained or spec.weights_file):
+            raise
+        where = f"from {spec.weights_file}" if spec.weights_file else "from the hub (offline?)"
+        raise UserError(
+            f"cannot load pretrained weights for '{spec.name}' {where}: {str(exc).splitlines()[0][:200]}. "
+            "On a machine without internet, save timm's checkpoint elsewhere "
+            "(timm.create_model(name, pretrained=True).state_dict() -> torch.save) and set model.weights_file=<path>, "
+            "or train from scratch with model.pretrained=false") from None

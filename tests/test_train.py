@@ -1,0 +1,204 @@
+"""End to end: config -> folds -> one trained fold with its outputs, on generated tones and real recordings."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile
+import torch
+
+from competition.config import load_experiment
+from competition.errors import UserError
+from competition.train import is_finished, train_fold
+
+REPO = Path(__file__).resolve().parents[1]
+FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
+TONES = {"low": 300.0, "mid": 800.0, "high": 2000.0}
+
+
+def write_tone(path: Path, freq: float, rng: np.random.Generator, rate: int = 8000) -> None:
+    t = np.arange(int(rate * rng.uniform(0.5, 0.9))) / rate
+    wave = 0.4 * np.sin(2 * np.pi * freq * rng.uniform(0.95, 1.05) * t) + 0.02 * rng.standard_normal(len(t))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, wave.astype(np.float32), rate, subtype="PCM_16")
+
+
+@pytest.fixture
+def tones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A class-folder contest of three tones by eight 'speakers', a test folder, and an experiment on it."""
+    rng = np.random.default_rng(0)
+    for label, freq in TONES.items():
+        for speaker in range(8):
+            for take in range(3):
+                write_tone(tmp_path / "data" / "train" / label / f"spk{speaker}_nohash_{take}.wav", freq, rng)
+    for i in range(6):
+        write_tone(tmp_path / "data" / "test" / f"clip_{i}.wav", list(TONES.values())[i % 3], rng)
+    exp = tmp_path / "experiments" / "tones"
+    exp.mkdir(parents=True)
+    (exp / "config.yaml").write_text(f"""
+data:
+  name: tones
+  cache_dir: {tmp_path / 'cache'}
+  train: {{path: data/train, layout: class_folders, filename_regex: '(?P<group>[^_]+)_nohash_\\d+'}}
+  test: {{path: data/test}}
+audio: {{sample_rate: 8000, duration: 0.75}}
+folds: {{n_splits: 3, holdout: 0.25}}
+frontend: {{n_mels: 32, n_fft: 256, hop_length: 64}}
+model: {{name: resnet10t}}
+train: {{epochs: 4, batch_size: 16, lr: 0.01}}
+""")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run_cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_run_writes_complete_fold_outputs(tones: Path) -> None:
+    result = run_cli("competition.run", "exp=tones", "fold=0", "device=cpu", cwd=tones)
+    assert result.returncode == 0, result.stderr
+    assert "epoch   4/4" in result.stdout and "eta" in result.stdout
+    fold_dir = tones / "experiments" / "tones" / "fold_0"
+    for name in ("DONE", "model.pt", "config.yaml", "metrics.csv", "curves.png", "oof.csv", "holdout.csv", "test.csv"):
+        assert (fold_dir / name).is_file(), name
+    assert not (tones / "experiments" / "tones" / "fold_0.partial").exists()
+
+    folds = pd.read_csv(tones / "folds" / "tones.csv", dtype=str)
+    oof = pd.read_csv(fold_dir / "oof.csv", dtype={"id": str, "label": str})
+    assert sorted(oof["id"]) == sorted(folds.loc[folds["fold"] == "0", "id"])
+    holdout = pd.read_csv(fold_dir / "holdout.csv", dtype={"id": str})
+    assert sorted(holdout["id"]) == sorted(folds.loc[folds["fold"] == "-1", "id"])
+    test = pd.read_csv(fold_dir / "test.csv", dtype={"id": str})
+    assert sorted(test["id"]) == [f"clip_{i}" for i in range(6)]
+    assert set(test["view"]) == {"plain"}
+    classes = sorted(TONES)
+    for frame in (oof, holdout, test):
+        assert np.allclose(frame[classes].sum(axis=1), 1.0, atol=1e-4)
+
+    summary = json.loads((fold_dir / "DONE").read_text())
+    accuracy = (oof[classes].to_numpy().argmax(1) == oof["label"].map(classes.index)).mean()
+    assert summary["val_accuracy"] == pytest.approx(accuracy)
+    assert accuracy >= 0.9  # three well separated tones
+    assert len(pd.read_csv(fold_dir / "metrics.csv")) == summary["epochs_run"] == 4
+    checkpoint = torch.load(fold_dir / "model.pt", weights_only=False)
+    assert checkpoint["classes"] == classes and checkpoint["epoch"] == summary["best_epoch"]
+
+
+def test_same_seed_gives_same_predictions(tones: Path) -> None:
+    first = train_fold(load_experiment("tones", ["train.epochs=2"]), 1, "cpu")
+    oof_first = (tones / "experiments" / "tones" / "fold_1" / "oof.csv").read_text()
+    second = train_fold(load_experiment("tones", ["train.epochs=2"]), 1, "cpu", overwrite=True)
+    assert (tones / "experiments" / "tones" / "fold_1" / "oof.csv").read_text() == oof_first
+    assert first["val_accuracy"] == second["val_accuracy"]
+
+
+def test_finished_fold_is_never_overwritten_by_accident(tones: Path) -> None:
+    exp = load_experiment("tones", ["train.epochs=1"])
+    train_fold(exp, 2, "cpu")
+    done = (exp.fold_dir(2) / "DONE").read_text()
+    result = run_cli("competition.run", "exp=tones", "fold=2", "train.epochs=1", cwd=tones)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error:") and "overwrite=true" in result.stderr
+    assert (exp.fold_dir(2) / "DONE").read_text() == done
+    listing = run_cli("competition.run", "exp=tones", "fold=all", "train.epochs=1", cwd=tones)
+    assert "fold 2: already finished, skipped" in listing.stdout
+
+
+def test_interrupted_fold_does_not_look_finished(tones: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import competition.train as train
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "plot_curves", crash)  # dies after the epochs, before the predictions
+    exp = load_experiment("tones", ["train.epochs=1"])
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(exp, 0, "cpu")
+    assert not exp.fold_dir(0).exists() and not is_finished(exp.fold_dir(0))
+    assert (exp.dir / "fold_0.partial" / "model.pt").exists()
+    assert not (exp.dir / "fold_0.partial" / "DONE").exists()
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["fold=7"], "fold=7 is out of range"),
+    (["model.name=resnet_18"], "did you mean resnet18"),
+    (["train.epoch=3"], "train.epochs"),
+    (["device=cuda:9"], "device="),
+])
+def test_run_user_mistakes_are_one_line(tones: Path, args: list[str], expected: str) -> None:
+    result = run_cli("competition.run", "exp=tones", *args, cwd=tones)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and expected in error_lines[0], result.stderr
+
+
+def test_pretrained_weights_from_local_file(tmp_path: Path) -> None:
+    import timm
+
+    from competition.config import load_config
+    from competition.models import create_model
+
+    rgb = timm.create_model("resnet10t", num_classes=1000)
+    torch.save(rgb.state_dict(), tmp_path / "resnet10t.pth")
+    config = tmp_path / "config.yaml"
+    config.write_text("data: {name: x}\nmodel: {name: resnet10t}\n")
+    model = create_model(load_config(config, [f"model.weights_file={tmp_path / 'resnet10t.pth'}"]), 5)
+    stem = model.conv1[0].weight
+    assert stem.shape[1] == 1 and model.get_classifier().out_features == 5
+    assert torch.allclose(stem[:, 0], rgb.conv1[0].weight.sum(1), atol=1e-5)  # RGB stem folded into one channel
+
+    torch.save({"unrelated": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(UserError, match="lacks"):
+        create_model(load_config(config, [f"model.weights_file={tmp_path / 'other.pth'}"]), 5)
+    with pytest.raises(UserError, match="not found"):
+        create_model(load_config(config, [f"model.weights_file={tmp_path / 'missing.pth'}"]), 5)
+
+
+def test_pretrained_offline_says_how_to_supply_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from competition.config import load_config
+    from competition.models import create_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    config = tmp_path / "config.yaml"
+    config.write_text("data: {name: x}\nmodel: {name: resnet10t, pretrained: true}\n")
+    with pytest.raises(UserError, match="model.weights_file"):
+        create_model(load_config(config), 5)
+
+
+@pytest.mark.skipif(not FSDD.is_dir(), reason="needs ../shared/data/fsdd")
+def test_fsdd_subset_grouped_by_speaker_learns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real recordings, folds by speaker: the validation speaker was never heard, and it still beats chance."""
+    subset = tmp_path / "fsdd"  # 4 speakers x 10 digits x 20 takes, linked, never copied
+    subset.mkdir()
+    for path in FSDD.glob("*.wav"):
+        digit, speaker, take = path.stem.split("_")
+        if speaker in {"jackson", "nicolas", "theo", "george"} and int(take) < 20:
+            (subset / path.name).symlink_to(path)
+    exp = tmp_path / "experiments" / "fsdd"
+    exp.mkdir(parents=True)
+    (exp / "config.yaml").write_text(f"""
+data:
+  name: fsdd_subset
+  cache_dir: {tmp_path / 'cache'}
+  train: {{path: {subset}, layout: filename, filename_regex: '(?P<label>\\d)_(?P<group>[a-z]+)_\\d+'}}
+audio: {{sample_rate: 8000, duration: 0.8}}
+folds: {{n_splits: 4}}
+frontend: {{n_mels: 40, n_fft: 256, hop_length: 80}}
+model: {{name: resnet10t}}
+train: {{epochs: 8, batch_size: 32, lr: 0.003}}
+""")
+    monkeypatch.chdir(tmp_path)
+    summary = train_fold(load_experiment("fsdd"), 0, "cpu")
+    folds = pd.read_csv(tmp_path / "folds" / "fsdd_subset.csv")
+    assert folds.groupby("group")["fold"].nunique().max() == 1  # no speaker in two folds
+    assert summary["n_val"] == 200 and summary["n_train"] == 600
+    assert summary["val_accuracy"] > 0.3  # chance is 0.1
