@@ -22,7 +22,7 @@ from tqdm import tqdm
 from competition.data import Source, Split, _examples
 from competition.errors import UserError
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 _worker_source: Source | None = None
 
 

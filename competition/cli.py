@@ -16,3 +16,11 @@ def main_guard(main: Callable[[list[str]], None], argv: list[str] | None = None)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def parse_bool(key: str, value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise UserError(f"{key}={value}: expected true or false")

@@ -25,6 +25,11 @@ def _examples(items: list[str], n: int = 3) -> str:
     return f"{shown} and {len(items) - n} more" if len(items) > n else shown
 
 
+def _hidden(rel: str) -> bool:
+    """Dot files and anything in dot folders (.ipynb_checkpoints, .DS_Store) are never clips."""
+    return any(part.startswith(".") for part in PurePosixPath(rel).parts)
+
+
 class Source:
     """The files under a folder, or under a folder inside a zip kept open (reopening per file is ~50x slower)."""
 
@@ -61,7 +66,7 @@ class Source:
         else:
             root = self.path / self.subdir
             names = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
-        return sorted(n for n in names if not PurePosixPath(n).name.startswith("."))
+        return sorted(n for n in names if not _hidden(n))
 
     def _member(self, rel: str) -> str:
         return f"{self.subdir}/{rel}" if self.subdir else rel

@@ -16,7 +16,7 @@ import pandas as pd
 from omegaconf import DictConfig
 from sklearn.model_selection import StratifiedGroupKFold
 
-from competition.cli import main_guard
+from competition.cli import main_guard, parse_bool
 from competition.config import load_experiment, parse_cli
 from competition.errors import UserError
 
@@ -91,11 +91,12 @@ def check_folds(folds: pd.DataFrame, clips: pd.DataFrame, path: Path) -> None:
         if extra:
             detail.append(f"{len(extra)} ids with no clip (e.g. {extra[0]})")
         raise UserError(f"{path} does not match the data set: {', '.join(detail)}; {hint}")
-    merged = clips[["id", "label"]].merge(folds[["id", "label"]], on="id", suffixes=("", "_fold"))
-    relabelled = merged[merged["label"] != merged["label_fold"]]
-    if len(relabelled):
-        raise UserError(f"{path}: {len(relabelled)} clips have other labels than in the data set "
-                        f"(e.g. {relabelled['id'].iloc[0]}); {hint}")
+    merged = clips[["id", "label", "group"]].merge(folds[["id", "label", "group"]], on="id", suffixes=("", "_fold"))
+    for column, what in (("label", "labels"), ("group", "groups (speakers)")):
+        changed = merged[merged[column] != merged[f"{column}_fold"]]
+        if len(changed):
+            raise UserError(f"{path}: {len(changed)} clips have other {what} than in the data set "
+                            f"(e.g. {changed['id'].iloc[0]}); {hint}")
 
 
 def write_folds(folds: pd.DataFrame, path: Path, overwrite: bool) -> bool:
@@ -133,7 +134,7 @@ def main(argv: list[str]) -> None:
     split, _ = load_split(index_train(cfg), cfg, cfg.data.skip_bad_audio)
     folds = make_folds(split.clips, cfg.folds.n_splits, cfg.folds.seed, cfg.folds.holdout)
     path = fold_path(cfg)
-    written = write_folds(folds, path, overwrite=options["overwrite"].lower() == "true")
+    written = write_folds(folds, path, overwrite=parse_bool("overwrite", options["overwrite"]))
     print(class_counts(folds).to_string())
     state = "wrote" if written else "unchanged:"
     print(f"{state} {path} ({len(folds)} clips, {folds['group'].nunique()} groups, "

@@ -10,20 +10,12 @@ from __future__ import annotations
 
 import sys
 
-from competition.cli import main_guard
+from competition.cli import main_guard, parse_bool
 from competition.config import load_experiment, parse_cli
 from competition.errors import UserError
 from competition.train import is_finished, train_fold
 
 COMMAND_KEYS = {"exp": "default", "fold": "0", "device": "auto", "overwrite": "false"}
-
-
-def parse_bool(key: str, value: str) -> bool:
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    if value.lower() in ("false", "0", "no"):
-        return False
-    raise UserError(f"{key}={value}: expected true or false")
 
 
 def parse_fold(value: str, n_splits: int) -> list[int]:

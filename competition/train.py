@@ -196,7 +196,8 @@ def is_finished(fold_dir: Path) -> bool:
 
 
 def _fmt_seconds(seconds: float) -> str:
-    return f"{seconds / 60:.0f}m{seconds % 60:02.0f}s" if seconds >= 60 else f"{seconds:.0f}s"
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
 def train_fold(exp: Experiment, fold: int, device_name: str = "auto", overwrite: bool = False) -> dict:
