@@ -55,8 +55,8 @@ train: {{epochs: 4, batch_size: 16, lr: 0.01}}
     return tmp_path
 
 
-def run_cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def run_cli(module: str, *args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), **env}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=600)
 
@@ -167,16 +167,13 @@ def test_pretrained_weights_from_local_file(tmp_path: Path) -> None:
         create_model(load_config(config, [f"model.weights_file={tmp_path / 'missing.pth'}"]), 5)
 
 
-def test_pretrained_offline_says_how_to_supply_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from competition.config import load_config
-    from competition.models import create_model
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    config = tmp_path / "config.yaml"
-    config.write_text("data: {name: x}\nmodel: {name: resnet10t, pretrained: true}\n")
-    with pytest.raises(UserError, match="model.weights_file"):
-        create_model(load_config(config), 5)
+def test_pretrained_offline_says_how_to_supply_weights(tones: Path) -> None:
+    result = run_cli("competition.run", "exp=tones", "model.pretrained=true", cwd=tones,
+                     HF_HUB_OFFLINE="1", HF_HOME=str(tones / "hf"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "cannot load pretrained weights for 'resnet10t'" in error[0]
+    assert "model.weights_file" in error[0]
 
 
 @pytest.mark.skipif(not FSDD.is_dir(), reason="needs ../shared/data/fsdd")
