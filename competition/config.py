@@ -14,6 +14,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from competition.augment import AugmentConfig, parse_tta_view, validate_augment
 from competition.errors import UserError
 from competition.metrics import METRICS
 
@@ -87,11 +88,24 @@ class TrainConfig:
     eval_batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-2
-    schedule: str = "onecycle"  # onecycle | cosine | constant
+    schedule: str = "onecycle"  # onecycle | cosine | linear | constant, per step
+    warmup_epochs: float = 0.0  # linear warm-up before the schedule (onecycle: its own rising phase)
     patience: int = 0  # stop after this many epochs without a better validation metric; 0 never stops early
     metric: str = "accuracy"  # accuracy | balanced_accuracy | macro_f1 | log_loss | roc_auc
+    label_smoothing: float = 0.0
+    ohem: float = 1.0  # keep this fraction of each batch's hardest samples in the loss; 1.0 keeps all
+    grad_clip: float = 0.0  # max gradient norm; 0 leaves gradients alone
+    ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999), used for evaluation
     amp: bool = True  # mixed precision on CUDA (bf16 where supported); ignored on the CPU
+    workers: int = 2  # loader processes, used only by the heavy (audiomentations) augmentations
     seed: int = 42
+
+
+@dataclass
+class TTAConfig:
+    """Test-time views: each predicted separately, then averaged (view 'mean')."""
+
+    views: list[str] = field(default_factory=lambda: ["plain"])  # plain, shift:<fraction>, gain:<dB>
 
 
 @dataclass
@@ -115,13 +129,15 @@ class Config:
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    tta: TTAConfig = field(default_factory=TTAConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
 
 
 CHOICES = {
     "data.train.layout": ("table", "class_folders", "filename", "files"),
     "frontend.normalize": ("clip", "none"),
-    "train.schedule": ("onecycle", "cosine", "constant"),
+    "train.schedule": ("onecycle", "cosine", "linear", "constant"),
     "train.metric": tuple(METRICS),
 }
 
@@ -254,8 +270,31 @@ def validate(cfg: DictConfig, origin: str) -> None:
             raise UserError(f"{origin}: '{key}' must be positive, got {OmegaConf.select(cfg, key)}")
     if cfg.folds.n_splits < 2:
         raise UserError(f"{origin}: 'folds.n_splits' must be at least 2, got {cfg.folds.n_splits}")
-    if not 0.0 <= cfg.folds.holdout < 1.0:
-        raise UserError(f"{origin}: 'folds.holdout' is a fraction in [0, 1), got {cfg.folds.holdout}")
+    for key in ("folds.holdout", "train.label_smoothing", "train.ema"):
+        if not 0.0 <= OmegaConf.select(cfg, key) < 1.0:
+            raise UserError(f"{origin}: '{key}' is a fraction in [0, 1), got {OmegaConf.select(cfg, key)}")
+    if not 0.0 < cfg.train.ohem <= 1.0:
+        raise UserError(f"{origin}: 'train.ohem' is the fraction of each batch kept, in (0, 1], got {cfg.train.ohem}")
+    validate_augment(cfg.augment, origin)
+    if not cfg.tta.views:
+        raise UserError(f"{origin}: 'tta.views' is empty; use [plain] for no test-time augmentation")
+    for view in cfg.tta.views:
+        parse_tta_view(view)
+    for key in ("train.warmup_epochs", "train.grad_clip", "train.workers", "train.patience"):
+        if OmegaConf.select(cfg, key) < 0:
+            raise UserError(f"{origin}: '{key}' cannot be negative, got {OmegaConf.select(cfg, key)}")
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        return {k: v for key, child in node.items() for k, v in _flatten(child, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+def config_diff(old: DictConfig, new: DictConfig) -> list[str]:
+    """Dotted keys whose values differ between two configs, e.g. to refuse resuming under other settings."""
+    a, b = _flatten(OmegaConf.to_container(old)), _flatten(OmegaConf.to_container(new))
+    return sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key))
 
 
 def load_config(config_file: Path, overrides: list[str] = ()) -> DictConfig:

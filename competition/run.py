@@ -1,10 +1,11 @@
 """Train an experiment on one fold or on all of them.
 
     python -m competition.run exp=default fold=0 [device=cpu|cuda|cuda:N|auto] [overwrite=true] [train.epochs=5 ...]
-    python -m competition.run exp=default fold=all
+    python -m competition.run exp=default fold=0 resume=true     # continue an interrupted fold
+    python -m competition.run exp=default fold=all [resume=true]
 
-With fold=all, finished folds are skipped (a night's work is never redone or lost) and a failing fold is
-reported without stopping the others.
+With fold=all, finished folds are skipped (a night's work is never redone or lost), resume=true continues the
+interrupted ones and starts the rest, and a failing fold is reported without stopping the others.
 """
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import sys
 from competition.cli import main_guard, parse_bool
 from competition.config import load_experiment, parse_cli
 from competition.errors import UserError
-from competition.train import is_finished, train_fold
+from competition.train import can_resume, is_finished, train_fold
 
-COMMAND_KEYS = {"exp": "default", "fold": "0", "device": "auto", "overwrite": "false"}
+COMMAND_KEYS = {"exp": "default", "fold": "0", "device": "auto", "overwrite": "false", "resume": "false"}
 
 
 def parse_fold(value: str, n_splits: int) -> list[int]:
@@ -35,10 +36,11 @@ def parse_fold(value: str, n_splits: int) -> list[int]:
 def main(argv: list[str]) -> None:
     options, overrides = parse_cli(argv, COMMAND_KEYS)
     overwrite = parse_bool("overwrite", options["overwrite"])
+    resume = parse_bool("resume", options["resume"])
     exp = load_experiment(options["exp"], overrides)
     folds = parse_fold(options["fold"], exp.cfg.folds.n_splits)
     if len(folds) == 1:
-        train_fold(exp, folds[0], options["device"], overwrite)
+        train_fold(exp, folds[0], options["device"], overwrite, resume)
         return
     failed = []
     for fold in folds:
@@ -46,7 +48,7 @@ def main(argv: list[str]) -> None:
             print(f"{exp.name} fold {fold}: already finished, skipped ({exp.fold_dir(fold)})")
             continue
         try:
-            train_fold(exp, fold, options["device"], overwrite)
+            train_fold(exp, fold, options["device"], overwrite, resume and can_resume(exp.fold_dir(fold)))
         except UserError:
             raise  # a mistake in data or config fails every fold alike: stop at the first
         except Exception as exc:  # an unexpected failure of one fold should not cost the others

@@ -12,19 +12,21 @@ import shutil
 import sys
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
+from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
+from competition.augment import Augmenter, HeavyAugment, heavy_enabled, parse_tta_view
 from competition.cache import WaveCache, load_split
-from competition.config import Experiment
+from competition.config import Experiment, config_diff
 from competition.data import index_test, index_train
 from competition.errors import UserError
 from competition.folds import ensure_folds, fold_path
@@ -33,6 +35,7 @@ from competition.metrics import METRICS
 from competition.models import create_model
 
 DONE = "DONE"
+LAST = "last.pt"
 RESERVED_COLUMNS = {"id", "label", "view"}
 
 
@@ -109,13 +112,33 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast("cuda", dtype=dtype)
 
 
-def make_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int):
+def make_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """A per-step learning-rate schedule with an optional linear warm-up; state_dict()-able for resume."""
     t = cfg.train
-    if t.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t.lr, total_steps=total_steps, pct_start=0.25)
-    if t.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    total = t.epochs * steps_per_epoch
+    if t.schedule == "onecycle":  # its rising phase is the warm-up
+        rise = t.warmup_epochs / t.epochs if t.warmup_epochs else 0.25
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t.lr, total_steps=total,
+                                                   pct_start=min(max(rise, 1e-3), 0.99))
+    warmup = round(t.warmup_epochs * steps_per_epoch)
+    decay = {"cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress)),
+             "linear": lambda progress: 1.0 - progress,
+             "constant": lambda progress: 1.0}[t.schedule]
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return decay(min(1.0, (step - warmup) / max(1, total - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, keep: float = 1.0) -> torch.Tensor:
+    """Cross-entropy against soft targets (smoothed, mixed); with keep < 1, only the hardest samples count (OHEM)."""
+    losses = -(targets * logits.float().log_softmax(-1)).sum(-1)
+    if keep < 1.0:
+        losses = losses.topk(max(1, round(keep * len(losses)))).values
+    return losses.mean()
 
 
 def crop_samples(cfg: DictConfig) -> int:
@@ -135,15 +158,26 @@ def batches(part: Part, size: int, crop: int,
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, frontend: LogMel, part: Part, cfg: DictConfig, device: torch.device) -> np.ndarray:
-    """Class probabilities (n, classes) on centred crops."""
+def predict(model: torch.nn.Module, frontend: LogMel, part: Part, cfg: DictConfig, device: torch.device,
+            view: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+    """Class probabilities (n, classes) on centred crops, seen through one test-time view."""
     model.eval()
     out = []
     for _, wave in batches(part, cfg.train.eval_batch_size, crop_samples(cfg), None):
-        x = frontend(torch.from_numpy(wave).to(device, non_blocking=True))
+        wave = torch.from_numpy(wave).to(device, non_blocking=True)
+        x = frontend(view(wave) if view is not None else wave)
         with autocast(device, cfg.train.amp):
             out.append(model(x).float().softmax(-1).cpu())
     return torch.cat(out).numpy()
+
+
+def predict_views(model: torch.nn.Module, frontend: LogMel, part: Part, cfg: DictConfig,
+                  device: torch.device) -> dict[str, np.ndarray]:
+    """One prediction per configured TTA view, plus their mean ('mean') when there are several."""
+    probs = {name: predict(model, frontend, part, cfg, device, parse_tta_view(name)) for name in cfg.tta.views}
+    if len(probs) > 1:
+        probs["mean"] = np.mean(list(probs.values()), axis=0)
+    return probs
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -152,13 +186,15 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
     tmp.replace(path)
 
 
-def predictions_frame(part: Part, probs: np.ndarray, classes: list[str], view: str | None) -> pd.DataFrame:
-    frame = pd.DataFrame({"id": part.ids})
-    if view is not None:
-        frame["view"] = view
-    if part.y is not None:
-        frame["label"] = np.asarray(classes)[part.y]
-    return pd.concat([frame, pd.DataFrame(probs, columns=classes)], axis=1)
+def predictions_frame(part: Part, views: dict[str, np.ndarray], classes: list[str]) -> pd.DataFrame:
+    """Long format: one row per (clip, view), columns id, view, [label,] then one probability per class."""
+    frames = []
+    for view, probs in views.items():
+        frame = pd.DataFrame({"id": part.ids, "view": view})
+        if part.y is not None:
+            frame["label"] = np.asarray(classes)[part.y]
+        frames.append(pd.concat([frame, pd.DataFrame(probs, columns=classes)], axis=1))
+    return pd.concat(frames, ignore_index=True)
 
 
 def plot_curves(history: pd.DataFrame, metric: str, path: Path) -> None:
@@ -195,26 +231,129 @@ def is_finished(fold_dir: Path) -> bool:
     return (fold_dir / DONE).is_file()
 
 
+def can_resume(fold_dir: Path) -> bool:
+    return (fold_dir.with_name(f"{fold_dir.name}.partial") / LAST).is_file()
+
+
 def _fmt_seconds(seconds: float) -> str:
     minutes, seconds = divmod(round(seconds), 60)
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
-def train_fold(exp: Experiment, fold: int, device_name: str = "auto", overwrite: bool = False) -> dict:
+class HeavyClips(torch.utils.data.Dataset):
+    """Random crops through the audiomentations chain, one clip per item, run on loader worker processes.
+
+    Each item carries its own seed, drawn in the main process, so results do not depend on which worker
+    happens to take it."""
+
+    def __init__(self, part: Part, crop: int, heavy: HeavyAugment, seeds: np.ndarray) -> None:
+        self.part, self.crop, self.heavy, self.seeds = part, crop, heavy, seeds
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def __getitem__(self, position: int) -> np.ndarray:
+        rng = np.random.default_rng(self.seeds[position])
+        self.heavy.seed(int(self.seeds[position]))
+        wave = self.part.cache.crops(self.part.rows[position:position + 1], self.crop, rng)[0]
+        return self.heavy(wave)
+
+
+def train_batches(part: Part, cfg: DictConfig, rng: np.random.Generator,
+                  heavy: HeavyAugment | None) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Shuffled training batches of waveform crops; through loader workers only if heavy augmentation is on."""
+    if heavy is None:
+        for index, wave in batches(part, cfg.train.batch_size, crop_samples(cfg), rng):
+            yield index, torch.from_numpy(wave)
+        return
+    order = rng.permutation(len(part))
+    seeds = rng.integers(0, 2**31, len(part))
+    dataset = HeavyClips(part, crop_samples(cfg), heavy, seeds)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=order.tolist(),
+                                         num_workers=cfg.train.workers, drop_last=len(part) % cfg.train.batch_size == 1)
+    for start, wave in zip(range(0, len(order), cfg.train.batch_size), loader):
+        yield order[start:start + len(wave)], wave
+
+
+@dataclass
+class TrainState:
+    """Everything an interrupted fold needs to continue exactly where it stopped."""
+
+    model: torch.nn.Module
+    ema: ModelEmaV3 | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    rng: np.random.Generator
+    generator: torch.Generator
+    epoch: int = 0
+    best: float | None = None
+    best_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def save(self, path: Path) -> None:
+        state = {"model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "scaler": self.scaler.state_dict(), "rng": self.rng.bit_generator.state,
+                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                 "epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch, "history": self.history}
+        torch.save(state, path.with_name(f".{path.name}.tmp"))
+        path.with_name(f".{path.name}.tmp").replace(path)
+
+    def load(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.rng.bit_generator.state = state["rng"]
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
+        self.history = state["history"]
+
+
+def _prepare_work(exp: Experiment, work: Path, resume: bool, overwrite: bool) -> None:
+    """A fresh work folder, or the interrupted one when resuming with the very same config."""
+    checkpoint = work / LAST
+    if resume:
+        if not checkpoint.is_file():
+            raise UserError(f"resume=true but {work} holds no checkpoint to resume; run without resume=true")
+        differing = config_diff(OmegaConf.load(work / "config.yaml"), exp.cfg)
+        if differing:
+            raise UserError(f"cannot resume {work}: its config differs in {', '.join(differing)}; "
+                            "resume with the same settings, or pass overwrite=true to start again")
+        return
+    if checkpoint.is_file() and not overwrite:
+        epoch = torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]
+        raise UserError(f"{work} holds an interrupted run (epoch {epoch} of {exp.cfg.train.epochs} done); "
+                        "pass resume=true to continue it, or overwrite=true to start again")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    OmegaConf.save(exp.cfg, work / "config.yaml")
+
+
+def train_fold(exp: Experiment, fold: int, device_name: str = "auto", overwrite: bool = False,
+               resume: bool = False) -> dict:
     """Train, pick the best epoch on the fold's validation clips, predict every split and publish the fold."""
     cfg = exp.cfg
     fold_dir = exp.fold_dir(fold)
+    work = fold_dir.with_name(f"{fold_dir.name}.partial")
     with fold_lock(fold_dir):
         if is_finished(fold_dir) and not overwrite:
             raise UserError(f"{fold_dir} is already finished; pass overwrite=true to train it again")
         device = resolve_device(device_name)
         data = load_fold_data(cfg, fold)
-        work = fold_dir.with_name(f"{fold_dir.name}.partial")
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        OmegaConf.save(cfg, work / "config.yaml")
+        _prepare_work(exp, work, resume, overwrite)
         summary = _fit(cfg, data, fold, device, work, f"{exp.name} fold {fold}")
         summary.update(experiment=exp.name, fold=fold)
+        (work / LAST).unlink()  # optimiser state is only for resuming; a finished fold keeps the best weights
         (work / DONE).write_text(json.dumps(summary, indent=2))
         if fold_dir.exists():  # overwrite=true: the old fold goes only once the new one is complete
             shutil.rmtree(fold_dir)
@@ -227,77 +366,107 @@ def train_fold(exp: Experiment, fold: int, device_name: str = "auto", overwrite:
 def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work: Path, title: str) -> dict:
     t = cfg.train
     metric = METRICS[t.metric]
-    torch.manual_seed(t.seed)
-    rng = np.random.default_rng([t.seed, fold])
     if len(data.train) < 2 or len(data.val) == 0:
         raise UserError(f"fold {fold} has {len(data.train)} training and {len(data.val)} validation clips; "
                         "remake the folds with fewer splits")
+    torch.manual_seed(t.seed)
     model = create_model(cfg, len(data.classes)).to(device)
     frontend = LogMel.from_config(cfg).to(device)
+    augmenter = Augmenter(cfg.augment, cfg.audio.sample_rate, device)
+    heavy = HeavyAugment(cfg.augment, cfg.audio.sample_rate) if heavy_enabled(cfg.augment) else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     steps_per_epoch = max(1, len(data.train) // t.batch_size + (len(data.train) % t.batch_size >= 2))
-    scheduler = make_scheduler(cfg, optimizer, t.epochs * steps_per_epoch)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and t.amp and not torch.cuda.is_bf16_supported())
+    state = TrainState(
+        model=model, ema=ModelEmaV3(model, decay=t.ema) if t.ema else None, optimizer=optimizer,
+        scheduler=make_scheduler(cfg, optimizer, steps_per_epoch),
+        scaler=torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and t.amp and not torch.cuda.is_bf16_supported()),
+        rng=np.random.default_rng([t.seed, fold]), generator=torch.Generator(device).manual_seed(t.seed * 1000 + fold))
+    if (work / LAST).is_file():
+        state.load(work / LAST)
+        print(f"{title}: resuming after epoch {state.epoch} from {work / LAST}", file=sys.stderr)
     print(f"{title}: {len(data.train)} train, {len(data.val)} validation, {len(data.holdout)} holdout, "
           f"{len(data.test) if data.test else 0} test clips; {len(data.classes)} classes; "
           f"{cfg.model.name} on {device}", file=sys.stderr)
-    history, best, best_epoch, started = [], None, 0, time.time()
-    for epoch in range(1, t.epochs + 1):
-        epoch_start = time.time()
-        model.train()
-        losses = []
-        bar = tqdm(batches(data.train, t.batch_size, crop_samples(cfg), rng), total=steps_per_epoch, desc=f"epoch {epoch}/{t.epochs}",
-                   unit="batch", leave=False, file=sys.stderr, dynamic_ncols=True)
-        for index, wave in bar:
-            x = frontend(torch.from_numpy(wave).to(device, non_blocking=True))
-            target = torch.from_numpy(data.train.y[index]).to(device)
-            with autocast(device, t.amp):
-                loss = F.cross_entropy(model(x).float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        bar.close()
-        if not losses or not math.isfinite(np.mean(losses)):
-            raise RuntimeError(f"training loss is {np.mean(losses) if losses else 'undefined'} at epoch {epoch}; "
-                               "lower train.lr")
-        probs = predict(model, frontend, data.val, cfg, device)
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)),
-               "val_loss": METRICS["log_loss"].score(data.val.y, probs),
-               f"val_{t.metric}": metric.score(data.val.y, probs),
-               "val_accuracy": METRICS["accuracy"].score(data.val.y, probs),
-               "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - epoch_start}
-        history.append(row)
-        improved = metric.better(row[f"val_{t.metric}"], best)
+    started, first_epoch = time.time(), state.epoch + 1
+    for epoch in range(first_epoch, t.epochs + 1):
+        if t.patience and state.epoch - state.best_epoch >= t.patience:
+            break
+        row = _train_epoch(cfg, state, data, frontend, augmenter, heavy, epoch, steps_per_epoch, device)
+        probs = predict(state.eval_model, frontend, data.val, cfg, device)
+        row.update({"val_loss": METRICS["log_loss"].score(data.val.y, probs),
+                    f"val_{t.metric}": metric.score(data.val.y, probs),
+                    "val_accuracy": METRICS["accuracy"].score(data.val.y, probs)})
+        state.history.append(row)
+        improved = metric.better(row[f"val_{t.metric}"], state.best)
         if improved:
-            best, best_epoch = row[f"val_{t.metric}"], epoch
-            torch.save({"model": model.state_dict(), "classes": data.classes, "epoch": epoch,
+            state.best, state.best_epoch = row[f"val_{t.metric}"], epoch
+            torch.save({"model": state.eval_model.state_dict(), "classes": data.classes, "epoch": epoch,
                         "config": OmegaConf.to_container(cfg)}, work / ".model.pt.tmp")
             (work / ".model.pt.tmp").replace(work / "model.pt")
-        eta = (time.time() - started) / epoch * (t.epochs - epoch)
+        state.epoch = epoch
+        state.save(work / LAST)  # after model.pt, so a resumed run never lacks the best weights it recorded
+        write_csv(pd.DataFrame(state.history), work / "metrics.csv")
+        eta = (time.time() - started) / (epoch - first_epoch + 1) * (t.epochs - epoch)
         print(f"epoch {epoch:>3}/{t.epochs} | train loss {row['train_loss']:.4f} | val loss {row['val_loss']:.4f} "
               f"{t.metric} {row[f'val_{t.metric}']:.4f} | lr {row['lr']:.2e} | {row['seconds']:.1f}s "
               f"| eta {_fmt_seconds(eta)}{' | best' if improved else ''}", flush=True)
-        write_csv(pd.DataFrame(history), work / "metrics.csv")
-        if t.patience and epoch - best_epoch >= t.patience:
-            print(f"early stop: no better validation {t.metric} for {t.patience} epochs", flush=True)
-            break
-    plot_curves(pd.DataFrame(history), t.metric, work / "curves.png")
+    if t.patience and state.epoch < t.epochs:
+        print(f"early stop: no better validation {t.metric} for {t.patience} epochs", flush=True)
+    plot_curves(pd.DataFrame(state.history), t.metric, work / "curves.png")
 
-    model.load_state_dict(torch.load(work / "model.pt", map_location=device, weights_only=True)["model"])
-    summary = {"classes": data.classes, "best_epoch": best_epoch, "epochs_run": len(history), "device": str(device),
-               "seconds": round(time.time() - started, 1), "n_train": len(data.train)}
-    for name, part, view in (("oof", data.val, None), ("holdout", data.holdout, "plain"), ("test", data.test, "plain")):
+    best_model = state.eval_model
+    best_model.load_state_dict(torch.load(work / "model.pt", map_location=device, weights_only=True)["model"])
+    summary = {"classes": data.classes, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
+               "device": str(device), "seconds": round(time.time() - started, 1), "n_train": len(data.train),
+               "tta_views": list(cfg.tta.views)}
+    for name, part in (("oof", data.val), ("holdout", data.holdout), ("test", data.test)):
         if part is None or len(part) == 0:
             continue
-        probs = predict(model, frontend, part, cfg, device)
-        write_csv(predictions_frame(part, probs, data.classes, view), work / f"{name}.csv")
+        views = predict_views(best_model, frontend, part, cfg, device)
+        write_csv(predictions_frame(part, views, data.classes), work / f"{name}.csv")
         if part.y is not None:
             key = "val" if name == "oof" else name
-            summary[f"{key}_{t.metric}"] = metric.score(part.y, probs)
-            summary[f"{key}_accuracy"] = METRICS["accuracy"].score(part.y, probs)
             summary[f"n_{key}"] = len(part)
+            for view, probs in views.items():
+                suffix = "" if view == cfg.tta.views[0] else f"_{view}"
+                summary[f"{key}_{t.metric}{suffix}"] = metric.score(part.y, probs)
+                summary[f"{key}_accuracy{suffix}"] = METRICS["accuracy"].score(part.y, probs)
     return summary
+
+
+def _train_epoch(cfg: DictConfig, state: TrainState, data: FoldData, frontend: LogMel, augmenter: Augmenter,
+                 heavy: HeavyAugment | None, epoch: int, steps: int, device: torch.device) -> dict:
+    """One pass over the training clips: augment the waveforms, log-mel, augment the spectrograms, mix, step."""
+    t = cfg.train
+    started, losses = time.time(), []
+    state.model.train()
+    bar = tqdm(train_batches(data.train, cfg, state.rng, heavy), total=steps, desc=f"epoch {epoch}/{t.epochs}",
+               unit="batch", leave=False, file=sys.stderr, dynamic_ncols=True)
+    n_classes = len(data.classes)
+    for index, wave in bar:
+        wave = augmenter.wave(wave.to(device, non_blocking=True), state.generator)
+        x = augmenter.spec(frontend(wave), state.generator)
+        y = torch.from_numpy(data.train.y[index]).to(device)
+        targets = F.one_hot(y, n_classes).float() * (1.0 - t.label_smoothing) + t.label_smoothing / n_classes
+        x, targets = augmenter.mix(x, targets, state.generator)
+        with autocast(device, t.amp):
+            logits = state.model(x)
+        loss = soft_cross_entropy(logits, targets, t.ohem)
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        if t.grad_clip:
+            state.scaler.unscale_(state.optimizer)
+            torch.nn.utils.clip_grad_norm_(state.model.parameters(), t.grad_clip)
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.scheduler.step()
+        if state.ema is not None:
+            state.ema.update(state.model)
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    bar.close()
+    if not losses or not math.isfinite(np.mean(losses)):
+        raise RuntimeError(f"training loss is {np.mean(losses) if losses else 'undefined'} at epoch {epoch}; "
+                           "lower train.lr")
+    return {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": state.optimizer.param_groups[0]["lr"],
+            "seconds": time.time() - started}

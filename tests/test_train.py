@@ -126,6 +126,49 @@ def test_interrupted_fold_does_not_look_finished(tones: Path, monkeypatch: pytes
     assert not (exp.dir / "fold_0.partial" / "DONE").exists()
 
 
+def test_killed_fold_resumes_to_the_same_result(tones: Path) -> None:
+    """SIGKILL mid-run, then resume=true: the fold finishes with the outputs an uninterrupted run gives."""
+    import shutil
+    import signal
+    import time
+
+    shutil.copytree(tones / "experiments" / "tones", tones / "experiments" / "killed")
+    args = ["train.epochs=10", "train.ema=0.9", "train.label_smoothing=0.1", "device=cpu"]
+    process = subprocess.Popen([sys.executable, "-m", "competition.run", "exp=killed", "fold=0", *args], cwd=tones,
+                               env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    checkpoint = tones / "experiments" / "killed" / "fold_0.partial" / "last.pt"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL  # killed while training, not after finishing
+    killed = tones / "experiments" / "killed" / "fold_0"
+    assert not killed.exists()
+
+    result = run_cli("competition.run", "exp=killed", "fold=0", *args, cwd=tones)
+    assert result.returncode == 2 and "resume=true" in result.stderr  # never restarted silently
+    result = run_cli("competition.run", "exp=killed", "fold=0", "resume=true", *args[:-1], "train.lr=0.02", cwd=tones)
+    assert result.returncode == 2 and "train.lr" in result.stderr  # other settings: say which
+    result = run_cli("competition.run", "exp=killed", "fold=0", "resume=true", *args, cwd=tones)
+    assert result.returncode == 0, result.stderr
+    assert "resuming after epoch" in result.stderr
+    assert is_finished(killed) and not (killed / "last.pt").exists()
+
+    train_fold(load_experiment("tones", args[:-1]), 0, "cpu")
+    reference = tones / "experiments" / "tones" / "fold_0"
+    for name in ("oof.csv", "holdout.csv", "test.csv"):
+        assert (killed / name).read_text() == (reference / name).read_text(), name
+    columns = ["epoch", "train_loss", "val_loss", "val_accuracy"]
+    pd.testing.assert_frame_equal(pd.read_csv(killed / "metrics.csv")[columns],
+                                  pd.read_csv(reference / "metrics.csv")[columns])
+
+
+def test_resume_without_a_checkpoint_is_refused(tones: Path) -> None:
+    with pytest.raises(UserError, match="no checkpoint to resume"):
+        train_fold(load_experiment("tones"), 0, "cpu", resume=True)
+
+
 @pytest.mark.parametrize("args,expected", [
     (["fold=7"], "fold=7 is out of range"),
     (["model.name=resnet_18"], "did you mean resnet18"),
