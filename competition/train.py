@@ -133,6 +133,11 @@ def make_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def smooth_targets(y: torch.Tensor, n_classes: int, smoothing: float) -> torch.Tensor:
+    """One-hot targets with `smoothing` of the mass spread evenly over all classes."""
+    return F.one_hot(y, n_classes).float() * (1.0 - smoothing) + smoothing / n_classes
+
+
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, keep: float = 1.0) -> torch.Tensor:
     """Cross-entropy against soft targets (smoothed, mixed); with keep < 1, only the hardest samples count (OHEM)."""
     losses = -(targets * logits.float().log_softmax(-1)).sum(-1)
@@ -442,13 +447,11 @@ def _train_epoch(cfg: DictConfig, state: TrainState, data: FoldData, frontend: L
     state.model.train()
     bar = tqdm(train_batches(data.train, cfg, state.rng, heavy), total=steps, desc=f"epoch {epoch}/{t.epochs}",
                unit="batch", leave=False, file=sys.stderr, dynamic_ncols=True)
-    n_classes = len(data.classes)
     for index, wave in bar:
         wave = augmenter.wave(wave.to(device, non_blocking=True), state.generator)
         x = augmenter.spec(frontend(wave), state.generator)
         y = torch.from_numpy(data.train.y[index]).to(device)
-        targets = F.one_hot(y, n_classes).float() * (1.0 - t.label_smoothing) + t.label_smoothing / n_classes
-        x, targets = augmenter.mix(x, targets, state.generator)
+        x, targets = augmenter.mix(x, smooth_targets(y, len(data.classes), t.label_smoothing), state.generator)
         with autocast(device, t.amp):
             logits = state.model(x)
         loss = soft_cross_entropy(logits, targets, t.ohem)

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import soundfile
 import torch
+import torch.nn.functional as F
 
 from competition.config import load_experiment
 from competition.errors import UserError
@@ -247,3 +248,85 @@ train: {{epochs: 8, batch_size: 32, lr: 0.003}}
     assert folds.groupby("group")["fold"].nunique().max() == 1  # no speaker in two folds
     assert summary["n_val"] == 200 and summary["n_train"] == 600
     assert summary["val_accuracy"] > 0.3  # chance is 0.1
+
+
+def test_ohem_keeps_only_the_hardest_samples_and_smoothing_matches_torch() -> None:
+    from competition.train import smooth_targets, soft_cross_entropy
+
+    logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 3.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, -2.0]])
+    y = torch.tensor([0, 1, 2, 2])
+    per_sample = F.cross_entropy(logits, y, reduction="none")
+    assert soft_cross_entropy(logits, smooth_targets(y, 3, 0.0)) == pytest.approx(per_sample.mean().item())
+    hardest_half = per_sample.sort(descending=True).values[:2].mean()
+    assert soft_cross_entropy(logits, smooth_targets(y, 3, 0.0), keep=0.5) == pytest.approx(hardest_half.item())
+    smoothed = soft_cross_entropy(logits, smooth_targets(y, 3, 0.2))
+    assert smoothed == pytest.approx(F.cross_entropy(logits, y, label_smoothing=0.2).item())
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant", "onecycle"])
+def test_schedules_warm_up_then_follow_their_shape(tmp_path: Path, schedule: str) -> None:
+    from competition.config import load_config
+    from competition.train import make_scheduler
+
+    config = tmp_path / "config.yaml"
+    config.write_text("data: {name: x}\n")
+    cfg = load_config(config, [f"train.schedule={schedule}", "train.epochs=5", "train.warmup_epochs=1", "train.lr=0.1"])
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = make_scheduler(cfg, optimizer, steps_per_epoch=10)
+    lrs = []
+    for _ in range(50):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    rise, rest = np.array(lrs[:10]), np.array(lrs[10:])
+    assert (np.diff(rise) > 0).all() and rise[0] < 0.02  # warm-up climbs from near zero
+    assert max(lrs) == pytest.approx(0.1, rel=0.02)
+    if schedule == "constant":
+        assert np.allclose(rest, 0.1)
+    else:
+        assert (np.diff(rest) <= 1e-12).all() and rest[-1] < 0.01  # decays after the warm-up
+    if schedule == "linear":
+        assert np.allclose(np.diff(rest), np.diff(rest)[0])
+
+
+def test_gradient_clipping_and_ema_are_applied_only_when_enabled(tones: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import competition.train as train
+
+    norms, updates = [], []
+    clip = torch.nn.utils.clip_grad_norm_
+    ema_update = train.ModelEmaV3.update
+
+    def spy_clip(parameters, max_norm):
+        parameters = list(parameters)
+        clip(parameters, max_norm)
+        norms.append(torch.norm(torch.stack([p.grad.norm() for p in parameters])).item())
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy_clip)
+    monkeypatch.setattr(train.ModelEmaV3, "update", lambda self, model: updates.append(1) or ema_update(self, model))
+    train_fold(load_experiment("tones", ["train.epochs=1"]), 0, "cpu")
+    assert norms == [] and updates == []
+    summary = train_fold(load_experiment("tones", ["train.epochs=1", "train.grad_clip=0.05", "train.ema=0.5"]), 0,
+                         "cpu", overwrite=True)
+    steps = summary["n_train"] // 16 + (summary["n_train"] % 16 >= 2)
+    assert len(norms) == len(updates) == steps
+    assert max(norms) <= 0.05 * 1.001
+
+
+def test_augmented_run_writes_every_tta_view_and_their_mean(tones: Path) -> None:
+    noise = REPO.parent / "shared" / "data" / "background_noise"
+    args = ["train.epochs=2", "augment.gain.p=0.5", "augment.shift.p=0.5", "augment.noise.p=0.5",
+            "augment.spec_time.p=0.5", "augment.spec_freq.p=0.5", "augment.mixup.p=0.5", "augment.cutmix.p=0.3",
+            "augment.pitch_shift.p=0.5", "augment.time_stretch.p=0.5", "train.workers=2",
+            "tta.views=[plain,shift:0.1,gain:-6]"]
+    if noise.is_dir():
+        args += ["augment.background.p=0.5", f"augment.background.folder={noise}"]
+    summary = train_fold(load_experiment("tones", args), 0, "cpu")
+    holdout = pd.read_csv(tones / "experiments" / "tones" / "fold_0" / "holdout.csv", dtype={"id": str})
+    assert list(holdout["view"].unique()) == ["plain", "shift:0.1", "gain:-6", "mean"]
+    classes = sorted(TONES)
+    views = {view: frame.set_index("id")[classes] for view, frame in holdout.groupby("view")}
+    mean = (views["plain"] + views["shift:0.1"] + views["gain:-6"]) / 3
+    assert np.allclose(views["mean"].loc[mean.index], mean, atol=1e-5)
+    assert not np.allclose(views["plain"], views["shift:0.1"].loc[views["plain"].index])
+    assert "holdout_accuracy_mean" in summary and summary["tta_views"] == ["plain", "shift:0.1", "gain:-6"]
