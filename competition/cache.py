@@ -51,11 +51,23 @@ def _use_source(source: Source) -> None:
     _worker_source = source
 
 
-def _init_worker(source: Source) -> None:
-    """One BLAS/OpenMP thread per worker: with N workers, default threading oversubscribes and runs ~5x slower."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"
-    _use_source(source)
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _decoding_pool(workers: int, source: Source):
+    """Worker processes that start with one BLAS/OpenMP thread each: N workers with default threading
+    oversubscribe the cores and run ~5x slower. The variables must be set before the child imports numpy, so
+    they are set here while the children are spawned, and restored afterwards."""
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    os.environ.update({name: "1" for name in THREAD_VARIABLES})
+    try:
+        return get_context("spawn").Pool(workers, initializer=_use_source, initargs=(source,))
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
 
 
 def _decode_one(job: tuple[str, int]) -> tuple[str, np.ndarray | None, str]:
@@ -137,7 +149,7 @@ def build_cache(split: Split, sample_rate: int, cache_dir: Path, workers: int, d
             results = map(_decode_one, jobs)
             pool = None
         else:
-            pool = get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(split.source,))
+            pool = _decoding_pool(workers, split.source)
             results = pool.imap(_decode_one, jobs, chunksize=64)
         try:
             for rel, wave, error in results:
