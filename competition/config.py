@@ -142,6 +142,9 @@ CHOICES = {
 }
 
 
+DONE = "DONE"  # a fold's completion marker, written last: a fold folder without it is not finished
+
+
 @dataclass
 class Experiment:
     """A named experiment: its folder (outputs go to fold_<k>/ beside the config) and resolved config."""
@@ -222,7 +225,7 @@ def _load_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[DictConf
     if path in seen:
         raise UserError(f"{path}: 'base' chain loops back to itself")
     if not path.is_file():
-        raise UserError(f"{path}: base config not found")
+        raise UserError(f"{path}: config not found" + (f" (named as a base in {seen[-1]})" if seen else ""))
     cfg = _read_yaml(path)
     bases = cfg.pop("base", None) or []
     layers = []

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from competition.augment import Augmenter, HeavyAugment, heavy_enabled, parse_tta_view
 from competition.cache import WaveCache, load_split
-from competition.config import Experiment, config_diff
+from competition.config import DONE, Experiment, config_diff
 from competition.data import index_test, index_train
 from competition.errors import UserError
 from competition.folds import ensure_folds, fold_path
@@ -34,7 +34,6 @@ from competition.frontend import LogMel
 from competition.metrics import METRICS
 from competition.models import create_model
 
-DONE = "DONE"
 LAST = "last.pt"
 RESERVED_COLUMNS = {"id", "label", "view"}
 

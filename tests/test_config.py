@@ -156,7 +156,7 @@ def test_base_loop(experiments):
 
 def test_missing_base(experiments):
     write(experiments / "orphan" / "config.yaml", "base: ../_base/gone.yaml\n")
-    with pytest.raises(UserError, match=r"_base/gone\.yaml: base config not found"):
+    with pytest.raises(UserError, match=r"_base/gone\.yaml: config not found \(named as a base in "):
         load_experiment("orphan")
 
 

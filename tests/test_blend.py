@@ -1,0 +1,441 @@
+"""Blending: each method against hand-computed arrays, fitted weights and their honest (nested) score, the answer
+file's exact format and checks, and the CLI on hand-made fold outputs and on really trained folds."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from competition import blend
+from competition.blend import (METHODS, ViewPreds, fit_caruana, fit_scipy, geometric_mean, hard_vote, mean_probability,
+                               nested_score, rank_average)
+from competition.cli import main_guard
+from competition.config import SubmissionConfig, load_config
+from competition.errors import UserError
+from competition.metrics import METRICS
+from competition.submission import check_answer, render_answer, write_answer
+
+REPO = Path(__file__).resolve().parents[1]
+ACCURACY = METRICS["accuracy"]
+
+P = np.array([
+    [[0.6, 0.3, 0.1], [0.2, 0.5, 0.3]],
+    [[0.2, 0.5, 0.3], [0.1, 0.2, 0.7]],
+    [[0.5, 0.4, 0.1], [0.3, 0.3, 0.4]],
+])  # three models, two clips, three classes
+EQUAL = np.full(3, 1 / 3)
+
+
+def test_soft_is_the_weighted_mean() -> None:
+    assert np.allclose(mean_probability(P, EQUAL), [[1.3 / 3, 1.2 / 3, 0.5 / 3], [0.6 / 3, 1.0 / 3, 1.4 / 3]])
+    weighted = mean_probability(P, np.array([0.5, 0.25, 0.25]))
+    assert np.allclose(weighted[0], [0.3 + 0.05 + 0.125, 0.15 + 0.125 + 0.1, 0.05 + 0.075 + 0.025])
+
+
+def test_hard_vote_counts_labels_and_stays_a_distribution() -> None:
+    # clip 0: labels 0, 1, 0 -> votes (2, 1, 0); clip 1: labels 1, 2, 2 -> votes (0, 1, 2)
+    expected = np.array([[2 + 1.3 / 3, 1 + 1.2 / 3, 0 + 0.5 / 3], [0 + 0.6 / 3, 1 + 1.0 / 3, 2 + 1.4 / 3]]) / 4
+    combined = hard_vote(P, EQUAL)
+    assert np.allclose(combined, expected) and np.allclose(combined.sum(1), 1)
+    assert list(combined.argmax(1)) == [0, 2]
+    # the majority wins even against a larger summed probability: two weak votes for 1, one sure vote for 0
+    sure = np.array([[[0.3, 0.4, 0.3]], [[0.3, 0.4, 0.3]], [[1.0, 0.0, 0.0]]])
+    assert hard_vote(sure, EQUAL).argmax(1)[0] == 1 and mean_probability(sure, EQUAL).argmax(1)[0] == 0
+
+
+def test_hard_vote_ties_go_to_the_larger_summed_probability() -> None:
+    half = np.full(2, 0.5)
+    tie_for_1 = np.array([[[0.5, 0.4, 0.1]], [[0.05, 0.55, 0.4]]])  # one vote each; summed 0.55 for 0, 0.95 for 1
+    assert hard_vote(tie_for_1, half).argmax(1)[0] == 1
+    tie_for_0 = np.array([[[0.9, 0.05, 0.05]], [[0.3, 0.4, 0.3]]])  # one vote each; summed 1.2 for 0, 0.45 for 1
+    assert hard_vote(tie_for_0, half).argmax(1)[0] == 0
+
+
+def test_geometric_mean_is_the_renormalised_product_root() -> None:
+    rows = np.array([[0.6 * 0.2 * 0.5, 0.3 * 0.5 * 0.4, 0.1 * 0.3 * 0.1],
+                     [0.2 * 0.1 * 0.3, 0.5 * 0.2 * 0.3, 0.3 * 0.7 * 0.4]]) ** (1 / 3)
+    assert np.allclose(geometric_mean(P, EQUAL), rows / rows.sum(1, keepdims=True))
+    vetoed = geometric_mean(np.array([[[0.5, 0.5]], [[0.0, 1.0]]]), np.full(2, 0.5))
+    assert vetoed[0, 0] < 1e-6  # one member's zero outvotes the other's 0.5
+
+
+def test_rank_average_uses_ranks_over_the_clips() -> None:
+    # per member and class, rank of each clip's probability among the two clips, divided by two:
+    # member 0: (1, .5, .5) and (.5, 1, 1); members 1 and 2: (1, 1, .5) and (.5, .5, 1)
+    rows = np.array([[1.0, 2.5 / 3, 0.5], [0.5, 2 / 3, 1.0]])
+    assert np.allclose(rank_average(P, EQUAL), rows / rows.sum(1, keepdims=True))
+    tied = rank_average(np.array([[[0.2, 0.8], [0.2, 0.8]]]), np.ones(1))
+    assert np.allclose(tied, 0.5)  # equal scores share the average rank
+    assert np.allclose(rank_average(P ** 3, EQUAL), rank_average(P, EQUAL))  # calibration does not matter
+
+
+def test_tta_averages_each_models_views_before_combining() -> None:
+    plain = np.array([[0.3, 0.4, 0.3]])
+    shifted = np.array([[0.1, 0.2, 0.7]])
+    preds = ViewPreds(np.array(["x"]), np.array([2]), {"plain": plain, "shift:0.1": shifted})
+    assert np.allclose(preds.take(False).p, plain)
+    assert np.allclose(preds.take(True).p, [[0.2, 0.3, 0.5]])
+
+
+def noisy_members(rng: np.random.Generator, n: int, members: int, classes: int = 3) -> np.ndarray:
+    return rng.dirichlet(np.ones(classes), size=(members, n))
+
+
+def test_caruana_gives_a_useless_member_no_weight() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    good = np.full((300, 3), 0.1)
+    right = rng.random(300) < 0.85
+    good[np.arange(300), np.where(right, y, (y + 1) % 3)] = 0.8
+    stack = np.stack([noisy_members(rng, 300, 1)[0], good])
+    weights = fit_caruana(stack, y, ACCURACY)
+    assert weights[0] == 0.0 and weights[1] == 1.0
+    assert fit_caruana(stack, y, METRICS["log_loss"])[1] > 0.9
+    assert fit_scipy(stack, y, ACCURACY)[1] > 0.9
+
+
+def test_caruana_mixes_members_that_err_apart() -> None:
+    """Two members each wrong on a different third of the clips: their mean beats either alone."""
+    y = np.arange(300) % 3
+    members = []
+    for wrong in (slice(0, 100), slice(100, 200)):
+        probs = np.eye(3)[y] * 0.6 + 0.2 / 3 * 2
+        probs[wrong] = np.eye(3)[(y[wrong] + 1) % 3] * 0.45 + 0.55 / 3
+        members.append(probs)
+    weights = fit_caruana(np.stack(members), y, ACCURACY)
+    assert weights[0] > 0.25 and weights[1] > 0.25
+
+
+@pytest.mark.parametrize("method,metric", [("caruana", "accuracy"), ("scipy", "log_loss")])
+def test_nested_cv_exposes_weights_fitted_to_noise(method: str, metric: str) -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 150)
+    folds = np.arange(150) % 5
+    stack = noisy_members(rng, 150, 8)
+    fitted, metric_ = METHODS[method], METRICS[metric]
+    in_sample = metric_.score(y, fitted.combine(stack, fitted.fit(stack, y, metric_)))
+    nested = nested_score(fitted, stack, y, folds, metric_)
+    assert metric_.better(in_sample, nested)  # in-sample flatters; nested does not
+    if metric == "accuracy":
+        assert in_sample > 0.38 and in_sample - nested > 0.05  # chance is a third
+
+
+# The answer file
+
+def fmt(**keys: object):
+    return OmegaConf.merge(OmegaConf.structured(SubmissionConfig), keys)
+
+
+def test_gender_answer_is_id_tab_label_lines_only(tmp_path: Path) -> None:
+    section = yaml.safe_load((REPO / "experiments" / "_base" / "demo_gender.yaml").read_text())["submission"]
+    gender = fmt(**section)
+    path = tmp_path / "answer.tsv"
+    write_answer(path, ["f2", "f1", "m1"], ["1", "1", "0"], ["m1", "f1", "f2"], ["0", "1"], gender)
+    assert path.read_bytes() == b"f2\t1\nf1\t1\nm1\t0\n"
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+
+
+def test_words_answer_has_its_header_and_file_names(tmp_path: Path) -> None:
+    section = yaml.safe_load((REPO / "experiments" / "_base" / "demo_words.yaml").read_text())["submission"]
+    text = render_answer(["clip_0", "clip_1"], ["yes", "no"], fmt(**section))
+    assert text == "fname,label\nclip_0.wav,yes\nclip_1.wav,no\n"
+
+
+@pytest.mark.parametrize("rows,expected", [
+    ("a,x\nb,y\n", "1 test ids missing (c)"),
+    ("a,x\nb,y\nc,x\nc,y\n", "1 ids on more than one line (c)"),
+    ("a,x\nb,y\nc,x\nd,x\n", "1 ids that are not test clips (d)"),
+    ("a,x\nb,y\nc,z\n", "labels that are not classes (z)"),
+    ("a,x\nb,y,1\nc,x\n", "lines are not <id>','<label>"),
+    ("a,x\n\nb,y\nc,x\n", "lines are not <id>','<label>"),
+])
+def test_answer_check_names_what_is_wrong(rows: str, expected: str) -> None:
+    with pytest.raises(UserError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        check_answer("id,label\n" + rows, ["a", "b", "c"], ["x", "y"], fmt(), "answer.csv")
+    check_answer("id,label\na,x\nb,y\nc,x\n", ["a", "b", "c"], ["x", "y"], fmt(), "answer.csv")
+
+
+def test_answer_check_wants_the_contests_header_and_suffix() -> None:
+    with pytest.raises(UserError, match="header"):
+        check_answer("a,x\nb,y\n", ["a", "b"], ["x", "y"], fmt(), "answer.csv")
+    with pytest.raises(UserError, match="missing"):
+        check_answer("id,label\na,x\nb,y\n", ["a", "b"], ["x", "y"], fmt(id_suffix=".wav"), "answer.csv")
+
+
+def test_refused_answer_leaves_no_file(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="delimiter"):  # an id with a comma would shift the columns
+        write_answer(tmp_path / "a.csv", ["a,b"], ["x"], ["a,b"], ["x"], fmt())
+    assert not list(tmp_path.iterdir())
+
+
+# The CLI on hand-made fold outputs: one experiment, three folds, a five-clip holdout whose ladder is known
+
+CLASSES = ["down", "go", "up"]
+HOLDOUT_Y = [0, 1, 2, 0, 1]
+LADDER = np.array([  # plain-view probabilities of the holdout clips A..E by fold model
+    [[.7, .2, .1], [.5, .45, .05], [.3, .4, .3], [.8, .1, .1], [.2, .7, .1]],
+    [[.6, .3, .1], [.5, .45, .05], [.3, .4, .3], [.8, .1, .1], [.2, .3, .5]],
+    [[.3, .6, .1], [0., 1., 0.], [.3, .4, .3], [.8, .1, .1], [.1, .8, .1]],
+])
+# single folds 3/5, 2/5, 3/5; hard vote 3/5 (B: two votes for the wrong class); soft 4/5 (B: summed probability);
+# the second view sees C right, so soft + TTA gets 5/5 and hard + TTA 4/5
+EXPECTED = {"fold 0": 0.6, "fold 1": 0.4, "fold 2": 0.6, "hard": 0.6, "soft": 0.8, "hard+tta": 0.8, "soft+tta": 1.0}
+TEST_IDS = [f"t{i}" for i in range(5)]
+
+
+def write_predictions(path: Path, ids: list[str], views: dict[str, np.ndarray], labels: list[str] | None,
+                      classes: list[str]) -> None:
+    """Long format as train.py writes it: id, view, [label,] one column per class."""
+    frames = []
+    for view, probs in views.items():
+        frame = pd.DataFrame({"id": ids, "view": view, **({"label": labels} if labels else {})})
+        frames.append(pd.concat([frame, pd.DataFrame(probs[:len(ids)], columns=classes)], axis=1))
+    pd.concat(frames, ignore_index=True).to_csv(path, index=False)
+
+
+def write_fold(root: Path, exp: str, k: int, data: str = "w", classes: list[str] = CLASSES,
+               test_ids: list[str] | None = TEST_IDS, ladder: np.ndarray | None = LADDER) -> Path:
+    """A finished fold as train.py leaves it: DONE, resolved config, oof/holdout/test csv with two views and mean;
+    without test ids the contest has no test set, without a ladder no holdout."""
+    fold_dir = root / "experiments" / exp / f"fold_{k}"
+    fold_dir.mkdir(parents=True)
+    source = root / f".{exp}-{k}.yaml"
+    source.write_text(f"""
+data: {{name: {data}, train: {{path: data/train}}, test: {"{path: data/test}" if test_ids else "null"}}}
+folds: {{n_splits: 3, holdout: 0.2}}
+tta: {{views: [plain, "gain:-6"]}}
+submission: {{id_column: fname, label_column: label, id_suffix: .wav}}
+""")
+    OmegaConf.save(load_config(source), fold_dir / "config.yaml")
+    oof_y = [(k + j) % 3 for j in range(3)]
+    oof = np.eye(3)[oof_y] * 0.7 + 0.1
+    write_predictions(fold_dir / "oof.csv", [f"c{k}{j}" for j in range(3)], {"plain": oof, "gain:-6": oof, "mean": oof},
+                      [classes[c] for c in oof_y], classes)
+    if ladder is not None:
+        plain = ladder[k]
+        second = plain.copy()
+        second[2] = [.1, .2, .7]
+        views = {"plain": plain, "gain:-6": second, "mean": (plain + second) / 2}
+        write_predictions(fold_dir / "holdout.csv", list("ABCDE"), views, [classes[c] for c in HOLDOUT_Y], classes)
+        if test_ids:
+            write_predictions(fold_dir / "test.csv", test_ids, views, None, classes)
+    (fold_dir / "DONE").write_text(json.dumps({"classes": classes, "best_epoch": 1, "tta_views": ["plain", "gain:-6"],
+                                               "experiment": exp, "fold": k}))
+    return fold_dir
+
+
+@pytest.fixture
+def contest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "data" / "test").mkdir(parents=True)
+    for clip in TEST_IDS:
+        (tmp_path / "data" / "test" / f"{clip}.wav").touch()  # only listed, never decoded
+    for k in range(3):
+        write_fold(tmp_path, "a", k)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def blend_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    try:
+        main_guard(blend.main, list(args))
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_holdout_ladder_single_hard_soft_tta(contest: Path, capsys: pytest.CaptureFixture) -> None:
+    code, out, err = blend_cli(capsys)
+    assert code == 0, err
+    report = json.loads((contest / "submissions" / "w-soft+tta.json").read_text())
+    holdout = {row["method"]: row["holdout"] for row in report["table"] if row["scope"] == "a"}
+    assert {key: holdout[key] for key in EXPECTED} == pytest.approx(EXPECTED)
+    assert report["method"] == "soft+tta" and report["scores"]["holdout"] == 1.0 and report["weights"] == {"a": 1.0}
+    assert report["confusion"]["on"] == "holdout" and np.trace(report["confusion"]["matrix"]) == 5
+    assert "soft+tta *" in out and "fold 1" in out
+    answer = (contest / "submissions" / "w-soft+tta.csv").read_text()
+    assert answer == "fname,label\nt0.wav,down\nt1.wav,go\nt2.wav,up\nt3.wav,down\nt4.wav,go\n"
+    markdown = (contest / "submissions" / "w-soft+tta.md").read_text()
+    assert "| a | soft+tta * | 1.0000 |  | 1.0000 |  |" in markdown
+    for suffix in ("scores.png", "confusion.png"):
+        assert (contest / "submissions" / f"w-soft+tta.{suffix}").stat().st_size > 1000
+
+    code, out, err = blend_cli(capsys, "method=hard", "name=voted")
+    assert code == 0, err
+    assert (contest / "submissions" / "voted.csv").read_text().splitlines()[2] == "t1.wav,down"  # B: the majority
+
+
+def test_existing_answer_is_kept_unless_overwrite(contest: Path, capsys: pytest.CaptureFixture) -> None:
+    assert blend_cli(capsys, "name=first")[0] == 0
+    before = (contest / "submissions" / "first.csv").read_text()
+    code, _, err = blend_cli(capsys, "name=first", "method=rank")
+    assert code == 2 and "overwrite=true" in error_line(err)
+    assert (contest / "submissions" / "first.csv").read_text() == before
+    assert blend_cli(capsys, "name=first", "method=hard", "overwrite=true")[0] == 0
+
+
+def test_blend_of_two_experiments_fits_weights(contest: Path, capsys: pytest.CaptureFixture) -> None:
+    shuffled = LADDER[:, [1, 0, 3, 4, 2]]  # b sees other clips: a worse model of the same contest
+    for k in range(3):
+        write_fold(contest, "b", k, ladder=shuffled)
+    code, out, err = blend_cli(capsys, "method=caruana+tta")
+    assert code == 0, err
+    report = json.loads((contest / "submissions" / "w-caruana+tta.json").read_text())
+    methods = {row["method"] for row in report["table"] if row["scope"] == "blend"}
+    assert methods == {f"{m}{t}" for m in METHODS for t in ("", "+tta")}
+    chosen = next(r for r in report["table"] if r["scope"] == "blend" and r["method"] == "caruana+tta")
+    assert chosen["oof_nested"] is not None and sum(chosen["weights"].values()) == pytest.approx(1)
+    assert "blend  caruana+tta *" in out
+
+
+def remade_folds(root: Path) -> None:
+    """A second experiment whose clips sit in other folds, as if the fold file had been remade in between."""
+    for k in range(3):
+        write_fold(root, "b", k)
+    b = root / "experiments" / "b"
+    (b / "fold_0").rename(b / "fold_x")
+    (b / "fold_1").rename(b / "fold_0")
+    (b / "fold_x").rename(b / "fold_1")
+
+
+@pytest.mark.parametrize("setup,args,expected", [
+    (remade_folds, [], "the fold file was remade"),
+    (lambda root: write_fold(root, "b", 0, data="other"), [], "different fold files"),
+    (lambda root: write_fold(root, "b", 0, classes=["down", "go", "left"]), [], "other classes"),
+    (lambda root: write_fold(root, "b", 0, test_ids=TEST_IDS[:4]), [], "different test ids"),
+    (lambda root: (root / "experiments" / "a" / "fold_2").rename(root / "experiments" / "a" / "fold_2.partial"),
+     ["missing=fail"], "fold 2 unfinished"),
+    (lambda root: (root / "experiments" / "a" / "fold_1" / "test.csv").write_text(
+        (root / "experiments" / "a" / "fold_1" / "test.csv").read_text().replace("0.7", "nan", 1)), [], "NaN"),
+    (lambda root: None, ["exps=nope"], "'nope' not found"),
+    (lambda root: None, ["method=median"], "method=median is unknown"),
+    (lambda root: None, ["missing=maybe"], "missing=maybe"),
+    (lambda root: None, ["name=../x"], "plain file name"),
+    (lambda root: None, ["train.lr=1"], "not a blend option"),
+    (lambda root: None, ["submission.header=maybe"], "submission"),
+    (lambda root: (root / "data" / "test" / "t9.wav").touch(), [], "1 test ids missing (t9.wav)"),
+])
+def test_bad_input_gets_one_line(contest: Path, capsys: pytest.CaptureFixture, setup, args: list[str],
+                                 expected: str) -> None:
+    setup(contest)
+    code, _, err = blend_cli(capsys, *args)
+    assert code == 2 and expected in error_line(err)
+    assert not (contest / "submissions" / "w-soft+tta.csv").exists()
+
+
+def test_no_finished_experiments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "experiments" / "x" / "fold_0.partial").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = blend_cli(capsys)
+    assert code == 2 and "no finished experiments" in error_line(err)
+
+
+def test_unfinished_fold_is_left_out_and_reported(contest: Path, capsys: pytest.CaptureFixture) -> None:
+    (contest / "experiments" / "a" / "fold_2").rename(contest / "experiments" / "a" / "fold_2.partial")
+    code, out, err = blend_cli(capsys)
+    assert code == 0, err
+    assert "a: fold 2 unfinished" in out and "fold 2  " not in out
+    report = json.loads((contest / "submissions" / "w-soft+tta.json").read_text())
+    assert report["members"][0]["folds"] == [0, 1] and "fold 2 unfinished" in report["members"][0]["left_out"][0]
+
+
+def test_without_holdout_or_test_set_only_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    for k in range(3):
+        write_fold(tmp_path, "a", k, test_ids=None, ladder=None)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = blend_cli(capsys, "method=hard")
+    assert code == 0, err
+    assert "answer file: none (no test set" in out
+    assert sorted(p.name for p in (tmp_path / "submissions").iterdir()) == [
+        "w-hard.confusion.png", "w-hard.json", "w-hard.md", "w-hard.scores.png"]
+    report = json.loads((tmp_path / "submissions" / "w-hard.json").read_text())
+    assert report["confusion"]["on"] == "OOF" and report["n_holdout"] is None and report["scores"]["holdout"] is None
+    assert report["scores"]["oof"] == pytest.approx(1.0)  # every OOF clip is predicted right
+    assert blend_cli(capsys, "method=hard")[0] == 2  # the report alone is not overwritten either
+
+
+def test_format_override_on_the_command_line(contest: Path, capsys: pytest.CaptureFixture) -> None:
+    code, _, err = blend_cli(capsys, "name=tab", 'submission.delimiter="\\t"', "submission.header=false",
+                             'submission.id_suffix=""', "submission.extension=tsv")
+    assert code == 0, err
+    assert (contest / "submissions" / "tab.tsv").read_text().splitlines() == [
+        "t0\tdown", "t1\tgo", "t2\tup", "t3\tdown", "t4\tgo"]
+
+
+# End to end on really trained folds: the tones contest, two folds with two TTA views, and a copy of them as a second
+# experiment (training a second one would double the test's time; the hand-made folds above cover different members)
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import shutil
+
+    from competition.config import load_experiment
+    from competition.train import train_fold
+    from test_train import TONES, write_tone
+
+    root = tmp_path_factory.mktemp("blend")
+    rng = np.random.default_rng(0)
+    for label, freq in TONES.items():
+        for speaker in range(8):
+            for take in range(3):
+                write_tone(root / "data" / "train" / label / f"spk{speaker}_nohash_{take}.wav", freq, rng)
+    for i in range(6):
+        write_tone(root / "data" / "test" / f"clip_{i}.wav", list(TONES.values())[i % 3], rng)
+    (root / "experiments" / "tones").mkdir(parents=True)
+    (root / "experiments" / "tones" / "config.yaml").write_text(f"""
+data:
+  name: tones
+  cache_dir: {root / 'cache'}
+  train: {{path: data/train, layout: class_folders, filename_regex: '(?P<group>[^_]+)_nohash_\\d+'}}
+  test: {{path: data/test}}
+audio: {{sample_rate: 8000, duration: 0.5}}
+folds: {{n_splits: 2, holdout: 0.25}}
+frontend: {{n_mels: 16, n_fft: 256, hop_length: 128}}
+model: {{name: resnet10t}}
+train: {{epochs: 1, batch_size: 16, lr: 0.01}}
+tta: {{views: [plain, "gain:-6"]}}
+""")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        for fold in range(2):
+            train_fold(load_experiment("tones"), fold, "cpu")
+    shutil.copytree(root / "experiments" / "tones", root / "experiments" / "tones_copy")
+    return root
+
+
+def test_blend_cli_on_trained_folds(trained: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "competition.blend"], cwd=trained, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for scope, method in [("tones", "fold 0"), ("tones", "fold 1"), ("tones_copy", "hard"), ("tones", "soft+tta"),
+                          ("blend", "caruana"), ("blend", "scipy+tta"), ("blend", "soft+tta *")]:
+        assert any(line.split("  ")[0].strip() == scope and f" {method} " in f"{line} " for line in lines), method
+    answer = (trained / "submissions" / "tones-soft+tta.csv").read_text().splitlines()
+    assert answer[0] == "id,label" and len(answer) == 7
+    assert sorted(line.split(",")[0] for line in answer[1:]) == [f"clip_{i}" for i in range(6)]
+    assert {line.split(",")[1] for line in answer[1:]} <= {"high", "low", "mid"}
+    report = json.loads((trained / "submissions" / "tones-soft+tta.json").read_text())
+    assert [m["experiment"] for m in report["members"]] == ["tones", "tones_copy"]
+    assert report["n_holdout"] == 18 and report["n_oof"] == 54
+    holdout_rows = {(r["scope"], r["method"]) for r in report["table"] if r["holdout"] is not None}
+    assert {("tones", "fold 0"), ("tones", "hard"), ("tones", "soft"), ("tones", "soft+tta")} <= holdout_rows
+    for suffix in ("md", "scores.png", "confusion.png"):
+        assert (trained / "submissions" / f"tones-soft+tta.{suffix}").is_file()
