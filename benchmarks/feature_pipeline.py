@@ -177,7 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=2000, help="clips in the data set (an epoch)")
     parser.add_argument("--timed", type=int, default=500, help="clips timed per contender and repeat")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--mels", default="64,128,224")
     parser.add_argument("--hop-224", type=int, default=72, help="hop at 224 mels (72: 223 frames; 160: 101)")
     parser.add_argument("--no-workers", action="store_true", help="skip the naive num_workers=2 row")
