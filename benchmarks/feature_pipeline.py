@@ -1,6 +1,6 @@
 """Throughput of producing training inputs: augmented log-mel batches (B, 1, n_mels, frames), in clips per second.
 
-    python benchmarks/feature_pipeline.py [--clips 2000] [--timed 500] [--repeats 3] [--mels 64,128,224] [--hop-224 72]
+    python benchmarks/feature_pipeline.py [--clips 2000] [--timed 500] [--repeats 5] [--mels 64,128,224] [--hop-224 72]
 
 Contenders, each on the same 2,000 one-second 16 kHz clips of the demo's words/train (1,920 clips, the first 80
 used twice), batch 32 as in experiments/default:
@@ -8,10 +8,13 @@ used twice), batch 32 as in experiments/default:
            competition.train.train_batches (shuffled random crops) -> competition.augment.Augmenter with gain,
            shift and noise at p=0.5 -> competition.frontend.LogMel, all batched torch on the CPU
   naive    a torch Dataset doing librosa.load + audiomentations (AddGaussianNoise, Shift, Gain at p=0.5) +
-           librosa.feature.melspectrogram + power_to_db per clip, through a DataLoader (num_workers 0, then 2)
-  PNG      the voice-gender reference solution: melspectrogram + power_to_db per file scaled to uint8 and written
-           as a PNG once; every epoch the PNGs are read back into a float batch. No augmentation at all. Its
-           epoch-equivalent for a 20-epoch training is (20 N) / (write time + 20 x read time).
+           librosa.feature.melspectrogram + power_to_db + the same per-clip standardisation as ours, per clip,
+           through a DataLoader (num_workers 0, then 2; workers start afresh each epoch, as by default)
+  PNG      the voice-gender reference solution: librosa.load + melspectrogram + power_to_db per file scaled to
+           uint8 and written as a PNG (PIL) once; every epoch the PNGs are read back into a float batch. No
+           augmentation at all. Each repeat writes `--timed` PNGs and reads those back; the two rates give the
+           one-off write time for N clips (N / write rate) and the 20-epoch equivalent
+           (20 N) / (write time + 20 x read time).
 Each repeat times every contender on `--timed` clips of a freshly shuffled epoch (epoch set-up, such as starting
 DataLoader workers, included), contenders alternating in a rotating order; the table shows medians over repeats,
 and ratios are medians of the per-repeat ratios (so background load hits both sides of a ratio alike).
