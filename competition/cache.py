@@ -1,7 +1,9 @@
 """Decode every clip once into a memory-mapped int16 waveform cache shared by all experiments, folds and trials.
 
 The cache folder's name carries a hash of the source files (name, size, change stamp) and the audio settings,
-so editing the data or the sample rate builds a new cache instead of silently reusing a stale one.
+so editing the data or the sample rate builds a new cache instead of silently reusing a stale one. Its
+`fingerprint` hashes the decoded content instead: it survives moving or touching the data and changes when audio
+is replaced under the same name, so outputs made from the cache can tell whether their data changed.
 """
 from __future__ import annotations
 
@@ -9,11 +11,15 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
+import socket
+import struct
 import sys
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -22,7 +28,7 @@ from tqdm import tqdm
 from competition.data import Source, Split, _examples
 from competition.errors import UserError
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 _worker_source: Source | None = None
 
 
@@ -70,12 +76,44 @@ def _decoding_pool(workers: int, source: Source):
                 os.environ[name] = value
 
 
-def _decode_one(job: tuple[str, int]) -> tuple[str, np.ndarray | None, str]:
+def _missing_bytes(data: bytes) -> int:
+    """How many bytes of sample data a WAV or AIFF header promises beyond the end of the file. libsndfile
+    quietly shortens such a file to what is there (soundfile.info reports the shortened length), so the header
+    is read here; 0 when complete, or when the format or a streamed header (size 0 or 0xFFFFFFFF) gives no size."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        order, wanted = "<I", b"data"
+    elif data[:4] == b"FORM" and data[8:12] in (b"AIFF", b"AIFC"):
+        order, wanted = ">I", b"SSND"
+    else:
+        return 0
+    position = 12
+    while position + 8 <= len(data):
+        chunk, size = data[position: position + 4], struct.unpack(order, data[position + 4: position + 8])[0]
+        if chunk == wanted:
+            return 0 if size in (0, 0xFFFFFFFF) else max(0, size - (len(data) - position - 8))
+        position += 8 + size + size % 2  # chunks are padded to an even length
+    return 0
+
+
+class Decoded(NamedTuple):
+    """One clip's outcome in a decoding worker: its waveform, or why it could not be decoded."""
+
+    rel: str
+    wave: np.ndarray | None
+    error: str
+    truncated: bool
+
+
+def _decode_one(job: tuple[str, int]) -> Decoded:
     rel, sample_rate = job
     try:
-        return rel, to_int16(decode(_worker_source.read(rel), sample_rate)), ""
+        data = _worker_source.read(rel)
+        if not data:  # libsndfile would call it "Format not recognised"
+            return Decoded(rel, None, "empty file (0 bytes)", False)
+        return Decoded(rel, to_int16(decode(data, sample_rate)), "", _missing_bytes(data) > 0)
     except Exception as exc:  # corrupt audio is the user's data problem: reported per file, not raised
-        return rel, None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"
+        reason = str(exc).splitlines()[0] if str(exc) else "unreadable"
+        return Decoded(rel, None, f"{type(exc).__name__}: {reason}", False)
 
 
 def default_cache_dir() -> Path:
@@ -98,6 +136,7 @@ class WaveCache:
     clips: pd.DataFrame  # path, offset, length (decoded clips only)
     bad: pd.DataFrame  # path, error (clips that could not be decoded)
     waves: np.ndarray
+    fingerprint: str  # sha256 of the decoded content: clip paths and lengths, waveforms, bad paths
 
     @classmethod
     def open(cls, folder: Path) -> "WaveCache":
@@ -105,7 +144,7 @@ class WaveCache:
         bad = pd.read_csv(folder / "bad.csv", dtype=str)
         size = int(clips["length"].sum())
         waves = np.memmap(folder / "waves.int16", dtype=np.int16, mode="r", shape=(size,)) if size else np.zeros(0, np.int16)
-        return cls(folder, clips, bad, waves)
+        return cls(folder, clips, bad, waves, json.loads((folder / "COMPLETE").read_text())["fingerprint"])
 
     def rows(self, paths: pd.Series) -> np.ndarray:
         """Positions in this cache of the given clip paths."""
@@ -128,6 +167,25 @@ class WaveCache:
         return batch / 32768.0
 
 
+PARTIAL = re.compile(r"\.partial-(?:(?P<host>.+)-)?(?P<pid>\d+)$")  # <cache>.partial-<host>-<pid>, or -<pid>
+
+
+def _remove_abandoned_partials(cache_dir: Path) -> None:
+    """Partial folders of builds killed mid-way on this host (their process is gone) would stay forever.
+    Those of other hosts sharing the cache folder are left alone: their pids mean nothing here. Partials of
+    format 2 builds name no host and are taken as this host's."""
+    for path in cache_dir.iterdir():
+        match = PARTIAL.search(path.name)
+        if not match or not path.is_dir() or match["host"] not in (None, socket.gethostname()):
+            continue
+        try:
+            os.kill(int(match["pid"]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:  # alive, run by another user
+            pass
+
+
 def build_cache(split: Split, sample_rate: int, cache_dir: Path, workers: int, dataset: str) -> WaveCache:
     """Decode the split's clips in parallel once; later calls with unchanged sources open the existing cache."""
     paths = sorted(split.clips["path"].unique())
@@ -136,14 +194,17 @@ def build_cache(split: Split, sample_rate: int, cache_dir: Path, workers: int, d
     if (folder / "COMPLETE").exists():
         return WaveCache.open(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    _remove_abandoned_partials(folder.parent)
+    partial = folder.with_name(f"{folder.name}.partial-{socket.gethostname()}-{os.getpid()}")  # see PARTIAL
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     workers = 1 if len(paths) < 500 else workers or os.cpu_count() or 1  # starting workers costs seconds
     jobs = [(rel, sample_rate) for rel in paths]
-    records, bad, offset = [], [], 0
+    records, bad, truncated, offset = [], [], [], 0
+    fingerprint = hashlib.sha256()  # in path order, each clip's path and length before its samples
     with open(partial / "waves.int16", "wb") as out, tqdm(total=len(jobs), desc=f"decoding {split.name} clips",
-                                                         unit="clip", file=sys.stderr, leave=False) as bar:
+                                                         unit="clip", file=sys.stderr, leave=False,
+                                                         disable=None) as bar:  # None: no bar in a redirected log
         if workers == 1:  # in-process: leave this process's (and its children's) thread settings alone
             _use_source(split.source)
             results = map(_decode_one, jobs)
@@ -152,12 +213,18 @@ def build_cache(split: Split, sample_rate: int, cache_dir: Path, workers: int, d
             pool = _decoding_pool(workers, split.source)
             results = pool.imap(_decode_one, jobs, chunksize=64)
         try:
-            for rel, wave, error in results:
+            for rel, wave, error, short in results:
                 bar.update()
                 if wave is None:
                     bad.append((rel, error))
+                    fingerprint.update(json.dumps([rel, "bad"]).encode())
                     continue
-                out.write(wave.tobytes())
+                if short:
+                    truncated.append(rel)
+                samples = wave.tobytes()
+                out.write(samples)
+                fingerprint.update(json.dumps([rel, len(wave)]).encode())
+                fingerprint.update(samples)
                 records.append((rel, offset, len(wave)))
                 offset += len(wave)
         finally:
@@ -165,11 +232,15 @@ def build_cache(split: Split, sample_rate: int, cache_dir: Path, workers: int, d
                 pool.terminate()
     pd.DataFrame(records, columns=["path", "offset", "length"]).to_csv(partial / "clips.csv", index=False)
     pd.DataFrame(bad, columns=["path", "error"]).to_csv(partial / "bad.csv", index=False)
-    (partial / "COMPLETE").write_text(json.dumps({"clips": len(records), "bad": len(bad), "sample_rate": sample_rate}))
+    (partial / "COMPLETE").write_text(json.dumps({"clips": len(records), "bad": len(bad), "sample_rate": sample_rate,
+                                                  "fingerprint": fingerprint.hexdigest()}))
     try:
         partial.rename(folder)
     except OSError:  # another process finished the same cache first; theirs is as good as ours
         shutil.rmtree(partial, ignore_errors=True)
+    if truncated:
+        print(f"warning: {split.source}: {len(truncated)} truncated audio files, used as far as they go: "
+              f"{_examples(truncated)}", file=sys.stderr)
     print(f"cached {len(records)} {split.name} clips in {folder}", file=sys.stderr)
     return WaveCache.open(folder)
 

@@ -8,8 +8,13 @@ from competition.errors import UserError
 
 
 def main_guard(main: Callable[[list[str]], None], argv: list[str] | None = None) -> None:
+    """Run a verb's `main`; -h or --help prints its module's docstring (the usage) instead of running it."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(sys.modules[main.__module__].__doc__.strip())
+        return
     try:
-        main(sys.argv[1:] if argv is None else argv)
+        main(argv)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

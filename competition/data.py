@@ -7,6 +7,7 @@ sit in a folder or inside a zip that is read in place.
 from __future__ import annotations
 
 import io
+import os
 import posixpath
 import re
 import sys
@@ -23,6 +24,15 @@ from competition.errors import UserError
 def _examples(items: list[str], n: int = 3) -> str:
     shown = ", ".join(items[:n])
     return f"{shown} and {len(items) - n} more" if len(items) > n else shown
+
+
+def _utf8(name: str) -> bool:
+    """Bytes of a file name that are not UTF-8 come back from the OS as surrogate escapes, which no CSV can hold."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _hidden(rel: str) -> bool:
@@ -53,8 +63,13 @@ class Source:
 
     @property
     def zip(self) -> zipfile.ZipFile:
+        """Names not flagged UTF-8 are read as UTF-8, not cp437: Info-ZIP and macOS write UTF-8 without the flag."""
         if self._zip is None:
-            self._zip = zipfile.ZipFile(self.path)
+            try:
+                self._zip = zipfile.ZipFile(self.path, metadata_encoding="utf-8")
+            except UnicodeDecodeError as exc:  # exc.object: the first such name's bytes
+                raise UserError(f"{self.path}: a file name inside the zip is not valid UTF-8 ({exc.object!r}); "
+                                "rename such files and re-create the zip") from None
         return self._zip
 
     def files(self) -> list[str]:
@@ -84,23 +99,23 @@ class Source:
         stat = (self.path / self.subdir / rel).stat()
         return stat.st_size, stat.st_mtime_ns
 
-    def open_table(self, table: str) -> tuple[io.BytesIO, str]:
+    def open_table(self, table: str) -> tuple[bytes, str]:
         """A label table given relative to the source (also inside a zip) or as an absolute path."""
         if Path(table).expanduser().is_absolute():
             path = Path(table).expanduser()
             if not path.is_file():
                 raise UserError(f"{path}: label table not found; check data.train.table")
-            return io.BytesIO(path.read_bytes()), str(path)
+            return path.read_bytes(), str(path)
         if self.is_zip:  # zip members are plain names: resolve '..' (a table beside the subdir) as a folder would
             member = posixpath.normpath(self._member(table))
             try:
-                return io.BytesIO(self.zip.read(member)), f"{self.path}:{member}"
+                return self.zip.read(member), f"{self.path}:{member}"
             except KeyError:
                 raise UserError(f"{self.path}: no '{member}' inside the zip; check data.train.table") from None
         path = self.path / self.subdir / table
         if not path.is_file():
             raise UserError(f"{path}: label table not found; check data.train.table")
-        return io.BytesIO(path.read_bytes()), str(path)
+        return path.read_bytes(), str(path)
 
 
 @dataclass
@@ -117,6 +132,18 @@ def _audio_files(source: Source, extensions: list[str]) -> list[str]:
     files = [f for f in source.files() if PurePosixPath(f).suffix.lower() in allowed]
     if not files:
         raise UserError(f"{source}: no audio files ({', '.join(sorted(allowed))}); check the path or data.extensions")
+    undecodable = [repr(os.fsencode(f)) for f in files if not _utf8(f)]  # a zip refuses them when opened
+    if undecodable:
+        raise UserError(f"{source}: {len(undecodable)} file names are not valid UTF-8 ({_examples(undecodable)}); "
+                        "rename these files")
+    by_id: dict[str, list[str]] = {}
+    for rel in files:
+        by_id.setdefault(_stem_id(rel), []).append(rel)
+    clashes = [group for group in by_id.values() if len(group) > 1]
+    if clashes:  # x.wav beside x.flac: one id twice would multiply its rows through folds and predictions
+        raise UserError(f"{source}: {sum(map(len, clashes))} files share an id with another file "
+                        f"({_examples([' and '.join(group) for group in clashes])}); "
+                        "keep one of each, or narrow data.extensions")
     return files
 
 
@@ -125,12 +152,26 @@ def _stem_id(rel: str) -> str:
     return str(PurePosixPath(rel).with_suffix(""))
 
 
+def _decode_table(data: bytes, name: str, encoding: str) -> str:
+    """The table's text; bytes invalid in `encoding` are named by line and position, not left to pandas."""
+    try:
+        return data.decode(encoding)
+    except LookupError:
+        raise UserError(f"data.train.encoding '{encoding}': unknown encoding; use a Python codec name such as "
+                        "utf-8, cp1257 or latin-1") from None
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UserError(f"{name}: not valid {encoding} (byte {exc.start}, line {line}); set data.train.encoding "
+                        "to the table's encoding (e.g. cp1257, latin-1)") from None
+
+
 def _read_table(source: Source, cfg: DictConfig) -> pd.DataFrame:
     """The label table as strings with columns id, label[, group]; bad lines named by number."""
-    buffer, name = source.open_table(cfg.table)
+    data, name = source.open_table(cfg.table)
+    text = _decode_table(data, name, cfg.encoding)
     delimiter = cfg.delimiter or ("\t" if name.lower().endswith(".tsv") else ",")
     try:
-        table = pd.read_csv(buffer, sep=delimiter, header=0 if cfg.header else None, dtype=str,
+        table = pd.read_csv(io.StringIO(text), sep=delimiter, header=0 if cfg.header else None, dtype=str,
                             keep_default_na=False, skip_blank_lines=True, engine="python")
     except pd.errors.ParserError as exc:
         raise UserError(f"{name}: malformed line ({str(exc).splitlines()[-1].strip()}); fix it or the delimiter") from None

@@ -1,7 +1,13 @@
 """The waveform cache: decoded once, reused, rebuilt when the sources or the sample rate change; bad audio named."""
 from __future__ import annotations
 
+import io
+import json
 import os
+import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +15,7 @@ import pytest
 import soundfile
 
 import competition.cache as cache_module
-from competition.cache import build_cache, decode, default_cache_dir, load_split
+from competition.cache import WaveCache, build_cache, decode, default_cache_dir, load_split
 from competition.data import index_train
 from competition.errors import UserError
 from conftest import FSDD, FSDD_REGEX, fsdd_names, fsdd_zip, make_config, tone, write_clip
@@ -156,3 +162,115 @@ def test_decoding_in_process_leaves_thread_settings_alone(workdir, monkeypatch):
     cfg = _tones(workdir)
     load_split(index_train(cfg), cfg, skip_bad=False)
     assert not {"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"} & set(os.environ)
+
+
+# --- content fingerprint -------------------------------------------------------------------------------------
+
+
+def test_fingerprint_survives_moving_and_touching_the_data(workdir):
+    cfg = _tones(workdir)
+    _, first = load_split(index_train(cfg), cfg, skip_bad=False)
+    assert json.loads((first.dir / "COMPLETE").read_text())["fingerprint"] == first.fingerprint
+    shutil.copytree(workdir / "train", workdir / "moved")
+    moved_cfg = make_config(workdir, {"train": {"path": "moved", "layout": "class_folders"}}, name="moved")
+    _, moved = load_split(index_train(moved_cfg), moved_cfg, skip_bad=False)
+    touched = workdir / "train" / "high" / "1.wav"
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    _, after_touch = load_split(index_train(cfg), cfg, skip_bad=False)
+    assert len({first.dir, moved.dir, after_touch.dir}) == 3  # each a new cache: the folder key hashes stamps
+    assert first.fingerprint == moved.fingerprint == after_touch.fingerprint
+    assert len(first.fingerprint) == 64 and WaveCache.open(first.dir).fingerprint == first.fingerprint
+
+
+def test_fingerprint_changes_when_audio_is_replaced_under_the_same_name(workdir):
+    cfg = _tones(workdir)
+    _, before = load_split(index_train(cfg), cfg, skip_bad=False)
+    replaced = workdir / "train" / "low" / "1.wav"
+    size = replaced.stat().st_size
+    write_clip(replaced, tone(350.0, 8000, 0.15), 8000)  # another take of the same length
+    assert replaced.stat().st_size == size
+    _, after = load_split(index_train(cfg), cfg, skip_bad=False)
+    assert after.clips.equals(before.clips)  # same names, same lengths: only the samples differ
+    assert after.fingerprint != before.fingerprint
+
+
+def test_fingerprint_counts_bad_files(workdir):
+    cfg = _tones(workdir)
+    _, clean = load_split(index_train(cfg), cfg, skip_bad=True)
+    (workdir / "train" / "low" / "x.wav").write_bytes(b"not audio")
+    _, with_bad = load_split(index_train(cfg), cfg, skip_bad=True)
+    assert with_bad.clips.equals(clean.clips) and with_bad.bad["path"].tolist() == ["low/x.wav"]
+    assert with_bad.fingerprint != clean.fingerprint
+
+
+# --- leftovers of killed builds ------------------------------------------------------------------------------
+
+
+def test_partial_folders_of_dead_builds_are_removed_live_ones_kept(workdir):
+    cfg = _tones(workdir)
+    cache_dir = Path(cfg.data.cache_dir)
+    finished = subprocess.Popen([sys.executable, "-c", ""])
+    finished.wait()  # its pid now names no process
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    host = socket.gethostname()
+    try:
+        left = {"dead": f"t-train-0123.partial-{host}-{finished.pid}",
+                "dead, format 2 name": f"other-test-4567.partial-{finished.pid}",
+                "alive": f"t-train-0123.partial-{host}-{sleeper.pid}",
+                "another host's": f"t-train-0123.partial-not-{host}-{finished.pid}"}
+        for name in left.values():
+            (cache_dir / name).mkdir(parents=True)
+            (cache_dir / name / "waves.int16").write_bytes(b"\0" * 64)
+        _, cache = load_split(index_train(cfg), cfg, skip_bad=False)
+        assert {p.name for p in cache_dir.iterdir()} == {cache.dir.name, left["alive"], left["another host's"]}
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+# --- broken audio --------------------------------------------------------------------------------------------
+
+
+def test_zero_byte_file_is_called_empty(workdir):
+    cfg = _tones(workdir)
+    (workdir / "train" / "high" / "blank.wav").write_bytes(b"")
+    with pytest.raises(UserError, match=r"1 unreadable audio files: high/blank\.wav \(empty file \(0 bytes\)\);"):
+        load_split(index_train(cfg), cfg, skip_bad=False)
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".aiff"])
+def test_truncated_file_is_used_as_far_as_it_goes_with_one_warning(workdir, capsys, suffix):
+    for label, freq in (("low", 300.0), ("high", 1500.0)):
+        for k in range(2):
+            write_clip(workdir / "train" / label / f"{k}{suffix}", tone(freq, 8000, 0.3), 8000)
+    cut = workdir / "train" / "high" / f"1{suffix}"
+    whole = cut.read_bytes()
+    cut.write_bytes(whole[: len(whole) // 2])
+    remaining = len(soundfile.read(cut, dtype="int16")[0])
+    assert 0 < remaining < 2400  # libsndfile reads what is there, without a word
+    cfg = make_config(workdir, {"extensions": [suffix], "train": {"path": "train", "layout": "class_folders"}},
+                      audio={"sample_rate": 8000})
+    _, cache = load_split(index_train(cfg), cfg, skip_bad=False)
+    assert dict(zip(cache.clips["path"], cache.clips["length"])) == {
+        f"high/0{suffix}": 2400, f"high/1{suffix}": remaining, f"low/0{suffix}": 2400, f"low/1{suffix}": 2400}
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert warnings == [f"warning: train: 1 truncated audio files, used as far as they go: high/1{suffix}"]
+
+
+# --- progress bar --------------------------------------------------------------------------------------------
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_only_on_a_terminal(workdir, monkeypatch, capsys):
+    cfg = _tones(workdir)
+    load_split(index_train(cfg), cfg, skip_bad=False)
+    assert "decoding train clips" not in capsys.readouterr().err  # stderr is no terminal here, as in a redirected log
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    write_clip(workdir / "train" / "low" / "3.wav", tone(300.0, 8000, 0.1), 8000)  # a change: built again
+    load_split(index_train(cfg), cfg, skip_bad=False)
+    assert "decoding train clips" in terminal.getvalue()

@@ -1,6 +1,7 @@
 """Indexing every supported layout, from folders and from zips read in place, and the errors users will meet."""
 from __future__ import annotations
 
+import os
 import zipfile
 from pathlib import Path
 
@@ -185,7 +186,7 @@ def test_test_split_lists_every_audio_file_including_nested_and_flac(workdir):
 def test_flac_and_wav_decode_alike_and_stereo_is_mixed_to_mono(workdir):
     left, right = tone(500, 16000, 0.25, 0.6), tone(500, 16000, 0.25, 0.2)
     write_clip(workdir / "train" / "a" / "mono.wav", left, 16000)
-    write_clip(workdir / "train" / "a" / "mono.flac", left, 16000)
+    write_clip(workdir / "train" / "a" / "mono_flac.flac", left, 16000)
     write_clip(workdir / "train" / "b" / "stereo.wav", np.stack([left, right], axis=1), 16000)
     cfg = make_config(workdir, {"train": {"path": "train", "layout": "class_folders"}})
     split, cache = load_split(index_train(cfg), cfg, skip_bad=False)
@@ -194,9 +195,9 @@ def test_flac_and_wav_decode_alike_and_stereo_is_mixed_to_mono(workdir):
         offset, length = cache.clips.loc[cache.rows([path])[0], ["offset", "length"]]
         return cache.waves[offset: offset + length]
 
-    for path in ("a/mono.wav", "a/mono.flac"):  # a 16-bit source is cached bit for bit
+    for path in ("a/mono.wav", "a/mono_flac.flac"):  # a 16-bit source is cached bit for bit
         np.testing.assert_array_equal(wave(path), soundfile.read(workdir / "train" / path, dtype="int16")[0])
-    np.testing.assert_allclose(wave("a/mono.flac") / 32768, left, atol=1e-4)
+    np.testing.assert_allclose(wave("a/mono_flac.flac") / 32768, left, atol=1e-4)
     np.testing.assert_allclose(wave("b/stereo.wav") / 32768, (left + right) / 2, atol=1e-4)
 
 
@@ -403,3 +404,99 @@ def test_single_class(workdir):
     cfg = _table_config(workdir, "a\tcat\nb\tcat\nc\tcat\nd\tcat\n")
     with pytest.raises(UserError, match=r"only one class \(cat\) found"):
         index_train(cfg)
+
+
+# --- file names, ids and table encodings ---------------------------------------------------------------------
+
+
+def _two_classes(root: Path) -> None:
+    """root/<a|b>/<label>_<k>.wav with a label table beside them (ids are paths without the extension)."""
+    for label, freq in (("a", 300.0), ("b", 900.0)):
+        for k in range(2):
+            write_clip(root / label / f"{label}_{k}.wav", tone(freq, 8000, 0.05), 8000)
+    (root / "targets.tsv").write_text("".join(f"{c}/{c}_{k}\t{c}\n" for c in "ab" for k in range(2)))
+
+
+TWO_CLASS_SPECS = {
+    "table": {"path": "train", "layout": "table", "table": "targets.tsv"},
+    "class_folders": {"path": "train", "layout": "class_folders"},
+    "filename": {"path": "train", "layout": "filename", "filename_regex": r"(?P<label>[ab])_\d"},
+    "test": {"path": "train", "layout": "class_folders"},  # the test split reads the same folder
+}
+
+
+@pytest.mark.parametrize("layout", list(TWO_CLASS_SPECS))
+def test_one_clip_in_two_formats_is_refused(workdir, layout):
+    _two_classes(workdir / "train")
+    write_clip(workdir / "train" / "a" / "a_1.flac", tone(300.0, 8000, 0.05), 8000)
+    test = {"test": {"path": "train"}} if layout == "test" else {}
+    index = index_test if layout == "test" else index_train
+    cfg = make_config(workdir, {"train": TWO_CLASS_SPECS[layout], **test})
+    with pytest.raises(UserError, match=r"^train: 2 files share an id with another file \(a/a_1\.flac and "
+                                        r"a/a_1\.wav\); keep one of each, or narrow data\.extensions$"):
+        index(cfg)
+    narrowed = index(make_config(workdir, {"extensions": [".wav"], "train": TWO_CLASS_SPECS[layout], **test},
+                                 name="narrowed"))
+    assert sorted(narrowed.clips["id"]) == ["a/a_0", "a/a_1", "b/b_0", "b/b_1"]
+
+
+LITHUANIAN = {"a": "katė", "b": "šuo", "c": "katė", "d": "šuo"}
+
+
+def test_label_table_in_cp1257(workdir):
+    data = ("id,label\n" + "".join(f"{i},{label}\n" for i, label in LITHUANIAN.items())).encode("cp1257")
+    _table_config(workdir, "", name="labels.csv", header=True)
+    (workdir / "train" / "labels.csv").write_bytes(data)
+    spec = {"path": "train", "table": "labels.csv", "header": True}
+    with pytest.raises(UserError) as error:
+        index_train(make_config(workdir, {"train": spec}))
+    first = data.index("ė".encode("cp1257"))
+    assert str(error.value) == (f"train/labels.csv: not valid utf-8 (byte {first}, line 2); "
+                                "set data.train.encoding to the table's encoding (e.g. cp1257, latin-1)")
+    clips = index_train(make_config(workdir, {"train": {**spec, "encoding": "cp1257"}}, name="cp1257")).clips
+    assert as_dict(clips, "label") == LITHUANIAN
+
+
+def test_unknown_table_encoding(workdir):
+    cfg = _table_config(workdir, "a\t0\nb\t1\n", encoding="utf-9")
+    with pytest.raises(UserError, match=r"^data\.train\.encoding 'utf-9': unknown encoding; use a Python codec name"):
+        index_train(cfg)
+
+
+def test_file_name_that_is_not_utf8_in_a_folder(workdir):
+    _two_classes(workdir / "train")
+    wav = (workdir / "train" / "b" / "b_0.wav").read_bytes()
+    (workdir / "train" / "b" / os.fsdecode(b"caf\xe9.wav")).write_bytes(wav)
+    cfg = make_config(workdir, {"train": TWO_CLASS_SPECS["class_folders"]})
+    with pytest.raises(UserError, match=r"^train: 1 file names are not valid UTF-8 \(b'b/caf\\xe9\.wav'\); "
+                                        r"rename these files$"):
+        index_train(cfg)
+
+
+def _zip_with_name(workdir: Path, placeholder: str, raw_name: bytes) -> Path:
+    """A zip whose member `placeholder` is renamed to raw bytes of the same length, without the UTF-8 flag,
+    as Info-ZIP writes names on Linux (Python's zipfile cannot)."""
+    _two_classes(workdir / "src")
+    (workdir / "src" / placeholder).write_bytes((workdir / "src" / "b" / "b_0.wav").read_bytes())
+    archive = zip_folder(workdir / "src", workdir / "data.zip")
+    assert len(raw_name) == len(placeholder.encode())
+    archive.write_bytes(archive.read_bytes().replace(placeholder.encode(), raw_name))
+    return archive
+
+
+def test_file_name_that_is_not_utf8_in_a_zip(workdir):
+    _zip_with_name(workdir, "cafX.wav", b"caf\xe9.wav")
+    cfg = make_config(workdir, {"test": {"path": "data.zip"}, "train": {"path": "data.zip", "layout": "filename",
+                                                                       "filename_regex": r"(?P<label>[ab])_\d"}})
+    for index in (index_train, index_test):
+        with pytest.raises(UserError, match=r"data\.zip: a file name inside the zip is not valid UTF-8 "
+                                            r"\(b'caf\\xe9\.wav'\); rename such files and re-create the zip$"):
+            index(cfg)
+
+
+def test_zip_names_are_read_as_utf8_without_the_flag(workdir):
+    _zip_with_name(workdir, "cafXX.wav", "café.wav".encode())
+    cfg = make_config(workdir, {"train": {"path": "data.zip", "table": "targets.tsv"}, "test": {"path": "data.zip"}})
+    test, cache = load_split(index_test(cfg), cfg, skip_bad=False)
+    assert "café" in set(test.clips["id"])  # not cp437's 'caf├⌐'
+    assert cache.clips["path"].tolist() == sorted(test.clips["path"])
