@@ -8,7 +8,9 @@ trained on and stands in for the leaderboard. Every experiment and trial reads t
 """
 from __future__ import annotations
 
+import math
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from competition.cli import main_guard, parse_bool
 from competition.config import load_experiment, parse_cli
+from competition.data import _examples
 from competition.errors import UserError
 
 FOLDS_DIR = Path("folds")
@@ -28,6 +31,22 @@ def fold_path(cfg: DictConfig) -> Path:
     return FOLDS_DIR / f"{cfg.data.name}.csv"
 
 
+def _remake(exp: str) -> str:
+    """The command that remakes this experiment's fold file (without exp= it would remake the default's)."""
+    return f"python -m competition.folds exp={exp} overwrite=true"
+
+
+def _at_least(n: int) -> str:
+    """The smallest two-decimal folds.holdout that holds out one part in at most n (rounding never asks for more)."""
+    return f"{math.ceil(100 / n) / 100:.2f}"
+
+
+def _largest_class(clips: pd.DataFrame) -> tuple[str, int]:
+    """The most frequent class and its clip count: scikit-learn refuses a split only when even it is too small."""
+    counts = clips["label"].value_counts()
+    return counts.index[0], int(counts.iloc[0])
+
+
 def _stratified_group_split(clips: pd.DataFrame, n_splits: int, seed: int) -> np.ndarray:
     """Fold number per clip; at least n_splits distinct groups are needed to put one in every fold."""
     n_groups = clips["group"].nunique()
@@ -36,13 +55,25 @@ def _stratified_group_split(clips: pd.DataFrame, n_splits: int, seed: int) -> np
                         "or check the group rule (data.train.group_column / filename_regex)")
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     folds = np.full(len(clips), -1)
-    for k, (_, val) in enumerate(splitter.split(clips, clips["label"], clips["group"])):
+    # a class smaller than n_splits just misses some folds; sklearn's multi-line warning about it gives way to
+    # validate_folds' one line where that matters (a class left in a single fold)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        splits = list(splitter.split(clips, clips["label"], clips["group"]))
+    for k, (_, val) in enumerate(splits):
         folds[val] = k
     return folds
 
 
 def make_folds(clips: pd.DataFrame, n_splits: int, seed: int, holdout: float = 0.0) -> pd.DataFrame:
-    """Assign every clip a fold in 0..n_splits-1, or -1 for the locked holdout (a `holdout` fraction of groups)."""
+    """Assign every clip a fold in 0..n_splits-1, or -1 for the locked holdout (a `holdout` fraction of groups).
+
+    The limits scikit-learn would fail on with a traceback are checked first, to name the key to change.
+    """
+    label, largest = _largest_class(clips)
+    if largest < 2:
+        raise UserError(f"every class has a single clip (e.g. '{label}'), so none can be both trained on and "
+                        "validated; check the label rule (data.train.label_column / filename_regex)")
     folds = pd.DataFrame({"id": clips["id"], "label": clips["label"], "group": clips["group"], "fold": -1})
     train = np.ones(len(clips), bool)
     if holdout > 0:
@@ -50,12 +81,21 @@ def make_folds(clips: pd.DataFrame, n_splits: int, seed: int, holdout: float = 0
         n_groups = clips["group"].nunique()
         if n_groups < parts:  # holding out one group in `parts` needs that many groups, whatever n_splits is
             raise UserError(f"folds.holdout={holdout} holds out one group in {parts}, but there are only {n_groups} "
-                            f"groups; set folds.holdout to at least {1 / n_groups:.2f}, or 0 for no holdout")
+                            f"groups; set folds.holdout to at least {_at_least(n_groups)}, or 0 for no holdout")
+        if largest < parts:
+            raise UserError(f"folds.holdout={holdout} splits each class into {parts} parts to hold one out, but no "
+                            f"class has {parts} clips (the largest, '{label}', has {largest}); set folds.holdout to at "
+                            f"least {_at_least(largest)}, or 0 for no holdout")
         held = _stratified_group_split(clips, parts, seed) == 0
         if held.all() or not held.any():
             raise UserError(f"folds.holdout={holdout} leaves nothing to train or hold out; choose a fraction like 0.1")
         train = ~held
     pool = clips[train].reset_index(drop=True)
+    label, largest = _largest_class(pool)
+    if largest < n_splits:
+        where, also = (" outside the holdout", ", or a smaller folds.holdout") if holdout > 0 else ("", "")
+        raise UserError(f"folds.n_splits={n_splits} but no class has {n_splits} clips{where} (the largest, "
+                        f"'{label}', has {largest}); set folds.n_splits to at most {largest}{also}")
     folds.loc[train, "fold"] = _stratified_group_split(pool, n_splits, seed)
     return folds
 
@@ -75,13 +115,13 @@ def read_folds(path: Path) -> pd.DataFrame:
         raise UserError(f"{path}: cannot read the fold file ({str(exc).splitlines()[0]})") from None
     if list(folds.columns) != COLUMNS or not pd.api.types.is_integer_dtype(folds["fold"]):
         raise UserError(f"{path}: not a fold file (expected integer columns {','.join(COLUMNS)}); "
-                        "remake it with python -m competition.folds")
+                        "remake it with python -m competition.folds exp=<experiment> overwrite=true")
     return folds
 
 
-def check_folds(folds: pd.DataFrame, clips: pd.DataFrame, path: Path) -> None:
+def check_folds(folds: pd.DataFrame, clips: pd.DataFrame, path: Path, exp: str) -> None:
     """The fold file must describe exactly the indexed clips, with the same labels: no silent mismatch."""
-    hint = "the data changed since the folds were made; remake them with python -m competition.folds overwrite=true"
+    hint = f"the data changed since the folds were made; remake them with {_remake(exp)}"
     missing = sorted(set(clips["id"]) - set(folds["id"]))
     extra = sorted(set(folds["id"]) - set(clips["id"]))
     if missing or extra:
@@ -99,6 +139,48 @@ def check_folds(folds: pd.DataFrame, clips: pd.DataFrame, path: Path) -> None:
                             f"(e.g. {changed['id'].iloc[0]}); {hint}")
 
 
+def validate_folds(folds: pd.DataFrame, n_splits: int, path: Path, exp: str) -> None:
+    """The fold file as a whole, made or hand-edited: folds 0..n_splits-1 (+ -1), whole groups, learnable classes.
+
+    A file with more folds than the config would be trained only in part and blended without a word; a group in
+    two folds leaks its speaker into validation; a class wholly held out can never be learnt.
+    """
+    remake = _remake(exp)
+    numbers = sorted(set(folds["fold"].tolist()))
+    trained = [k for k in numbers if k >= 0]
+    if len(trained) >= 2 and trained == list(range(len(trained))) and numbers[0] >= -1 and len(trained) != n_splits:
+        raise UserError(f"{path} has {len(trained)} folds (0..{len(trained) - 1}) but folds.n_splits is {n_splits}: "
+                        f"set folds.n_splits={len(trained)} in experiments/{exp}/config.yaml, "
+                        f"or remake the folds with {remake}")
+    unexpected = [str(k) for k in numbers if not -1 <= k < n_splits]
+    missing = [str(k) for k in range(n_splits) if k not in numbers]
+    if unexpected or missing:
+        found = ([f"fold {_examples(unexpected)}"] if unexpected else []) + \
+                ([f"no fold {_examples(missing)}"] if missing else [])
+        raise UserError(f"{path}: folds must be 0..{n_splits - 1} (folds.n_splits={n_splits}) and -1 for the holdout, "
+                        f"but it has {' and '.join(found)}; fix the file or remake it with {remake}")
+    folds_of_group = folds.groupby("group")["fold"].unique()
+    split = folds_of_group[folds_of_group.map(len) > 1]
+    if len(split):
+        listing = _examples([f"'{g}' in folds {', '.join(map(str, sorted(ks)))}" for g, ks in split.items()])
+        raise UserError(f"{path}: every group (speaker) must be in one fold, or validation scores voices the model "
+                        f"trained on, but it has {listing}; fix the file or remake it with {remake}")
+    in_training = folds[folds["fold"] >= 0]
+    held = folds["label"].value_counts().drop(in_training["label"].unique())
+    if len(held):
+        listing = _examples([f"'{c}' ({n} clips)" for c, n in held.items()])
+        raise UserError(f"{path}: the holdout (fold -1) has every clip of class {listing}, so no fold can learn it; "
+                        f"try another folds.seed or a smaller folds.holdout (0 for none), then remake the folds "
+                        f"with {remake}")
+    per_class = in_training.groupby("label")["fold"].agg(["nunique", "first", "size"])
+    alone = per_class[per_class["nunique"] == 1]
+    if len(alone):
+        listing = _examples([f"'{c}' only in fold {k} ({n} clips)" for c, k, n in
+                             zip(alone.index, alone["first"], alone["size"])])
+        print(f"warning: {path}: the model of a fold never trains on a class found only in that fold: {listing}",
+              file=sys.stderr)
+
+
 def write_folds(folds: pd.DataFrame, path: Path, overwrite: bool) -> bool:
     """Write atomically; an existing different file is kept unless overwrite is asked for. True if written."""
     if path.exists() and not overwrite:  # with overwrite, even an unreadable file is replaced
@@ -113,14 +195,19 @@ def write_folds(folds: pd.DataFrame, path: Path, overwrite: bool) -> bool:
     return True
 
 
-def ensure_folds(cfg: DictConfig, clips: pd.DataFrame) -> pd.DataFrame:
-    """The data set's folds, made on first use so a new user's first `run` just works; checked against the data."""
+def ensure_folds(cfg: DictConfig, clips: pd.DataFrame, exp: str) -> pd.DataFrame:
+    """The data set's folds, made on first use so a new user's first `run` just works; validated, and checked
+    against the data. `exp` names the experiment in the commands the errors suggest."""
     path = fold_path(cfg)
-    if not path.exists():
-        print(f"no fold file yet: making {path}", file=sys.stderr)
-        write_folds(make_folds(clips, cfg.folds.n_splits, cfg.folds.seed, cfg.folds.holdout), path, overwrite=False)
-    folds = read_folds(path)
-    check_folds(folds, clips, path)
+    if path.exists():
+        folds = read_folds(path)
+        check_folds(folds, clips, path, exp)
+        validate_folds(folds, cfg.folds.n_splits, path, exp)
+        return folds
+    print(f"no fold file yet: making {path}", file=sys.stderr)
+    folds = make_folds(clips, cfg.folds.n_splits, cfg.folds.seed, cfg.folds.holdout)
+    validate_folds(folds, cfg.folds.n_splits, path, exp)  # before writing: no invalid file is ever made
+    write_folds(folds, path, overwrite=False)
     return folds
 
 
@@ -134,6 +221,7 @@ def main(argv: list[str]) -> None:
     split, _ = load_split(index_train(cfg), cfg, cfg.data.skip_bad_audio)
     folds = make_folds(split.clips, cfg.folds.n_splits, cfg.folds.seed, cfg.folds.holdout)
     path = fold_path(cfg)
+    validate_folds(folds, cfg.folds.n_splits, path, exp.name)
     written = write_folds(folds, path, overwrite=parse_bool("overwrite", options["overwrite"]))
     print(class_counts(folds).to_string())
     state = "wrote" if written else "unchanged:"

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +14,7 @@ import pytest
 from competition.data import index_train
 from competition.errors import UserError
 from competition.folds import (COLUMNS, check_folds, class_counts, ensure_folds, fold_path, make_folds, read_folds,
-                               write_folds)
+                               validate_folds, write_folds)
 from conftest import FSDD_REGEX, fsdd_names, fsdd_zip, make_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,26 +164,200 @@ def test_check_folds_against_the_data(fsdd_clips):
     _, clips = fsdd_clips
     folds = make_folds(clips, n_splits=3, seed=0)
     path = Path("folds/digits.csv")
-    check_folds(folds, clips, path)  # the data it was made from: fine
+    check_folds(folds, clips, path, "exp")  # the data it was made from: fine
     with pytest.raises(UserError, match=r"does not match the data set: 1 clips not in it \(e\.g\. 0_george_0\)"):
-        check_folds(folds[folds["id"] != "0_george_0"], clips, path)
+        check_folds(folds[folds["id"] != "0_george_0"], clips, path, "exp")
     with pytest.raises(UserError, match=r"does not match the data set: 2 ids with no clip \(e\.g\. 0_george_0\)"):
-        check_folds(folds, clips[~clips["id"].isin(["0_george_0", "1_theo_3"])], path)
+        check_folds(folds, clips[~clips["id"].isin(["0_george_0", "1_theo_3"])], path, "exp")
     relabelled = folds.assign(label=folds["label"].where(folds["id"] != "3_lucas_2", "4"))
-    with pytest.raises(UserError, match=r"1 clips have other labels than in the data set \(e\.g\. 3_lucas_2\)"):
-        check_folds(relabelled, clips, path)
+    with pytest.raises(UserError, match=r"1 clips have other labels than in the data set \(e\.g\. 3_lucas_2\); "
+                                        r"the data changed .* remake them with python -m competition\.folds "
+                                        r"exp=exp2 overwrite=true$"):  # the experiment's own folds, not the default's
+        check_folds(relabelled, clips, path, "exp2")
 
 
 def test_ensure_folds_makes_the_file_once_then_checks_it(fsdd_clips, capsys):
     cfg, clips = fsdd_clips
     path = fold_path(cfg)
     assert path == Path("folds/digits.csv") and not path.exists()
-    folds = ensure_folds(cfg, clips)
+    folds = ensure_folds(cfg, clips, "exp")
     assert path.is_file() and "no fold file yet: making folds/digits.csv" in capsys.readouterr().err
     assert_grouped(folds)
-    assert ensure_folds(cfg, clips).equals(folds)
+    assert ensure_folds(cfg, clips, "exp").equals(folds)
     with pytest.raises(UserError, match=r"folds/digits\.csv does not match the data set"):
-        ensure_folds(cfg, clips[clips["group"] != "theo"])
+        ensure_folds(cfg, clips[clips["group"] != "theo"], "exp")
+
+
+# --- validating a fold file as a whole ----------------------------------------------------------------------
+
+
+def solo_table() -> pd.DataFrame:
+    """20 speakers saying 'a' and 'b' twice each, and class 'solo' said three times by one speaker alone."""
+    rows = [(f"s{g}_{k}", "ab"[(g + k) % 2], f"s{g}") for g in range(20) for k in range(4)]
+    return pd.DataFrame(rows + [(f"x_{k}", "solo", "x") for k in range(3)], columns=["id", "label", "group"])
+
+
+def per_clip_table() -> pd.DataFrame:
+    """Every clip its own group: classes a-e with 8 clips each and f, the largest, with 9."""
+    rows = [(f"{c}{i}", c, f"{c}{i}") for c in "abcdef" for i in range(9 if c == "f" else 8)]
+    return pd.DataFrame(rows, columns=["id", "label", "group"])
+
+
+def hand_edited(workdir: Path, folds: pd.DataFrame, n_splits: int = 5):
+    """A config with folds.n_splits, and folds/t.csv holding `folds` as if edited by hand."""
+    cfg = make_config(workdir, {"train": {"path": "unused"}}, folds={"n_splits": n_splits})
+    fold_path(cfg).parent.mkdir(exist_ok=True)
+    folds.to_csv(fold_path(cfg), index=False)
+    return cfg
+
+
+REMAKE = "python -m competition.folds exp=exp overwrite=true"
+
+
+@pytest.mark.parametrize("made, configured", [(6, 5), (4, 5)])
+def test_fold_file_with_other_folds_than_the_config_is_refused(workdir, made, configured):
+    clips = speakers_table()
+    cfg = hand_edited(workdir, make_folds(clips, n_splits=made, seed=0, holdout=0.1), n_splits=configured)
+    with pytest.raises(UserError) as refused:
+        ensure_folds(cfg, clips, "exp")
+    assert str(refused.value) == (f"folds/t.csv has {made} folds (0..{made - 1}) but folds.n_splits is {configured}: "
+                                  f"set folds.n_splits={made} in experiments/exp/config.yaml, "
+                                  f"or remake the folds with {REMAKE}")
+
+
+@pytest.mark.parametrize("edit, found", [({"s3": 7}, "fold 7"), ({"s3": -2, "s5": -3}, "fold -3, -2"),
+                                         ("merged", "no fold 2"), ("shifted", "fold 5 and no fold 2")])
+def test_fold_numbers_outside_0_to_k_minus_1_are_refused(workdir, edit, found):
+    clips = speakers_table()
+    folds = make_folds(clips, n_splits=5, seed=0, holdout=0.1)
+    if edit == "merged":  # folds 0, 1, 3, 4
+        folds["fold"] = folds["fold"].replace(2, 1)
+    elif edit == "shifted":  # folds 0, 1, 3, 4, 5: five folds, but not 0..4
+        folds["fold"] = folds["fold"].where(folds["fold"] < 2, folds["fold"] + 1)
+    else:
+        folds["fold"] = folds["group"].map(edit).fillna(folds["fold"]).astype(int)
+    cfg = hand_edited(workdir, folds)
+    with pytest.raises(UserError) as refused:
+        ensure_folds(cfg, clips, "exp")
+    assert str(refused.value) == (f"folds/t.csv: folds must be 0..4 (folds.n_splits=5) and -1 for the holdout, but it "
+                                  f"has {found}; fix the file or remake it with {REMAKE}")
+
+
+def test_a_speaker_in_two_folds_is_refused(workdir):
+    clips = speakers_table()
+    folds = make_folds(clips, n_splits=5, seed=0)
+    first = folds.index[folds["group"] == "s7"][0]
+    home = folds.loc[first, "fold"]
+    folds.loc[first, "fold"] = (home + 2) % 5  # one clip of s7 moved by hand: that voice leaks into validation
+    cfg = hand_edited(workdir, folds)
+    with pytest.raises(UserError) as refused:
+        ensure_folds(cfg, clips, "exp")
+    assert str(refused.value) == (f"folds/t.csv: every group (speaker) must be in one fold, or validation scores "
+                                  f"voices the model trained on, but it has 's7' in folds "
+                                  f"{', '.join(map(str, sorted([home, (home + 2) % 5])))}; fix the file or remake it "
+                                  f"with {REMAKE}")
+
+
+def test_a_class_held_out_entirely_is_refused_in_a_file(workdir):
+    clips = speakers_table()
+    folds = make_folds(clips, n_splits=5, seed=0)
+    folds.loc[folds["group"].isin(["s0", "s10", "s20", "s30", "s40"]), "fold"] = -1  # every speaker of 'rare'
+    cfg = hand_edited(workdir, folds)
+    with pytest.raises(UserError) as refused:
+        ensure_folds(cfg, clips, "exp")
+    assert str(refused.value) == (f"folds/t.csv: the holdout (fold -1) has every clip of class 'rare' (15 clips), "
+                                  f"so no fold can learn it; try another folds.seed or a smaller folds.holdout "
+                                  f"(0 for none), then remake the folds with {REMAKE}")
+
+
+def test_a_class_in_one_fold_only_is_a_warning(workdir, capsys):
+    clips = speakers_table()
+    folds = make_folds(clips, n_splits=5, seed=0)
+    folds.loc[folds["group"].isin(["s0", "s10", "s20", "s30", "s40"]), "fold"] = 2  # every speaker of 'rare'
+    cfg = hand_edited(workdir, folds)
+    assert ensure_folds(cfg, clips, "exp")["fold"].tolist() == folds["fold"].tolist()
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: folds/t.csv: the model of a fold never trains on a class found only in that fold: "
+        "'rare' only in fold 2 (15 clips)"]
+
+
+def test_holdout_that_takes_a_whole_class_is_refused_before_any_file_is_written(workdir):
+    clips = solo_table()  # the one speaker of 'solo' is the most lopsided group: scikit-learn holds it out first
+    cfg = make_config(workdir, {"train": {"path": "unused"}}, folds={"n_splits": 5, "holdout": 0.25})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scikit-learn's own multi-line warning about 'solo' must not escape either
+        with pytest.raises(UserError, match=r"^folds/t\.csv: the holdout \(fold -1\) has every clip of class 'solo' "
+                                            r"\(3 clips\), so no fold can learn it; .*exp=exp overwrite=true$"):
+            ensure_folds(cfg, clips, "exp")
+    assert not fold_path(cfg).exists()
+
+
+def test_a_class_smaller_than_n_splits_gives_one_warning_line(workdir, capsys):
+    clips = solo_table()  # 'solo' has 3 clips from one speaker, for 5 folds: scikit-learn warns in several lines
+    cfg = make_config(workdir, {"train": {"path": "unused"}}, folds={"n_splits": 5})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        folds = ensure_folds(cfg, clips, "exp")
+    solo_fold = folds.loc[folds["label"] == "solo", "fold"].unique().tolist()
+    assert len(solo_fold) == 1 and read_folds(fold_path(cfg)).equals(folds)
+    assert capsys.readouterr().err.splitlines() == [
+        "no fold file yet: making folds/t.csv",
+        "warning: folds/t.csv: the model of a fold never trains on a class found only in that fold: "
+        f"'solo' only in fold {solo_fold[0]} (3 clips)"]
+
+
+def followed(message: str, key: str) -> float:
+    """The value an error message tells the user to set `key` to."""
+    return float(re.search(rf"set {re.escape(key)} to at (?:least|most) ([\d.]+)", message).group(1))
+
+
+def test_holdout_finer_than_every_class():
+    clips = per_clip_table()  # scikit-learn: "n_splits=10 cannot be greater than the number of members in each class"
+    with pytest.raises(UserError) as refused:
+        make_folds(clips, n_splits=5, seed=0, holdout=0.1)
+    assert str(refused.value) == ("folds.holdout=0.1 splits each class into 10 parts to hold one out, but no class "
+                                  "has 10 clips (the largest, 'f', has 9); set folds.holdout to at least 0.12, "
+                                  "or 0 for no holdout")
+    folds = make_folds(clips, n_splits=5, seed=0, holdout=followed(str(refused.value), "folds.holdout"))
+    validate_folds(folds, 5, Path("folds/t.csv"), "exp")
+    assert (folds["fold"] == -1).sum() > 0
+
+
+def test_more_folds_than_clips_in_every_class():
+    clips = per_clip_table()  # scikit-learn: "n_splits=10 cannot be greater than the number of members in each class"
+    with pytest.raises(UserError) as refused:
+        make_folds(clips, n_splits=10, seed=0)
+    assert str(refused.value) == ("folds.n_splits=10 but no class has 10 clips (the largest, 'f', has 9); "
+                                  "set folds.n_splits to at most 9")
+    n_splits = int(followed(str(refused.value), "folds.n_splits"))
+    validate_folds(make_folds(clips, n_splits=n_splits, seed=0), n_splits, Path("folds/t.csv"), "exp")
+
+
+def test_more_folds_than_clips_left_in_every_class_after_the_holdout():
+    clips = per_clip_table()
+    with pytest.raises(UserError, match=r"^folds\.n_splits=8 but no class has 8 clips outside the holdout \(the "
+                                        r"largest, '\w', has [67]\); set folds\.n_splits to at most [67], or a "
+                                        r"smaller folds\.holdout$") as refused:
+        make_folds(clips, n_splits=8, seed=0, holdout=0.2)
+    n_splits = int(followed(str(refused.value), "folds.n_splits"))
+    validate_folds(make_folds(clips, n_splits=n_splits, seed=0, holdout=0.2), n_splits, Path("folds/t.csv"), "exp")
+
+
+def test_holdout_needing_more_groups_suggests_a_holdout_that_works():
+    rows = [(f"s{g}_{k}", "ab"[k % 2], f"s{g}") for g in range(30) for k in range(4)]
+    clips = pd.DataFrame(rows, columns=["id", "label", "group"])
+    with pytest.raises(UserError, match=r"holds out one group in 50, but there are only 30 groups; set folds\.holdout "
+                                        r"to at least 0\.04, or 0") as refused:
+        make_folds(clips, n_splits=5, seed=0, holdout=0.02)
+    folds = make_folds(clips, n_splits=5, seed=0, holdout=followed(str(refused.value), "folds.holdout"))
+    assert (folds["fold"] == -1).any()  # 0.03 (the suggestion rounded to nearest) would ask for 33 of the 30 groups
+
+
+def test_every_class_a_single_clip_is_a_label_rule_mistake():
+    clips = pd.DataFrame({"id": ["a", "b", "c"], "label": ["a", "b", "c"], "group": ["g", "h", "i"]})
+    with pytest.raises(UserError, match=r"^every class has a single clip \(e\.g\. '\w'\), so none can be both "
+                                        r"trained on and validated; check the label rule"):
+        make_folds(clips, n_splits=2, seed=0)
 
 
 # --- the command ---------------------------------------------------------------------------------------------
@@ -223,3 +399,21 @@ def test_command_writes_the_fold_file_and_reports_user_mistakes(fsdd_clips, work
 
     missing = run_folds(workdir, "exp=exp", "data.train.path=nowhere.zip")
     assert_one_line_error(missing, "nowhere.zip: no such folder or zip")
+
+
+def test_command_refuses_a_holdout_that_takes_a_whole_class(workdir):
+    names = fsdd_names(digits=range(4), indexes=range(3)) + fsdd_names(digits=range(4, 5), speakers=["george"])
+    fsdd_zip(workdir / "digits.zip", names)  # digit 4 is said by george alone
+    make_config(workdir, {"name": "digits", "train": {"path": "digits.zip", "layout": "filename",
+                                                      "filename_regex": FSDD_REGEX}})
+    kept = run_folds(workdir, "exp=exp", "folds.n_splits=3", "folds.holdout=0.17", "audio.sample_rate=8000")
+    assert kept.returncode == 0, kept.stderr  # this holdout keeps george: digit 4 is in one fold, with a warning
+    warned = [line for line in kept.stderr.splitlines() if "warning" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: folds/digits.csv: the model of a fold never trains on "
+                                                     "a class found only in that fold: '4' only in fold ")
+    folds = read_folds(workdir / "folds" / "digits.csv")
+    result = run_folds(workdir, "exp=exp", "folds.n_splits=3", "folds.holdout=0.2", "audio.sample_rate=8000",
+                       "overwrite=true")  # holds george, the most lopsided speaker, out first
+    assert_one_line_error(result, "folds/digits.csv: the holdout (fold -1) has every clip of class '4' (3 clips)",
+                          "then remake the folds with python -m competition.folds exp=exp overwrite=true")
+    assert read_folds(workdir / "folds" / "digits.csv").equals(folds)  # refused before writing, even with overwrite
