@@ -3,7 +3,7 @@
     python benchmarks/trainer_overhead.py [--steps 20] [--repeats 5] [--device cpu|cuda|auto] [--threads N]
 
 ours  competition.train._train_epoch, the loop competition.run trains with, on the default experiment's real fold-0
-      data (load_fold_data) whose training part is cut to steps x batch clips: waveform-cache crops, the
+      data (load_data) whose training part is cut to steps x batch clips: waveform-cache crops, the
       experiment's batched augmentation (none in experiments/default), torch log-mel, one-hot targets, the model,
       soft cross-entropy, backward, AdamW, the one-cycle schedule, the loss read back every step, the tqdm bar.
 bare  the same timm model (competition.models.create_model: resnet18, in_chans=1), the same batch and input size
@@ -45,15 +45,14 @@ def main() -> None:
     from competition.config import load_experiment
     from competition.frontend import LogMel
     from competition.models import create_model
-    from competition.train import (Part, TrainState, _train_epoch, crop_samples, load_fold_data, make_scheduler,
-                                   resolve_device)
+    from competition.train import Part, TrainState, _train_epoch, crop_samples, load_data, make_scheduler, resolve_device
 
     device = resolve_device(args.device)
     # enough scheduled epochs that the one-cycle schedule never runs out of steps during the benchmark
     exp = load_experiment(args.exp, [f"train.epochs={args.repeats + 2}"])
     cfg, t = exp.cfg, exp.cfg.train
     with Stopwatch() as watch:
-        data = load_fold_data(cfg, 0)
+        data = load_data(exp).fold(0)
     n = args.steps * t.batch_size
     if len(data.train) < n:
         raise SystemExit(f"fold 0 has only {len(data.train)} training clips; use --steps {len(data.train) // t.batch_size}")
@@ -87,7 +86,7 @@ def main() -> None:
     def ours() -> float:
         sync()
         started = time.perf_counter()
-        _train_epoch(cfg, state, data, frontend, augmenter, heavy, next(epoch_counter), steps, device)
+        _train_epoch(cfg, state, data, frontend, augmenter, heavy, next(epoch_counter), steps, device, 0)
         sync()
         return steps * t.batch_size / (time.perf_counter() - started)
 

@@ -1,7 +1,12 @@
 """Blend finished folds into ensembles, score each one the way a leaderboard would, and write the answer file.
 
     python -m competition.blend [exps=a,b] [method=soft+tta] [name=<data.name>-<method>] [metric=accuracy]
-                                [missing=skip|fail] [overwrite=true] [submission.<key>=value ...]
+                                [missing=skip|fail] [stale=fail|skip] [overwrite=true] [submission.<key>=value ...]
+
+Only folds made from the current inputs are blended: a fold whose config, fold file or training clips changed since
+it was trained (or whose predictions predate a change of TTA views or test clips) stops the blend with the reasons and
+the command that brings exactly those folds up to date; stale=skip leaves them out instead, naming them. The answer
+format is the experiments' current `submission:` section (it is not a training input).
 
 An experiment is one member: its out-of-fold (OOF) predictions are its folds' validation predictions put together.
 On OOF the method combines the members; on the holdout and test clips it combines all their fold models at once,
@@ -17,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,15 +34,17 @@ from scipy.optimize import minimize
 from scipy.stats import rankdata
 
 from competition.cli import main_guard, parse_bool
-from competition.config import DONE, EXPERIMENTS_DIR, SubmissionConfig, load_config, parse_cli, parse_overrides
+from competition.config import EXPERIMENTS_DIR, SubmissionConfig, load_experiment, parse_cli, parse_overrides
 from competition.data import index_test
 from competition.errors import UserError
+from competition.files import atomic_write, atomic_write_text
+from competition.foldrun import DONE, Inputs, finished_folds, read_record, repredict_command, retrain_command, staleness
 from competition.folds import FOLDS_DIR
 from competition.metrics import METRICS, Metric
 from competition.submission import SUBMISSIONS_DIR, answer_path, write_answer
 
-COMMAND_KEYS = {"exps": "", "method": "", "name": "", "metric": "", "missing": "skip", "overwrite": "false"}
-FOLD_DIR = re.compile(r"fold_(\d+)")
+COMMAND_KEYS = {"exps": "", "method": "", "name": "", "metric": "", "missing": "skip", "stale": "fail",
+                "overwrite": "false"}
 TTA = "+tta"
 EPS = 1e-15  # the floor of a probability under a logarithm, as in sklearn's log loss
 
@@ -176,7 +182,6 @@ class FoldRun:
 
     number: int
     dir: Path
-    cfg: DictConfig
     classes: list[str]
     oof: ViewPreds
     holdout: ViewPreds | None
@@ -188,12 +193,10 @@ class Member:
     """One experiment's finished folds, blended as one model."""
 
     name: str
+    cfg: DictConfig  # the experiment's current config, not the one its folds were trained with
     folds: list[FoldRun]
     left_out: list[str]
-
-    @property
-    def cfg(self) -> DictConfig:
-        return self.folds[0].cfg
+    n_train: int  # clips in the training folds, which the folds' OOF predictions should cover together
 
     def oof(self, tta: bool) -> tuple[Probs, np.ndarray]:
         """Every validation clip once, predicted by the one fold model that never trained on it; and its fold."""
@@ -252,7 +255,6 @@ def load_fold(fold_dir: Path, number: int, classes: list[str] | None, reference:
         raise UserError(f"{fold_dir / DONE}: unreadable ({exc}); retrain the fold with overwrite=true") from None
     if not isinstance(done, dict) or not isinstance(done.get("classes"), list):
         raise UserError(f"{fold_dir / DONE}: no class list; retrain the fold with overwrite=true")
-    cfg = load_config(fold_dir / "config.yaml")
     if classes is not None and set(done["classes"]) != set(classes):
         ours, theirs = set(done["classes"]) - set(classes), set(classes) - set(done["classes"])
         raise UserError(f"{fold_dir} has other classes than {reference} (only here: {', '.join(sorted(ours)) or '-'}; "
@@ -266,22 +268,56 @@ def load_fold(fold_dir: Path, number: int, classes: list[str] | None, reference:
         splits[split] = preds if preds is not None and len(preds.ids) else None
     if splits["oof"] is None or splits["oof"].y is None:
         raise UserError(f"{fold_dir}: no labelled oof.csv; retrain the fold with overwrite=true")
-    return FoldRun(number, fold_dir, cfg, classes, **splits)
+    return FoldRun(number, fold_dir, classes, **splits)
 
 
-def finished_folds(exp_dir: Path) -> dict[int, Path]:
-    return {int(match.group(1)): path for path in exp_dir.glob("fold_*")
-            if (match := FOLD_DIR.fullmatch(path.name)) and (path / DONE).is_file()}
+def current_folds(name: str, done: dict[int, Path]) -> tuple[DictConfig, int, dict[int, Path],
+                                                             dict[int, tuple[str, str]]]:
+    """The experiment's current config, its number of training-fold clips, its finished folds made from the current
+    inputs, and for the others what they need (retrain or re-predict) and why; each fold is judged with the
+    command-line overrides it was trained with."""
+    from competition.train import load_data  # torch and timm only when folds are actually checked
+
+    exp = load_experiment(name)
+    data = load_data(exp)
+    current: dict[tuple[str, ...], Inputs] = {(): data.inputs}
+    fresh, stale = {}, {}
+    for number, fold_dir in sorted(done.items()):
+        recorded = read_record(fold_dir)
+        overrides = tuple(recorded.overrides) if recorded else ()
+        if overrides not in current:
+            current[overrides] = load_data(load_experiment(name, list(overrides))).inputs
+        why = staleness(fold_dir, current[overrides])
+        if why:
+            stale[number] = ("retrain" if why.model else "re-predict", why.describe())
+        else:
+            fresh[number] = fold_dir
+    return exp.cfg, int((data.folds >= 0).sum()), fresh, stale
 
 
-def load_members(names: list[str], fail_on_missing: bool) -> list[Member]:
-    """The named experiments (all with a finished fold when none are named), each fold checked and read once."""
+def stale_message(stale: dict[str, dict[int, tuple[str, str]]]) -> str:
+    """Each stale fold with its reason, and per experiment the commands that bring exactly those folds up to date."""
+    reasons, commands = [], []
+    for name, folds in stale.items():
+        reasons += [f"{name} fold {number}: {why}" for number, (_, why) in folds.items()]
+        for action, command in (("retrain", retrain_command), ("re-predict", repredict_command)):
+            numbers = [number for number, (need, _) in folds.items() if need == action]
+            if numbers:
+                commands.append(command(name, numbers) + (" (re-predicts from the trained models)"
+                                                          if action == "re-predict" else ""))
+    return f"{'; '.join(reasons)}. Bring them up to date with {' and '.join(commands)}"
+
+
+def load_members(names: list[str], fail_on_missing: bool, skip_stale: bool) -> list[Member]:
+    """The named experiments (all with a finished fold when none are named), each fold checked against the current
+    inputs and read once."""
     if not names:
         names = sorted(path.name for path in EXPERIMENTS_DIR.glob("*") if finished_folds(path))
         if not names:
             raise UserError(f"no finished experiments under {EXPERIMENTS_DIR}/ (no fold_<k>/{DONE}); train one with "
                             "python -m competition.run exp=<name> fold=all")
     members, classes, reference = [], None, ""
+    stale: dict[str, dict[int, tuple[str, str]]] = {}
     for name in names:
         exp_dir = EXPERIMENTS_DIR / name
         if not exp_dir.is_dir():
@@ -292,21 +328,34 @@ def load_members(names: list[str], fail_on_missing: bool) -> list[Member]:
         if not done:
             raise UserError(f"exps: {name} has no finished fold in {exp_dir}; train it with "
                             f"python -m competition.run exp={name} fold=all")
+        cfg, n_train, done, stale[name] = current_folds(name, done)
+        if not done:
+            print(f"{name}: every finished fold is stale, left out")
+            continue
         folds = []
         for number in sorted(done):
             folds.append(load_fold(done[number], number, classes, reference))
             if classes is None:  # the first fold read fixes the class order every other fold is read in
                 classes, reference = folds[-1].classes, str(folds[-1].dir)
         left_out = []
-        for number in range(folds[0].cfg.folds.n_splits):
-            if number not in done:
+        for number in range(cfg.folds.n_splits):
+            if number in stale[name]:
+                left_out.append(f"fold {number} stale ({stale[name][number][1]})")
+            elif number not in done:
                 partial = exp_dir / f"fold_{number}.partial"
                 left_out.append(f"fold {number} unfinished ({partial})" if partial.exists()
                                 else f"fold {number} missing")
-        if left_out and fail_on_missing:
-            raise UserError(f"{name}: {', '.join(left_out)}; finish it with python -m competition.run exp={name} "
+        unfinished = [note for note in left_out if "stale" not in note]
+        if unfinished and fail_on_missing:
+            raise UserError(f"{name}: {', '.join(unfinished)}; finish it with python -m competition.run exp={name} "
                             "fold=all, or pass missing=skip to blend the finished folds")
-        members.append(Member(name, folds, left_out))
+        members.append(Member(name, cfg, folds, left_out, n_train))
+    stale = {name: folds for name, folds in stale.items() if folds}
+    if stale and not skip_stale:
+        raise UserError(f"stale folds are not blended: {stale_message(stale)}; or pass stale=skip to blend without "
+                        "them")
+    if not members:
+        raise UserError(f"no fold is current: {stale_message(stale)}")
     return members
 
 
@@ -316,8 +365,7 @@ def check_fold_files(members: list[Member]) -> str:
     """Every fold of every member on one fold file: otherwise their OOF and holdout clips do not line up."""
     uses: dict[str, list[str]] = {}
     for member in members:
-        for name in dict.fromkeys(fold.cfg.data.name for fold in member.folds):
-            uses.setdefault(name, []).append(member.name)
+        uses.setdefault(member.cfg.data.name, []).append(member.name)
     if len(uses) > 1:
         detail = "; ".join(f"{', '.join(exps)} on {FOLDS_DIR / name}.csv" for name, exps in uses.items())
         raise UserError(f"experiments on different fold files cannot be blended ({detail}); choose one set with exps=")
@@ -502,10 +550,8 @@ def markdown_table(cells: list[list[str]]) -> str:
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
-    tmp.replace(path)
 
 
 def plot_scores(rows: list[Row], chosen: Row, metric: Metric, path: Path) -> None:
@@ -566,12 +612,6 @@ def _json_value(value: float | None) -> float | None:
     return None if value is None or math.isnan(value) else value
 
 
-def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def describe(method: str) -> str:
     name, tta = parse_method(method)
     parts = [METHODS[name].combine.__doc__.split("\n\n")[0]]
@@ -623,7 +663,7 @@ def write_reports(base: Path, members: list[Member], rows: list[Row], chosen: Ro
                    "holdout": _json_value(r.holdout), "weights": r.weights} for r in rows],
         "confusion": {"on": on, "classes": classes, "matrix": matrix.tolist()},
     }
-    write_text(Path(f"{base}.json"), json.dumps(report, indent=2) + "\n")
+    atomic_write_text(Path(f"{base}.json"), json.dumps(report, indent=2) + "\n")
     scores = ", ".join(f"{what} {_fmt(value)}" for what, value in
                        (("OOF", chosen.oof), ("nested OOF", chosen.nested), ("holdout", chosen.holdout))
                        if value is not None)
@@ -646,18 +686,20 @@ def write_reports(base: Path, members: list[Member], rows: list[Row], chosen: Ro
         f"![scores per method]({base.name}.scores.png)", "",
         f"![confusion matrix of {label} on {on}]({base.name}.confusion.png)", "",
     ])
-    write_text(Path(f"{base}.md"), markdown)
+    atomic_write_text(Path(f"{base}.md"), markdown)
 
 
 def main(argv: list[str]) -> None:
     options, overrides = parse_cli(argv, COMMAND_KEYS)
     if options["missing"] not in ("skip", "fail"):
         raise UserError(f"missing={options['missing']}: expected skip (leave unfinished folds out) or fail")
+    if options["stale"] not in ("skip", "fail"):
+        raise UserError(f"stale={options['stale']}: expected fail (refuse stale folds) or skip (leave them out)")
     overwrite = parse_bool("overwrite", options["overwrite"])
     if options["method"]:
         parse_method(options["method"])
     names = list(dict.fromkeys(name.strip() for name in options["exps"].split(",") if name.strip()))
-    members = load_members(names, options["missing"] == "fail")
+    members = load_members(names, options["missing"] == "fail", options["stale"] == "skip")
     data_name = check_fold_files(members)
     metric = pick_metric(members, options["metric"])
     fmt = submission_format(members, overrides)
@@ -675,6 +717,10 @@ def main(argv: list[str]) -> None:
     for member in members:
         for note in member.left_out:
             print(f"{member.name}: {note}, left out")
+        covered = sum(len(fold.oof.ids) for fold in member.folds)
+        if covered < member.n_train:
+            print(f"{member.name}: OOF scores cover {covered} of {member.n_train} training clips (the folds left out "
+                  "hold the rest)")
     rows = score_table(members, metric, [(m, t) for m in METHODS for t in ((False, True) if any_tta else (False,))])
     scope = members[0].name if len(members) == 1 else "blend"
     chosen = next((row for row in rows if row.scope == scope and row.method == label), None)

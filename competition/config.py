@@ -31,6 +31,7 @@ class SourceConfig:
     table: str = ""  # label table, relative to the source (inside the zip too) or an absolute path
     header: bool = False  # whether the label table's first line names its columns
     delimiter: str = ""  # "" picks tab for .tsv, comma otherwise
+    encoding: str = "utf-8"  # the label table's text encoding, e.g. cp1257 or latin-1
     id_column: str = "id"  # with a header: column names; without one, the columns are id, label[, group]
     label_column: str = "label"
     group_column: str = ""  # a column naming the speaker (or any group that must stay in one fold)
@@ -142,9 +143,6 @@ CHOICES = {
 }
 
 
-DONE = "DONE"  # a fold's completion marker, written last: a fold folder without it is not finished
-
-
 @dataclass
 class Experiment:
     """A named experiment: its folder (outputs go to fold_<k>/ beside the config) and resolved config."""
@@ -152,6 +150,7 @@ class Experiment:
     name: str
     dir: Path
     cfg: DictConfig
+    overrides: list[str] = field(default_factory=list)  # the command-line overrides resolved into cfg
 
     def fold_dir(self, fold: int) -> Path:
         return self.dir / f"fold_{fold}"
@@ -256,36 +255,42 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
         raise UserError(f"command line: cannot parse overrides: {str(exc).splitlines()[0]}") from None
 
 
-def validate(cfg: DictConfig, origin: str) -> None:
-    """Checks a schema cannot express: choices, ranges, and values needed before any work starts."""
+def validate(cfg: DictConfig, origin: str, command_line: set[str] = frozenset()) -> None:
+    """Checks a schema cannot express: choices, ranges, and values needed before any work starts. A bad value is
+    blamed on the command line when it came from there (`command_line`: the dotted keys it set), else on the file."""
+
+    def where(key: str) -> str:
+        given = any(k == key or k.startswith(f"{key}.") or key.startswith(f"{k}.") for k in command_line)
+        return "command line" if given else origin
+
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in choices:
             close = difflib.get_close_matches(str(value), choices, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            raise UserError(f"{origin}: '{key}' is '{value}'; {hint}choose one of {', '.join(choices)}")
+            raise UserError(f"{where(key)}: '{key}' is '{value}'; {hint}choose one of {', '.join(choices)}")
     if cfg.data.test is not None and cfg.data.test.layout != "files":
-        raise UserError(f"{origin}: 'data.test.layout' must be 'files' (test clips carry no labels)")
+        raise UserError(f"{where('data.test.layout')}: 'data.test.layout' must be 'files' (test clips carry no labels)")
     positive = ["audio.sample_rate", "audio.duration", "folds.n_splits", "frontend.n_mels", "frontend.n_fft",
                 "frontend.hop_length", "train.epochs", "train.batch_size", "train.eval_batch_size", "train.lr"]
     for key in positive:
         if not OmegaConf.select(cfg, key) > 0:
-            raise UserError(f"{origin}: '{key}' must be positive, got {OmegaConf.select(cfg, key)}")
+            raise UserError(f"{where(key)}: '{key}' must be positive, got {OmegaConf.select(cfg, key)}")
     if cfg.folds.n_splits < 2:
-        raise UserError(f"{origin}: 'folds.n_splits' must be at least 2, got {cfg.folds.n_splits}")
+        raise UserError(f"{where('folds.n_splits')}: 'folds.n_splits' must be at least 2, got {cfg.folds.n_splits}")
     for key in ("folds.holdout", "train.label_smoothing", "train.ema"):
         if not 0.0 <= OmegaConf.select(cfg, key) < 1.0:
-            raise UserError(f"{origin}: '{key}' is a fraction in [0, 1), got {OmegaConf.select(cfg, key)}")
+            raise UserError(f"{where(key)}: '{key}' is a fraction in [0, 1), got {OmegaConf.select(cfg, key)}")
     if not 0.0 < cfg.train.ohem <= 1.0:
-        raise UserError(f"{origin}: 'train.ohem' is the fraction of each batch kept, in (0, 1], got {cfg.train.ohem}")
-    validate_augment(cfg.augment, origin)
+        raise UserError(f"{where('train.ohem')}: 'train.ohem' is the fraction of each batch kept, in (0, 1], got {cfg.train.ohem}")
+    validate_augment(cfg.augment, where("augment"))
     if not cfg.tta.views:
-        raise UserError(f"{origin}: 'tta.views' is empty; use [plain] for no test-time augmentation")
+        raise UserError(f"{where('tta.views')}: 'tta.views' is empty; use [plain] for no test-time augmentation")
     for view in cfg.tta.views:
         parse_tta_view(view)
     for key in ("train.warmup_epochs", "train.grad_clip", "train.workers", "train.patience"):
         if OmegaConf.select(cfg, key) < 0:
-            raise UserError(f"{origin}: '{key}' cannot be negative, got {OmegaConf.select(cfg, key)}")
+            raise UserError(f"{where(key)}: '{key}' cannot be negative, got {OmegaConf.select(cfg, key)}")
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -294,10 +299,10 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): node}
 
 
-def config_diff(old: DictConfig, new: DictConfig) -> list[str]:
-    """Dotted keys whose values differ between two configs, e.g. to refuse resuming under other settings."""
-    a, b = _flatten(OmegaConf.to_container(old)), _flatten(OmegaConf.to_container(new))
-    return sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key))
+def config_changes(old: DictConfig | dict, new: DictConfig | dict) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ between two configs, with (old, new) values, in key order."""
+    a, b = (_flatten(OmegaConf.to_container(c) if isinstance(c, DictConfig) else c) for c in (old, new))
+    return {key: (a.get(key), b.get(key)) for key in sorted(a.keys() | b.keys()) if a.get(key) != b.get(key)}
 
 
 def load_config(config_file: Path, overrides: list[str] = ()) -> DictConfig:
@@ -306,14 +311,15 @@ def load_config(config_file: Path, overrides: list[str] = ()) -> DictConfig:
     cfg = OmegaConf.structured(Config)
     for layer, origin in _load_layers(config_file):
         cfg = _merge(cfg, layer, origin)
-    cfg = _merge(cfg, parse_overrides(list(overrides)), "command line")
+    command_line = parse_overrides(list(overrides))
+    cfg = _merge(cfg, command_line, "command line")
     try:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as exc:
         raise UserError(f"{config_file}: cannot resolve an interpolation: {str(exc).splitlines()[0]}") from None
     if not cfg.data.name:
         raise UserError(f"{config_file}: 'data.name' is empty; name the data set (it names folds/<name>.csv)")
-    validate(cfg, str(config_file))
+    validate(cfg, str(config_file), set(_flatten(OmegaConf.to_container(command_line))))
     OmegaConf.set_readonly(cfg, True)
     return cfg
 
@@ -321,7 +327,7 @@ def load_config(config_file: Path, overrides: list[str] = ()) -> DictConfig:
 def load_experiment(exp: str, overrides: list[str] = ()) -> Experiment:
     config_file = find_experiment(exp)
     cfg = load_config(config_file, overrides)
-    return Experiment(name=config_file.parent.name, dir=config_file.parent, cfg=cfg)
+    return Experiment(name=config_file.parent.name, dir=config_file.parent, cfg=cfg, overrides=list(overrides))
 
 
 def parse_cli(argv: list[str], command_keys: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

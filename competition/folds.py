@@ -211,6 +211,17 @@ def ensure_folds(cfg: DictConfig, clips: pd.DataFrame, exp: str) -> pd.DataFrame
     return folds
 
 
+def _warn_stale(cfg: DictConfig, path: Path) -> None:
+    """Name the trained folds that a new fold file makes stale, and the command that retrains exactly them."""
+    from competition.config import EXPERIMENTS_DIR
+    from competition.files import file_sha256
+    from competition.foldrun import made_from_other_fold_file, retrain_command
+
+    for exp, numbers in made_from_other_fold_file(EXPERIMENTS_DIR, cfg.data.name, file_sha256(path)).items():
+        print(f"warning: {path} changed, so {exp} folds {','.join(map(str, sorted(set(numbers))))} are stale now; "
+              f"retrain exactly them with {retrain_command(exp, numbers)}", file=sys.stderr)
+
+
 def main(argv: list[str]) -> None:
     from competition.cache import load_split
     from competition.data import index_train
@@ -224,6 +235,8 @@ def main(argv: list[str]) -> None:
     validate_folds(folds, cfg.folds.n_splits, path, exp.name)
     written = write_folds(folds, path, overwrite=parse_bool("overwrite", options["overwrite"]))
     print(class_counts(folds).to_string())
+    if written:
+        _warn_stale(cfg, path)
     state = "wrote" if written else "unchanged:"
     print(f"{state} {path} ({len(folds)} clips, {folds['group'].nunique()} groups, "
           f"{cfg.folds.n_splits} folds, {(folds['fold'] == -1).sum()} clips held out)")

@@ -19,9 +19,14 @@ class Metric:
 
 
 def _roc_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """Binary ROC AUC, or the macro one-vs-rest mean over the classes present in `y`: a class without clips has no
+    AUC, and letting it make the whole score NaN would blind early stopping. NaN only with fewer than two classes."""
+    present = np.unique(y)
+    if len(present) < 2:
+        return float("nan")
     if p.shape[1] == 2:
         return metrics.roc_auc_score(y, p[:, 1])
-    return metrics.roc_auc_score(y, p, multi_class="ovr", labels=np.arange(p.shape[1]))
+    return float(np.mean([metrics.roc_auc_score(y == c, p[:, c]) for c in present]))
 
 
 METRICS = {

@@ -35,11 +35,14 @@ def _check_weights_cover(model: torch.nn.Module, weights: Path) -> None:
                         f"(e.g. {missing[0]}); is it a checkpoint of '{model.pretrained_cfg.get('architecture')}'?")
 
 
-def create_model(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
-    """The configured backbone with a `num_classes` head and a one-channel stem."""
+def create_model(cfg: DictConfig, num_classes: int, pretrained: bool = True) -> torch.nn.Module:
+    """The configured backbone with a `num_classes` head and a one-channel stem; with pretrained=False, no weights are
+    loaded (for a trained fold's own weights, loaded next)."""
     spec = cfg.model
     check_backbone(spec.name)
     kwargs = dict(in_chans=1, num_classes=num_classes, drop_rate=spec.drop_rate)
+    if not pretrained:
+        return timm.create_model(spec.name, **kwargs)
     if spec.weights_file:
         weights = Path(spec.weights_file).expanduser()
         if not weights.is_file():

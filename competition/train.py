@@ -1,17 +1,15 @@
 """Fit one (experiment, fold): the best checkpoint plus out-of-fold, holdout and test probabilities on disk.
 
-Everything is written into `fold_<k>.partial/` and the folder is renamed to `fold_<k>/` only after the
-completion marker `DONE`, so a crashed or interrupted fold can never be mistaken for a finished one.
+The fold folder's lifecycle (lock, `.partial` work folder, DONE, the record of what it was made from) belongs to
+competition.foldrun; this module loads the data, runs the fit loop and predicts through the TTA views.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import math
-import shutil
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -26,15 +24,17 @@ from tqdm import tqdm
 
 from competition.augment import Augmenter, HeavyAugment, heavy_enabled, parse_tta_view
 from competition.cache import WaveCache, load_split
-from competition.config import DONE, Experiment, config_diff
+from competition.config import Experiment
 from competition.data import index_test, index_train
 from competition.errors import UserError
+from competition.files import atomic_write, atomic_write_text, file_sha256
+from competition.foldrun import (DONE, LAST, Inputs, Staleness, discard_unresumable, fold_lock, is_finished, partial_dir,
+                                 publish, read_record, record, retrain_command, staleness, start_work)
 from competition.folds import ensure_folds, fold_path
 from competition.frontend import LogMel
 from competition.metrics import METRICS
-from competition.models import create_model
+from competition.models import check_backbone, create_model
 
-LAST = "last.pt"
 RESERVED_COLUMNS = {"id", "label", "view"}
 
 
@@ -60,32 +60,47 @@ class FoldData:
     test: Part | None
 
 
-def load_fold_data(cfg: DictConfig, fold: int) -> FoldData:
-    """Index, decode (once, cached) and split the data for one fold, checked against the shared fold file."""
+@dataclass
+class DataSet:
+    """An experiment's data as every fold sees it: the training clips with their fold numbers, the test clips, and
+    the inputs record (config, fold-file hash, data fingerprints) that the fold outputs are checked against."""
+
+    classes: list[str]
+    train: Part  # every training clip, holdout included
+    folds: np.ndarray  # each training clip's fold; -1 is the locked holdout
+    test: Part | None
+    inputs: Inputs
+
+    def fold(self, fold: int) -> FoldData:
+        def part(mask: np.ndarray) -> Part:
+            return Part(self.train.ids[mask], self.train.cache, self.train.rows[mask], self.train.y[mask])
+
+        return FoldData(self.classes, part((self.folds != fold) & (self.folds >= 0)), part(self.folds == fold),
+                        part(self.folds == -1), self.test)
+
+
+def load_data(exp: Experiment) -> DataSet:
+    """Index and decode (once, cached) the experiment's clips, check them against the shared fold file, and record
+    what they are: the one place every fold, and every check of a fold's freshness, gets its data from."""
+    cfg = exp.cfg
     train_split, train_cache = load_split(index_train(cfg), cfg, cfg.data.skip_bad_audio)
-    folds = ensure_folds(cfg, train_split.clips)
-    n_splits = int(folds["fold"].max()) + 1
-    if not 0 <= fold < n_splits:
-        raise UserError(f"fold={fold} is out of range: {fold_path(cfg)} has folds 0..{n_splits - 1} (or fold=all)")
+    folds = ensure_folds(cfg, train_split.clips, exp.name)
     classes = sorted(folds["label"].unique())
     clashes = RESERVED_COLUMNS & set(classes)
     if clashes:
         raise UserError(f"class name {', '.join(clashes)} clashes with a prediction column; rename that class")
     clips = train_split.clips.merge(folds[["id", "fold"]], on="id")
     y = clips["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    rows = train_cache.rows(clips["path"])
-
-    def part(mask: np.ndarray) -> Part:
-        return Part(clips["id"].to_numpy()[mask], train_cache, rows[mask], y[mask])
-
-    folds_of = clips["fold"].to_numpy()
-    test = None
+    train = Part(clips["id"].to_numpy(), train_cache, train_cache.rows(clips["path"]), y)
+    test, test_fingerprint = None, None
     test_split = index_test(cfg)
     if test_split is not None:
         test_split, test_cache = load_split(test_split, cfg, skip_bad=False)
         test = Part(test_split.clips["id"].to_numpy(), test_cache, test_cache.rows(test_split.clips["path"]), None)
-    return FoldData(classes, part((folds_of != fold) & (folds_of >= 0)), part(folds_of == fold),
-                    part(folds_of == -1), test)
+        test_fingerprint = test_cache.fingerprint
+    inputs = Inputs(OmegaConf.to_container(cfg), list(exp.overrides), file_sha256(fold_path(cfg)),
+                    train_cache.fingerprint, test_fingerprint)
+    return DataSet(classes, train, clips["fold"].to_numpy(), test, inputs)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -117,8 +132,9 @@ def make_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_
     total = t.epochs * steps_per_epoch
     if t.schedule == "onecycle":  # its rising phase is the warm-up
         rise = t.warmup_epochs / t.epochs if t.warmup_epochs else 0.25
+        # at least two rising steps: torch divides by the phase's length in steps, zero for a one-step phase
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t.lr, total_steps=total,
-                                                   pct_start=min(max(rise, 1e-3), 0.99))
+                                                   pct_start=min(max(rise, 2 / total), 0.99))
     warmup = round(t.warmup_epochs * steps_per_epoch)
     decay = {"cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress)),
              "linear": lambda progress: 1.0 - progress,
@@ -185,9 +201,7 @@ def predict_views(model: torch.nn.Module, frontend: LogMel, part: Part, cfg: Dic
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False, float_format="%.6g")
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
 
 
 def predictions_frame(part: Part, views: dict[str, np.ndarray], classes: list[str]) -> pd.DataFrame:
@@ -217,26 +231,6 @@ def plot_curves(history: pd.DataFrame, metric: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-@contextmanager
-def fold_lock(fold_dir: Path) -> Iterator[None]:
-    """One process per fold: a second run of the same fold stops instead of mixing files with the first."""
-    fold_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(fold_dir.with_name(f".{fold_dir.name}.lock"), "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{fold_dir} is being trained by another process; wait for it or stop it") from None
-        yield
-
-
-def is_finished(fold_dir: Path) -> bool:
-    return (fold_dir / DONE).is_file()
-
-
-def can_resume(fold_dir: Path) -> bool:
-    return (fold_dir.with_name(f"{fold_dir.name}.partial") / LAST).is_file()
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -305,8 +299,7 @@ class TrainState:
                  "scaler": self.scaler.state_dict(), "rng": self.rng.bit_generator.state,
                  "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                  "epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch, "history": self.history}
-        torch.save(state, path.with_name(f".{path.name}.tmp"))
-        path.with_name(f".{path.name}.tmp").replace(path)
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
 
     def load(self, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -323,48 +316,151 @@ class TrainState:
         self.history = state["history"]
 
 
-def _prepare_work(exp: Experiment, work: Path, resume: bool, overwrite: bool) -> None:
-    """A fresh work folder, or the interrupted one when resuming with the very same config."""
-    checkpoint = work / LAST
+def _checkpoint_epochs(work: Path) -> str:
+    """'epoch 3 of 8' for an interrupted fold, counted in the checkpoint's own settings."""
+    epoch = torch.load(work / LAST, map_location="cpu", weights_only=False)["epoch"]
+    recorded = read_record(work)
+    return f"epoch {epoch} of {recorded.config['train']['epochs']}" if recorded else f"epoch {epoch}"
+
+
+def _prepare_work(exp: Experiment, fold: int, work: Path, inputs: Inputs, resume: bool, overwrite: bool) -> None:
+    """A fresh work folder, or the interrupted one when resuming from the very same inputs."""
+    restart = f"restart only this fold with {retrain_command(exp.name, [fold])}"
     if resume:
-        if not checkpoint.is_file():
+        if not (work / LAST).is_file():
             raise UserError(f"resume=true but {work} holds no checkpoint to resume; run without resume=true")
-        differing = config_diff(OmegaConf.load(work / "config.yaml"), exp.cfg)
-        if differing:
-            raise UserError(f"cannot resume {work}: its config differs in {', '.join(differing)}; "
-                            "resume with the same settings, or pass overwrite=true to start again")
+        stale = staleness(work, inputs)
+        if stale.model:
+            raise UserError(f"cannot resume {work} ({_checkpoint_epochs(work)} done): {stale.describe()} since it "
+                            f"started; resume with the same settings, or {restart}")
+        OmegaConf.save(exp.cfg, work / "config.yaml")  # views or test clips may differ: predicted at the end anyway
+        record(work, inputs)
         return
-    if checkpoint.is_file() and not overwrite:
-        epoch = torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]
-        raise UserError(f"{work} holds an interrupted run (epoch {epoch} of {exp.cfg.train.epochs} done); "
-                        "pass resume=true to continue it, or overwrite=true to start again")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    OmegaConf.save(exp.cfg, work / "config.yaml")
+    if (work / LAST).is_file() and not overwrite:
+        raise UserError(f"{work} holds an interrupted run ({_checkpoint_epochs(work)} done); continue it with "
+                        f"python -m competition.run exp={exp.name} fold={fold} resume=true, or {restart}")
+    start_work(work, inputs, lambda path: OmegaConf.save(exp.cfg, path))
 
 
 def train_fold(exp: Experiment, fold: int, device_name: str = "auto", overwrite: bool = False,
-               resume: bool = False) -> dict:
-    """Train, pick the best epoch on the fold's validation clips, predict every split and publish the fold."""
+               resume: bool = False, data: DataSet | None = None) -> dict:
+    """Train, pick the best epoch on the fold's validation clips, predict every split and publish the fold. A
+    finished fold is kept unless overwrite is asked for: if it is current it is refused, if only its predictions are
+    out of date (other views or test clips) they are redone from its model, and if it is stale the reasons are named."""
     cfg = exp.cfg
+    check_backbone(cfg.model.name)  # cheap checks before decoding any audio
     fold_dir = exp.fold_dir(fold)
-    work = fold_dir.with_name(f"{fold_dir.name}.partial")
+    work = partial_dir(fold_dir)
     with fold_lock(fold_dir):
-        if is_finished(fold_dir) and not overwrite:
-            raise UserError(f"{fold_dir} is already finished; pass overwrite=true to train it again")
+        data = data or load_data(exp)
+        if not 0 <= fold < cfg.folds.n_splits:
+            raise UserError(f"fold={fold} is out of range: folds 0..{cfg.folds.n_splits - 1} (or fold=all)")
+        if is_finished(fold_dir) and not overwrite and not resume:  # resuming may be retraining a finished fold
+            stale = staleness(fold_dir, data.inputs)
+            if stale.model:
+                raise UserError(f"{fold_dir} is stale: {stale.describe()} since it was trained; retrain it with "
+                                f"{retrain_command(exp.name, [fold])}")
+            if stale.predictions:
+                return repredict_fold(exp, fold, data, stale, device_name)
+            raise UserError(f"{fold_dir} is already finished from the current inputs; pass overwrite=true to train "
+                            "it again")
         device = resolve_device(device_name)
-        data = load_fold_data(cfg, fold)
-        _prepare_work(exp, work, resume, overwrite)
-        summary = _fit(cfg, data, fold, device, work, f"{exp.name} fold {fold}")
+        _prepare_work(exp, fold, work, data.inputs, resume, overwrite)
+        try:
+            summary = _fit(cfg, data.fold(fold), fold, device, work, f"{exp.name} fold {fold}")
+        except KeyboardInterrupt:
+            if (work / LAST).is_file():
+                print(f"{exp.name} fold {fold}: interrupted; continue it with python -m competition.run "
+                      f"exp={exp.name} fold={fold} resume=true", file=sys.stderr)
+            discard_unresumable(work)
+            raise
+        except BaseException:
+            discard_unresumable(work)
+            raise
         summary.update(experiment=exp.name, fold=fold)
-        (work / LAST).unlink()  # optimiser state is only for resuming; a finished fold keeps the best weights
-        (work / DONE).write_text(json.dumps(summary, indent=2))
-        if fold_dir.exists():  # overwrite=true: the old fold goes only once the new one is complete
-            shutil.rmtree(fold_dir)
-        work.rename(fold_dir)
-    print(f"{exp.name} fold {fold}: best epoch {summary['best_epoch']}, validation {cfg.train.metric} "
-          f"{summary['val_' + cfg.train.metric]:.4f} -> {fold_dir}")
+        publish(work, fold_dir, summary)
+    _report(exp, fold, summary)
     return summary
+
+
+def _report(exp: Experiment, fold: int, summary: dict) -> None:
+    """One line with the fold's validation score and, where there is one, its locked-holdout score."""
+    metric = exp.cfg.train.metric
+    line = f"{exp.name} fold {fold}: best epoch {summary['best_epoch']}, validation {metric} {summary['val_' + metric]:.4f}"
+    if f"holdout_{metric}" in summary:
+        line += f", locked holdout {metric} {summary['holdout_' + metric]:.4f}"
+        if f"holdout_{metric}_mean" in summary:
+            line += f" ({summary['holdout_' + metric + '_mean']:.4f} with TTA)"
+    print(f"{line} -> {exp.fold_dir(fold)}")
+
+
+def predict_splits(model: torch.nn.Module, cfg: DictConfig, data: FoldData, device: torch.device, folder: Path,
+                   splits: tuple[str, ...] = ("oof", "holdout", "test")) -> dict:
+    """Predict the named splits through every TTA view into `<split>.csv`, and score the labelled ones per view."""
+    metric = METRICS[cfg.train.metric]
+    frontend = LogMel.from_config(cfg).to(device)
+    scores = {}
+    for name, part in (("oof", data.val), ("holdout", data.holdout), ("test", data.test)):
+        if name not in splits or part is None or len(part) == 0:
+            continue
+        views = predict_views(model, frontend, part, cfg, device)
+        write_csv(predictions_frame(part, views, data.classes), folder / f"{name}.csv")
+        if part.y is not None:
+            key = "val" if name == "oof" else name
+            scores[f"n_{key}"] = len(part)
+            for view, probs in views.items():
+                suffix = "" if view == cfg.tta.views[0] else f"_{view}"
+                scores[f"{key}_{cfg.train.metric}{suffix}"] = metric.score(part.y, probs)
+                scores[f"{key}_accuracy{suffix}"] = METRICS["accuracy"].score(part.y, probs)
+    return scores
+
+
+def repredict_fold(exp: Experiment, fold: int, data: DataSet, stale: Staleness, device_name: str = "auto") -> dict:
+    """Redo a finished fold's predictions from its kept model when only the TTA views or the test clips changed:
+    other views redo every split, other test clips only test.csv. The record is updated last."""
+    fold_dir = exp.fold_dir(fold)
+    print(f"{exp.name} fold {fold}: {stale.describe()}; re-predicting with the trained model (no retraining)",
+          file=sys.stderr)
+    device = resolve_device(device_name)
+    checkpoint = torch.load(fold_dir / "model.pt", map_location="cpu", weights_only=True)
+    model = create_model(exp.cfg, len(checkpoint["classes"]), pretrained=False)
+    model.load_state_dict(checkpoint["model"])
+    recorded = read_record(fold_dir)
+    views_changed = recorded is None or recorded.views != data.inputs.views
+    splits = ("oof", "holdout", "test") if views_changed else ("test",)
+    summary = json.loads((fold_dir / DONE).read_text())
+    if views_changed:  # per-view scores of the old views go with them
+        summary = {k: v for k, v in summary.items() if not k.startswith(("val_", "holdout_", "n_"))}
+    for name in ("holdout", "test"):
+        if name in splits:
+            (fold_dir / f"{name}.csv").unlink(missing_ok=True)
+    summary.update(predict_splits(model.to(device), exp.cfg, data.fold(fold), device, fold_dir, splits),
+                   tta_views=list(exp.cfg.tta.views))
+    OmegaConf.save(exp.cfg, fold_dir / "config.yaml")
+    atomic_write_text(fold_dir / DONE, json.dumps(summary, indent=2))
+    record(fold_dir, data.inputs)
+    print(f"{exp.name} fold {fold}: re-predicted {', '.join(splits)} -> {fold_dir}")
+    return summary
+
+
+def _check_metric_defined(cfg: DictConfig, data: FoldData, fold: int) -> None:
+    """A metric undefined on the validation clips (ROC AUC with one class) would score every epoch NaN and keep the
+    first epoch's model: refuse before training."""
+    uniform = np.full((len(data.val), len(data.classes)), 1.0 / len(data.classes))
+    try:
+        defined = math.isfinite(METRICS[cfg.train.metric].score(data.val.y, uniform))
+    except ValueError:
+        defined = False
+    if not defined:
+        present = ", ".join(data.classes[c] for c in np.unique(data.val.y))
+        raise UserError(f"train.metric={cfg.train.metric} is undefined on fold {fold}'s validation clips (classes "
+                        f"present: {present}); choose another train.metric, or remake the folds so that every fold "
+                        "validates on several classes")
+
+
+def _diverged(epoch: int, fold: int, what: str, cfg: DictConfig) -> UserError:
+    return UserError(f"training diverged at epoch {epoch} of fold {fold}: {what}; lower train.lr (now {cfg.train.lr:g})"
+                     " or set train.grad_clip (e.g. 1.0)")
 
 
 def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work: Path, title: str) -> dict:
@@ -373,6 +469,7 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
     if len(data.train) < 2 or len(data.val) == 0:
         raise UserError(f"fold {fold} has {len(data.train)} training and {len(data.val)} validation clips; "
                         "remake the folds with fewer splits")
+    _check_metric_defined(cfg, data, fold)
     torch.manual_seed(t.seed)
     model = create_model(cfg, len(data.classes)).to(device)
     frontend = LogMel.from_config(cfg).to(device)
@@ -395,8 +492,10 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
     for epoch in range(first_epoch, t.epochs + 1):
         if t.patience and state.epoch - state.best_epoch >= t.patience:
             break
-        row = _train_epoch(cfg, state, data, frontend, augmenter, heavy, epoch, steps_per_epoch, device)
+        row = _train_epoch(cfg, state, data, frontend, augmenter, heavy, epoch, steps_per_epoch, device, fold)
         probs = predict(state.eval_model, frontend, data.val, cfg, device)
+        if not np.isfinite(probs).all():
+            raise _diverged(epoch, fold, "the validation probabilities are NaN", cfg)
         row.update({"val_loss": METRICS["log_loss"].score(data.val.y, probs),
                     f"val_{t.metric}": metric.score(data.val.y, probs),
                     "val_accuracy": METRICS["accuracy"].score(data.val.y, probs)})
@@ -404,9 +503,9 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
         improved = metric.better(row[f"val_{t.metric}"], state.best)
         if improved:
             state.best, state.best_epoch = row[f"val_{t.metric}"], epoch
-            torch.save({"model": state.eval_model.state_dict(), "classes": data.classes, "epoch": epoch,
-                        "config": OmegaConf.to_container(cfg)}, work / ".model.pt.tmp")
-            (work / ".model.pt.tmp").replace(work / "model.pt")
+            best = {"model": state.eval_model.state_dict(), "classes": data.classes, "epoch": epoch,
+                    "config": OmegaConf.to_container(cfg)}
+            atomic_write(work / "model.pt", lambda tmp: torch.save(best, tmp))
         state.epoch = epoch
         state.save(work / LAST)  # after model.pt, so a resumed run never lacks the best weights it recorded
         write_csv(pd.DataFrame(state.history), work / "metrics.csv")
@@ -423,29 +522,18 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
     summary = {"classes": data.classes, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
                "device": str(device), "seconds": round(time.time() - started, 1), "n_train": len(data.train),
                "tta_views": list(cfg.tta.views)}
-    for name, part in (("oof", data.val), ("holdout", data.holdout), ("test", data.test)):
-        if part is None or len(part) == 0:
-            continue
-        views = predict_views(best_model, frontend, part, cfg, device)
-        write_csv(predictions_frame(part, views, data.classes), work / f"{name}.csv")
-        if part.y is not None:
-            key = "val" if name == "oof" else name
-            summary[f"n_{key}"] = len(part)
-            for view, probs in views.items():
-                suffix = "" if view == cfg.tta.views[0] else f"_{view}"
-                summary[f"{key}_{t.metric}{suffix}"] = metric.score(part.y, probs)
-                summary[f"{key}_accuracy{suffix}"] = METRICS["accuracy"].score(part.y, probs)
+    summary.update(predict_splits(best_model, cfg, data, device, work))
     return summary
 
 
 def _train_epoch(cfg: DictConfig, state: TrainState, data: FoldData, frontend: LogMel, augmenter: Augmenter,
-                 heavy: HeavyAugment | None, epoch: int, steps: int, device: torch.device) -> dict:
+                 heavy: HeavyAugment | None, epoch: int, steps: int, device: torch.device, fold: int) -> dict:
     """One pass over the training clips: augment the waveforms, log-mel, augment the spectrograms, mix, step."""
     t = cfg.train
     started, losses = time.time(), []
     state.model.train()
     bar = tqdm(train_batches(data.train, cfg, state.rng, heavy), total=steps, desc=f"epoch {epoch}/{t.epochs}",
-               unit="batch", leave=False, file=sys.stderr, dynamic_ncols=True)
+               unit="batch", leave=False, file=sys.stderr, dynamic_ncols=True, disable=None)  # no bar in logs
     for index, wave in bar:
         wave = augmenter.wave(wave.to(device, non_blocking=True), state.generator)
         x = augmenter.spec(frontend(wave), state.generator)
@@ -465,10 +553,9 @@ def _train_epoch(cfg: DictConfig, state: TrainState, data: FoldData, frontend: L
         if state.ema is not None:
             state.ema.update(state.model)
         losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            raise _diverged(epoch, fold, f"the training loss is {losses[-1]}", cfg)
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
     bar.close()
-    if not losses or not math.isfinite(np.mean(losses)):
-        raise RuntimeError(f"training loss is {np.mean(losses) if losses else 'undefined'} at epoch {epoch}; "
-                           "lower train.lr")
     return {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": state.optimizer.param_groups[0]["lr"],
             "seconds": time.time() - started}

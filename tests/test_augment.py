@@ -15,16 +15,17 @@ from competition.augment import (AUGMENTATIONS, AugmentConfig, Augmenter, HeavyA
                                  parse_tta_view, validate_augment)
 from competition.errors import UserError
 from competition.frontend import LogMel
-from conftest import FSDD, tone
+from conftest import FSDD, SHARED, shared_data, tone
 
-BACKGROUND = FSDD.parents[1] / "background_noise"
+BACKGROUND = SHARED / "background_noise"  # real noise recordings; tests that read them call shared_data first
 REAL = ["0_george_0.wav", "3_jackson_5.wav", "5_nicolas_12.wav", "7_lucas_10.wav", "8_theo_3.wav", "9_yweweler_20.wav"]
 
 
 def real_clips(samples: int = 8000) -> np.ndarray:
     """Real 8 kHz recordings, cut or zero-padded to `samples`, (clips, samples) float32."""
-    if not all((FSDD / name).is_file() for name in REAL):
-        pytest.skip(f"FSDD recordings not found in {FSDD}")
+    for name in REAL:
+        shared_data("fsdd", "recordings", name)
+    shared_data("background_noise")  # every test of real speech also mixes in the real noise recordings
     waves = [soundfile.read(FSDD / name, dtype="float32")[0][:samples] for name in REAL]
     return np.stack([np.pad(w, (0, samples - len(w))) for w in waves])
 
@@ -143,6 +144,7 @@ def test_noise_is_added_at_a_snr_within_range_and_silence_stays_finite() -> None
 
 
 def test_background_folder_loads_and_resamples() -> None:
+    shared_data("background_noise")
     bank = load_noise_bank(BACKGROUND, 8000, max_seconds=2.0)
     assert len(bank) == 6 and all(w.dtype == np.float32 and len(w) == 16000 for w in bank)
     assert all(np.abs(w).max() > 0.001 for w in bank)
@@ -185,6 +187,7 @@ def test_background_bank_shorter_than_a_clip_is_looped(tmp_path: Path) -> None:
 
 
 def test_background_from_the_real_folder_at_16k() -> None:
+    shared_data("background_noise")
     x = torch.from_numpy(np.stack([tone(440, 16000, 1.0), tone(880, 16000, 1.0, 0.1)]))
     cfg = {"background": {"p": 1.0, "folder": str(BACKGROUND), "snr_min": 3.0, "snr_max": 3.0, "max_seconds": 5.0}}
     added = Augmenter(cfg, 16000).wave(x, gen()) - x
@@ -393,6 +396,7 @@ def run_all(augmenter: Augmenter, seed: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def test_same_seed_same_output_different_seed_different() -> None:
+    shared_data("background_noise")
     augmenter = Augmenter(EVERYTHING, 8000)
     first = run_all(augmenter, 7)
     again = run_all(Augmenter(EVERYTHING, 8000), 7)
@@ -402,6 +406,7 @@ def test_same_seed_same_output_different_seed_different() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_runs_on_cuda_with_either_generator() -> None:
+    shared_data("background_noise")
     augmenter = Augmenter(EVERYTHING, 8000, "cuda")
     x = wave_batch().cuda()
     for make in (lambda s: torch.Generator("cuda").manual_seed(s), gen):
@@ -437,6 +442,7 @@ def test_validate_names_the_key(cfg: dict, message: str) -> None:
 
 
 def test_validate_background_folder(tmp_path: Path) -> None:
+    shared_data("background_noise")
     missing, empty, no_audio = tmp_path / "missing", tmp_path / "empty", tmp_path / "notes"
     empty.mkdir()
     no_audio.mkdir()

@@ -18,7 +18,8 @@ from competition import blend
 from competition.blend import (METHODS, ViewPreds, fit_caruana, fit_scipy, geometric_mean, hard_vote, mean_probability,
                                nested_score, rank_average)
 from competition.cli import main_guard
-from competition.config import SubmissionConfig, load_config
+from competition.config import SubmissionConfig
+from conftest import tone, write_clip, write_tones_data, write_tones_experiment
 from competition.errors import UserError
 from competition.metrics import METRICS
 from competition.submission import check_answer, render_answer, write_answer
@@ -201,20 +202,43 @@ def write_predictions(path: Path, ids: list[str], views: dict[str, np.ndarray], 
     pd.concat(frames, ignore_index=True).to_csv(path, index=False)
 
 
+def write_contest_data(root: Path) -> None:
+    """Real clips of the three classes by six speakers, and the five test clips, so that the folds' inputs can be
+    fingerprinted as training would."""
+    for c, label in enumerate(CLASSES):
+        for speaker in range(6):
+            write_clip(root / "data" / "train" / label / f"s{speaker}_nohash_0.wav", tone(300 * (c + 1), 8000, 0.1), 8000)
+    for i, clip in enumerate(TEST_IDS):
+        write_clip(root / "data" / "test" / f"{clip}.wav", tone(300 * (i % 3 + 1), 8000, 0.1), 8000)
+
+
 def write_fold(root: Path, exp: str, k: int, data: str = "w", classes: list[str] = CLASSES,
                test_ids: list[str] | None = TEST_IDS, ladder: np.ndarray | None = LADDER) -> Path:
-    """A finished fold as train.py leaves it: DONE, resolved config, oof/holdout/test csv with two views and mean;
-    without test ids the contest has no test set, without a ladder no holdout."""
+    """A finished fold as train.py leaves it: DONE, resolved config, the record of what it was made from (the
+    current inputs), oof/holdout/test csv with two views and mean; without test ids the contest has no test set,
+    without a ladder no holdout."""
+    from competition.config import load_experiment
+    from competition.foldrun import record
+    from competition.train import load_data
+
     fold_dir = root / "experiments" / exp / f"fold_{k}"
     fold_dir.mkdir(parents=True)
-    source = root / f".{exp}-{k}.yaml"
-    source.write_text(f"""
-data: {{name: {data}, train: {{path: data/train}}, test: {"{path: data/test}" if test_ids else "null"}}}
+    (root / "experiments" / exp / "config.yaml").write_text(f"""
+data:
+  name: {data}
+  cache_dir: {root / "cache"}
+  train: {{path: {root / "data" / "train"}, layout: class_folders, filename_regex: '(?P<group>[^_]+)_nohash_\\d+'}}
+  test: {f"{{path: {root / 'data' / 'test'}}}" if test_ids else "null"}
+audio: {{sample_rate: 8000}}
 folds: {{n_splits: 3, holdout: 0.2}}
 tta: {{views: [plain, "gain:-6"]}}
 submission: {{id_column: fname, label_column: label, id_suffix: .wav}}
 """)
-    OmegaConf.save(load_config(source), fold_dir / "config.yaml")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        exp_ = load_experiment(exp)
+        OmegaConf.save(exp_.cfg, fold_dir / "config.yaml")
+        record(fold_dir, load_data(exp_).inputs)
     oof_y = [(k + j) % 3 for j in range(3)]
     oof = np.eye(3)[oof_y] * 0.7 + 0.1
     write_predictions(fold_dir / "oof.csv", [f"c{k}{j}" for j in range(3)], {"plain": oof, "gain:-6": oof, "mean": oof},
@@ -234,9 +258,7 @@ submission: {{id_column: fname, label_column: label, id_suffix: .wav}}
 
 @pytest.fixture
 def contest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    (tmp_path / "data" / "test").mkdir(parents=True)
-    for clip in TEST_IDS:
-        (tmp_path / "data" / "test" / f"{clip}.wav").touch()  # only listed, never decoded
+    write_contest_data(tmp_path)
     for k in range(3):
         write_fold(tmp_path, "a", k)
     monkeypatch.chdir(tmp_path)
@@ -328,7 +350,8 @@ def remade_folds(root: Path) -> None:
     (lambda root: None, ["name=../x"], "plain file name"),
     (lambda root: None, ["train.lr=1"], "not a blend option"),
     (lambda root: None, ["submission.header=maybe"], "submission"),
-    (lambda root: (root / "data" / "test" / "t9.wav").touch(), [], "1 test ids missing (t9.wav)"),
+    (lambda root: write_clip(root / "data" / "test" / "t9.wav", tone(500, 8000, 0.1), 8000), [],
+     "a fold 0: the test clips changed"),
 ])
 def test_bad_input_gets_one_line(contest: Path, capsys: pytest.CaptureFixture, setup, args: list[str],
                                  expected: str) -> None:
@@ -357,6 +380,7 @@ def test_unfinished_fold_is_left_out_and_reported(contest: Path, capsys: pytest.
 
 def test_without_holdout_or_test_set_only_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture) -> None:
+    write_contest_data(tmp_path)
     for k in range(3):
         write_fold(tmp_path, "a", k, test_ids=None, ladder=None)
     monkeypatch.chdir(tmp_path)
@@ -388,30 +412,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from competition.config import load_experiment
     from competition.train import train_fold
-    from test_train import TONES, write_tone
 
     root = tmp_path_factory.mktemp("blend")
-    rng = np.random.default_rng(0)
-    for label, freq in TONES.items():
-        for speaker in range(8):
-            for take in range(3):
-                write_tone(root / "data" / "train" / label / f"spk{speaker}_nohash_{take}.wav", freq, rng)
-    for i in range(6):
-        write_tone(root / "data" / "test" / f"clip_{i}.wav", list(TONES.values())[i % 3], rng)
-    (root / "experiments" / "tones").mkdir(parents=True)
-    (root / "experiments" / "tones" / "config.yaml").write_text(f"""
-data:
-  name: tones
-  cache_dir: {root / 'cache'}
-  train: {{path: data/train, layout: class_folders, filename_regex: '(?P<group>[^_]+)_nohash_\\d+'}}
-  test: {{path: data/test}}
-audio: {{sample_rate: 8000, duration: 0.5}}
-folds: {{n_splits: 2, holdout: 0.25}}
-frontend: {{n_mels: 16, n_fft: 256, hop_length: 128}}
-model: {{name: resnet10t}}
-train: {{epochs: 1, batch_size: 16, lr: 0.01}}
-tta: {{views: [plain, "gain:-6"]}}
-""")
+    write_tones_data(root)
+    write_tones_experiment(root, audio={"duration": 0.5}, folds={"n_splits": 2},
+                           frontend={"n_mels": 16, "hop_length": 128}, train={"epochs": 1},
+                           tta={"views": ["plain", "gain:-6"]})
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         for fold in range(2):

@@ -12,7 +12,8 @@ import soundfile
 from competition.cache import load_split
 from competition.data import index_test, index_train
 from competition.errors import UserError
-from conftest import FSDD, FSDD_REGEX, SPEAKERS, fsdd_names, fsdd_zip, make_config, tone, write_clip, zip_folder
+from conftest import (FSDD, FSDD_REGEX, SPEAKERS, fsdd_names, fsdd_zip, make_config, shared_data, tone, write_clip,
+                      zip_folder)
 
 FREQ = {"0": 300.0, "1": 1200.0}  # voice-gender shape: label 0 / 1, one tone frequency per class
 
@@ -112,9 +113,10 @@ def test_class_folders_with_group_from_filename(workdir):
 
 
 def test_filename_layout_on_real_fsdd_in_place(workdir):
-    cfg = make_config(workdir, {"train": {"path": str(FSDD), "layout": "filename", "filename_regex": FSDD_REGEX}})
+    fsdd = shared_data("fsdd", "recordings")
+    cfg = make_config(workdir, {"train": {"path": str(fsdd), "layout": "filename", "filename_regex": FSDD_REGEX}})
     clips = index_train(cfg).clips
-    assert len(clips) == len(list(FSDD.glob("*.wav")))
+    assert len(clips) == len(list(fsdd.glob("*.wav"))) == 3000
     assert sorted(clips["group"].unique()) == SPEAKERS
     assert sorted(clips["label"].unique()) == [str(d) for d in range(10)]
     assert (clips["label"] == clips["id"].str.split("_").str[0]).all()

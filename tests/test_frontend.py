@@ -1,5 +1,4 @@
 """The batched torch log-mel must give librosa's numbers, so features match what users validate offline."""
-from pathlib import Path
 
 import librosa
 import numpy as np
@@ -7,15 +6,16 @@ import pytest
 import torch
 
 from competition.frontend import LogMel
-
-FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
+from conftest import fsdd_names, shared_data
 
 
 def clips() -> list[np.ndarray]:
+    """Generated tones, noise and silence, and four real recordings."""
     rng = np.random.default_rng(0)
     t = np.arange(16000) / 16000
     generated = [0.3 * np.sin(2 * np.pi * 440 * t), 0.05 * rng.standard_normal(16000), np.zeros(16000)]
-    real = [librosa.load(path, sr=16000)[0] for path in sorted(FSDD.glob("*.wav"))[:4]]
+    real = [librosa.load(shared_data("fsdd", "recordings", name), sr=16000)[0]
+            for name in fsdd_names(digits=range(1), speakers=["george", "jackson"], indexes=range(2))]
     return [c.astype(np.float32) for c in generated + real]
 
 

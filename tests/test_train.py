@@ -8,52 +8,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import soundfile
 import torch
 import torch.nn.functional as F
 
 from competition.config import load_experiment
 from competition.errors import UserError
-from competition.train import is_finished, train_fold
+from competition.foldrun import is_finished
+from competition.train import train_fold
+from conftest import TONES, shared_data
 
 REPO = Path(__file__).resolve().parents[1]
-FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
-TONES = {"low": 300.0, "mid": 800.0, "high": 2000.0}
-
-
-def write_tone(path: Path, freq: float, rng: np.random.Generator, rate: int = 8000) -> None:
-    t = np.arange(int(rate * rng.uniform(0.5, 0.9))) / rate
-    wave = 0.4 * np.sin(2 * np.pi * freq * rng.uniform(0.95, 1.05) * t) + 0.02 * rng.standard_normal(len(t))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(path, wave.astype(np.float32), rate, subtype="PCM_16")
-
-
-@pytest.fixture
-def tones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A class-folder contest of three tones by eight 'speakers', a test folder, and an experiment on it."""
-    rng = np.random.default_rng(0)
-    for label, freq in TONES.items():
-        for speaker in range(8):
-            for take in range(3):
-                write_tone(tmp_path / "data" / "train" / label / f"spk{speaker}_nohash_{take}.wav", freq, rng)
-    for i in range(6):
-        write_tone(tmp_path / "data" / "test" / f"clip_{i}.wav", list(TONES.values())[i % 3], rng)
-    exp = tmp_path / "experiments" / "tones"
-    exp.mkdir(parents=True)
-    (exp / "config.yaml").write_text(f"""
-data:
-  name: tones
-  cache_dir: {tmp_path / 'cache'}
-  train: {{path: data/train, layout: class_folders, filename_regex: '(?P<group>[^_]+)_nohash_\\d+'}}
-  test: {{path: data/test}}
-audio: {{sample_rate: 8000, duration: 0.75}}
-folds: {{n_splits: 3, holdout: 0.25}}
-frontend: {{n_mels: 32, n_fft: 256, hop_length: 64}}
-model: {{name: resnet10t}}
-train: {{epochs: 4, batch_size: 16, lr: 0.01}}
-""")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def run_cli(module: str, *args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -220,12 +184,12 @@ def test_pretrained_offline_says_how_to_supply_weights(tones: Path) -> None:
     assert "model.weights_file" in error[0]
 
 
-@pytest.mark.skipif(not FSDD.is_dir(), reason="needs ../shared/data/fsdd")
 def test_fsdd_subset_grouped_by_speaker_learns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Real recordings, folds by speaker: the validation speaker was never heard, and it still beats chance."""
+    fsdd = shared_data("fsdd", "recordings")
     subset = tmp_path / "fsdd"  # 4 speakers x 10 digits x 20 takes, linked, never copied
     subset.mkdir()
-    for path in FSDD.glob("*.wav"):
+    for path in fsdd.glob("*.wav"):
         digit, speaker, take = path.stem.split("_")
         if speaker in {"jackson", "nicolas", "theo", "george"} and int(take) < 20:
             (subset / path.name).symlink_to(path)
@@ -314,13 +278,11 @@ def test_gradient_clipping_and_ema_are_applied_only_when_enabled(tones: Path,
 
 
 def test_augmented_run_writes_every_tta_view_and_their_mean(tones: Path) -> None:
-    noise = REPO.parent / "shared" / "data" / "background_noise"
+    noise = shared_data("background_noise")
     args = ["train.epochs=2", "augment.gain.p=0.5", "augment.shift.p=0.5", "augment.noise.p=0.5",
             "augment.spec_time.p=0.5", "augment.spec_freq.p=0.5", "augment.mixup.p=0.5", "augment.cutmix.p=0.3",
             "augment.pitch_shift.p=0.5", "augment.time_stretch.p=0.5", "train.workers=2",
-            "tta.views=[plain,shift:0.1,gain:-6]"]
-    if noise.is_dir():
-        args += ["augment.background.p=0.5", f"augment.background.folder={noise}"]
+            "tta.views=[plain,shift:0.1,gain:-6]", "augment.background.p=0.5", f"augment.background.folder={noise}"]
     summary = train_fold(load_experiment("tones", args), 0, "cpu")
     holdout = pd.read_csv(tones / "experiments" / "tones" / "fold_0" / "holdout.csv", dtype={"id": str})
     assert list(holdout["view"].unique()) == ["plain", "shift:0.1", "gain:-6", "mean"]
