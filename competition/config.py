@@ -317,9 +317,11 @@ def load_config(config_file: Path, overrides: list[str] = ()) -> DictConfig:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as exc:
         raise UserError(f"{config_file}: cannot resolve an interpolation: {str(exc).splitlines()[0]}") from None
+    given = set(_flatten(OmegaConf.to_container(command_line)))
     if not cfg.data.name:
-        raise UserError(f"{config_file}: 'data.name' is empty; name the data set (it names folds/<name>.csv)")
-    validate(cfg, str(config_file), set(_flatten(OmegaConf.to_container(command_line))))
+        origin = "command line" if "data.name" in given else config_file
+        raise UserError(f"{origin}: 'data.name' is empty; name the data set (it names folds/<name>.csv)")
+    validate(cfg, str(config_file), given)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 

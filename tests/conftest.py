@@ -12,6 +12,7 @@ import soundfile
 import yaml
 from omegaconf import OmegaConf
 
+from competition.cli import main_guard
 from competition.config import load_config
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -74,6 +75,24 @@ def make_config(tmp_path: Path, data: dict, name: str = "exp", **sections: dict)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(body))
     return load_config(folder / "config.yaml")
+
+
+def run_verb(capsys: pytest.CaptureFixture, module, *args: str) -> tuple[int, str, str]:
+    """A verb's main run in-process as `python -m competition.<verb>` runs it: exit code, stdout, stderr."""
+    try:
+        main_guard(module.main, list(args))
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_line(err: str) -> str:
+    """The one `error:` line a user's mistake must produce."""
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from competition import blend, folds, run
 from competition.config import load_experiment
 from competition.foldrun import is_finished, read_record
 from competition.train import load_data
-from conftest import write_tone, write_tones_experiment
-from test_provenance import FAST, cli, error_line, interrupt_after_training
+from conftest import error_line, run_verb as cli, write_tone, write_tones_experiment
+from test_provenance import FAST, interrupt_after_training
 
 
 def test_a_bad_day(tones: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:

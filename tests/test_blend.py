@@ -17,9 +17,8 @@ from omegaconf import OmegaConf
 from competition import blend
 from competition.blend import (METHODS, ViewPreds, fit_caruana, fit_scipy, geometric_mean, hard_vote, mean_probability,
                                nested_score, rank_average)
-from competition.cli import main_guard
 from competition.config import SubmissionConfig
-from conftest import tone, write_clip, write_tones_data, write_tones_experiment
+from conftest import error_line, run_verb, tone, write_clip, write_tones_data, write_tones_experiment
 from competition.errors import UserError
 from competition.metrics import METRICS
 from competition.submission import check_answer, render_answer, write_answer
@@ -266,19 +265,7 @@ def contest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def blend_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    try:
-        main_guard(blend.main, list(args))
-        code = 0
-    except SystemExit as exit_info:
-        code = exit_info.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
+    return run_verb(capsys, blend, *args)
 
 
 def test_holdout_ladder_single_hard_soft_tta(contest: Path, capsys: pytest.CaptureFixture) -> None:

@@ -132,8 +132,14 @@ def test_override_that_is_not_key_value_or_not_yaml(experiments):
     ("data.name=''", r"'data\.name' is empty"),
 ])
 def test_invalid_values(experiments, override, message):
-    with pytest.raises(UserError, match=r"experiments/small/config\.yaml: " + message):
+    with pytest.raises(UserError, match=r"^command line: " + message):  # blamed where the value came from
         load_experiment("small", [override])
+    key, value = override.split("=", 1)
+    section, _, leaf = key.rpartition(".")
+    body = "base: ../_base/voices.yaml\n" + "".join(f"{'  ' * i}{part}:\n" for i, part in enumerate(section.split(".")))
+    write(experiments / "small" / "config.yaml", body + f"{'  ' * (section.count('.') + 1)}{leaf}: {value}\n")
+    with pytest.raises(UserError, match=r"experiments/small/config\.yaml: " + message):
+        load_experiment("small")
 
 
 def test_unknown_experiment_suggests_close_names(experiments):

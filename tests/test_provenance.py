@@ -14,13 +14,12 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from competition import blend, folds, run
-from competition.cli import main_guard
 from competition.config import load_experiment
 from competition.errors import UserError
 from competition.foldrun import can_resume, fold_lock, is_finished, read_record
 from competition.metrics import METRICS
 from competition.train import make_scheduler, train_fold
-from conftest import write_tone, write_tones_experiment
+from conftest import error_line, run_verb as cli, write_tone, write_tones_experiment
 
 FAST = dict(audio={"duration": 0.3}, frontend={"n_mels": 16, "hop_length": 128}, train={"epochs": 1})
 
@@ -30,22 +29,6 @@ def quick(tones: Path) -> Path:
     """The tones contest with an experiment that trains a fold in a few seconds."""
     write_tones_experiment(tones, **FAST)
     return tones
-
-
-def cli(capsys: pytest.CaptureFixture, module, *args: str) -> tuple[int, str, str]:
-    try:
-        main_guard(module.main, list(args))
-        code = 0
-    except SystemExit as exit_info:
-        code = exit_info.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def interrupt_after_training(monkeypatch: pytest.MonkeyPatch) -> None:
