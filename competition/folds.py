@@ -22,6 +22,7 @@ from competition.cli import main_guard, parse_bool
 from competition.config import load_experiment, parse_cli
 from competition.data import _examples
 from competition.errors import UserError
+from competition.files import atomic_write
 
 FOLDS_DIR = Path("folds")
 COLUMNS = ["id", "label", "group", "fold"]
@@ -188,10 +189,7 @@ def write_folds(folds: pd.DataFrame, path: Path, overwrite: bool) -> bool:
             return False
         raise UserError(f"{path} exists with different folds; every experiment on it would change. "
                         "Pass overwrite=true to replace it, or set data.name for a new fold file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    folds.to_csv(tmp, index=False)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: folds.to_csv(tmp, index=False))
     return True
 
 

@@ -12,6 +12,7 @@ from typing import Sequence
 from omegaconf import DictConfig
 
 from competition.errors import UserError
+from competition.files import atomic_write_text
 
 SUBMISSIONS_DIR = Path("submissions")
 
@@ -71,7 +72,4 @@ def write_answer(path: Path, ids: Sequence[str], labels: Sequence[str], test_ids
     """Render, check against the test ids, then write atomically: a refused answer leaves no file behind."""
     text = render_answer(ids, labels, sub)
     check_answer(text, test_ids, classes, sub, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, text)
