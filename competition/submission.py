@@ -11,6 +11,7 @@ from typing import Sequence
 
 from omegaconf import DictConfig
 
+from competition.data import _examples
 from competition.errors import UserError
 from competition.files import atomic_write_text
 
@@ -19,11 +20,6 @@ SUBMISSIONS_DIR = Path("submissions")
 
 def answer_path(name: str, sub: DictConfig) -> Path:
     return SUBMISSIONS_DIR / f"{name}.{sub.extension.lstrip('.')}"
-
-
-def _examples(items: list[str], n: int = 3) -> str:
-    shown = ", ".join(items[:n])
-    return f"{shown} and {len(items) - n} more" if len(items) > n else shown
 
 
 def render_answer(ids: Sequence[str], labels: Sequence[str], sub: DictConfig) -> str:
