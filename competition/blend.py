@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -39,7 +40,7 @@ from competition.data import index_test
 from competition.errors import UserError
 from competition.files import atomic_write, atomic_write_text
 from competition.foldrun import DONE, Inputs, finished_folds, read_record, repredict_command, retrain_command, staleness
-from competition.folds import FOLDS_DIR
+from competition.folds import FOLDS_DIR, per_clip_warning, read_folds
 from competition.metrics import METRICS, Metric
 from competition.submission import SUBMISSIONS_DIR, answer_path, write_answer
 
@@ -701,6 +702,9 @@ def main(argv: list[str]) -> None:
     names = list(dict.fromkeys(name.strip() for name in options["exps"].split(",") if name.strip()))
     members = load_members(names, options["missing"] == "fail", options["stale"] == "skip")
     data_name = check_fold_files(members)
+    warning = per_clip_warning(read_folds(FOLDS_DIR / f"{data_name}.csv"), FOLDS_DIR / f"{data_name}.csv")
+    if warning:
+        print(warning, file=sys.stderr)
     metric = pick_metric(members, options["metric"])
     fmt = submission_format(members, overrides)
     any_tta = any(len(fold.oof.views) > 1 for member in members for fold in member.folds)

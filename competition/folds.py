@@ -182,6 +182,16 @@ def validate_folds(folds: pd.DataFrame, n_splits: int, path: Path, exp: str) -> 
               file=sys.stderr)
 
 
+def per_clip_warning(folds: pd.DataFrame, path: Path) -> str | None:
+    """With no group rule every clip is its own group, so one speaker's clips can sit in several folds and every
+    local score flatters: say so wherever those scores are shown."""
+    if not (folds["group"] == folds["id"]).all():
+        return None
+    return (f"warning: {path} knows no speaker (group), so each clip is its own group and clips of one speaker may sit "
+            "in several folds: OOF and holdout scores are likely optimistic; name the speaker with "
+            "data.train.group_column or a data.train.filename_regex with (?P<group>...)")
+
+
 def write_folds(folds: pd.DataFrame, path: Path, overwrite: bool) -> bool:
     """Write atomically; an existing different file is kept unless overwrite is asked for. True if written."""
     if path.exists() and not overwrite:  # with overwrite, even an unreadable file is replaced
@@ -233,6 +243,9 @@ def main(argv: list[str]) -> None:
     validate_folds(folds, cfg.folds.n_splits, path, exp.name)
     written = write_folds(folds, path, overwrite=parse_bool("overwrite", options["overwrite"]))
     print(class_counts(folds).to_string())
+    warning = per_clip_warning(folds, path)
+    if warning:
+        print(warning, file=sys.stderr)
     if written:
         _warn_stale(cfg, path)
     state = "wrote" if written else "unchanged:"

@@ -15,7 +15,7 @@ from competition.data import index_train
 from competition.errors import UserError
 from competition.folds import (COLUMNS, check_folds, class_counts, ensure_folds, fold_path, make_folds, read_folds,
                                validate_folds, write_folds)
-from conftest import FSDD_REGEX, fsdd_names, fsdd_zip, make_config
+from conftest import FSDD_REGEX, fsdd_names, fsdd_zip, make_config, run_verb, tone, write_clip
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -417,3 +417,21 @@ def test_command_refuses_a_holdout_that_takes_a_whole_class(workdir):
     assert_one_line_error(result, "folds/digits.csv: the holdout (fold -1) has every clip of class '4' (3 clips)",
                           "then remake the folds with python -m competition.folds exp=exp overwrite=true")
     assert read_folds(workdir / "folds" / "digits.csv").equals(folds)  # refused before writing, even with overwrite
+
+
+def test_per_clip_groups_warn_exactly_when_no_speaker_is_known(workdir, capsys):
+    from competition import folds
+
+    for label, freq in (("0", 300.0), ("1", 900.0)):
+        for take in range(6):
+            write_clip(workdir / "data" / f"{label}{take}.wav", tone(freq, 8000, 0.1), 8000)
+    (workdir / "data" / "targets.tsv").write_text("".join(f"{label}{take}\t{label}\ts{take % 3}\n"
+                                                          for label in "01" for take in range(6)))
+    train = {"path": "data", "layout": "table", "table": "targets.tsv"}
+    make_config(workdir, {"name": "nogroup", "train": train}, folds={"n_splits": 2})
+    code, _, err = run_verb(capsys, folds, "exp=exp")
+    assert code == 0 and "folds/nogroup.csv knows no speaker (group)" in err and "data.train.group_column" in err
+    make_config(workdir, {"name": "grouped", "train": {**train, "group_column": "group"}}, folds={"n_splits": 2})
+    code, _, err = run_verb(capsys, folds, "exp=exp")
+    assert code == 0 and "knows no speaker" not in err
+    assert read_folds(workdir / "folds" / "grouped.csv")["group"].nunique() == 3
