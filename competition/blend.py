@@ -338,15 +338,15 @@ def load_members(names: list[str], fail_on_missing: bool, skip_stale: bool) -> l
             folds.append(load_fold(done[number], number, classes, reference))
             if classes is None:  # the first fold read fixes the class order every other fold is read in
                 classes, reference = folds[-1].classes, str(folds[-1].dir)
-        left_out = []
+        left_out, unfinished = [], []
         for number in range(cfg.folds.n_splits):
             if number in stale[name]:
                 left_out.append(f"fold {number} stale ({stale[name][number][1]})")
             elif number not in done:
                 partial = exp_dir / f"fold_{number}.partial"
-                left_out.append(f"fold {number} unfinished ({partial})" if partial.exists()
-                                else f"fold {number} missing")
-        unfinished = [note for note in left_out if "stale" not in note]
+                unfinished.append(f"fold {number} unfinished ({partial})" if partial.exists()
+                                  else f"fold {number} missing")
+                left_out.append(unfinished[-1])
         if unfinished and fail_on_missing:
             raise UserError(f"{name}: {', '.join(unfinished)}; finish it with python -m competition.run exp={name} "
                             "fold=all, or pass missing=skip to blend the finished folds")

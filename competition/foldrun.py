@@ -193,9 +193,14 @@ def made_from_other_fold_file(experiments: Path, data_name: str, fold_file: str)
     return found
 
 
+def fold_list(folds: list[int]) -> str:
+    """Fold numbers as `fold=` takes them: 0,2,4."""
+    return ",".join(map(str, sorted(folds)))
+
+
 def retrain_command(exp: str, folds: list[int]) -> str:
-    return f"python -m competition.run exp={exp} fold={','.join(map(str, sorted(folds)))} overwrite=true"
+    return f"python -m competition.run exp={exp} fold={fold_list(folds)} overwrite=true"
 
 
 def repredict_command(exp: str, folds: list[int]) -> str:
-    return f"python -m competition.run exp={exp} fold={','.join(map(str, sorted(folds)))}"
+    return f"python -m competition.run exp={exp} fold={fold_list(folds)}"

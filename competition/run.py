@@ -17,7 +17,8 @@ import sys
 from competition.cli import main_guard, parse_bool
 from competition.config import Experiment, load_experiment, parse_cli
 from competition.errors import UserError
-from competition.foldrun import FoldBusy, can_resume, is_finished, partial_dir, retrain_command, staleness
+from competition.foldrun import (FoldBusy, can_resume, fold_list, is_finished, partial_dir, retrain_command,
+                                 staleness)
 from competition.models import check_backbone
 from competition.train import DataSet, load_data, train_fold
 
@@ -36,10 +37,6 @@ def parse_fold(value: str, n_splits: int) -> list[int]:
         if not 0 <= fold < n_splits:
             raise UserError(f"fold={fold} is out of range: folds.n_splits is {n_splits} (folds 0..{n_splits - 1})")
     return list(dict.fromkeys(folds))
-
-
-def _folds_arg(folds: list[int]) -> str:
-    return ",".join(map(str, folds))
 
 
 def run_folds(exp: Experiment, folds: list[int], data: DataSet, device: str, overwrite: bool, resume: bool) -> None:
@@ -75,16 +72,16 @@ def run_folds(exp: Experiment, folds: list[int], data: DataSet, device: str, ove
             failed.append(fold)
     problems = []
     if stale:
-        problems.append(f"folds {_folds_arg(stale)} are stale and were left out; retrain exactly them with "
+        problems.append(f"folds {fold_list(stale)} are stale and were left out; retrain exactly them with "
                         f"{retrain_command(exp.name, stale)}")
     if interrupted:
-        problems.append(f"folds {_folds_arg(interrupted)} are interrupted; continue them with python -m competition.run "
-                        f"exp={exp.name} fold={_folds_arg(interrupted)} resume=true, or restart exactly them with "
+        problems.append(f"folds {fold_list(interrupted)} are interrupted; continue them with python -m competition.run "
+                        f"exp={exp.name} fold={fold_list(interrupted)} resume=true, or restart exactly them with "
                         f"{retrain_command(exp.name, interrupted)}")
     if failed:
-        problems.append(f"folds {_folds_arg(failed)} failed; rerun them with fold={_folds_arg(failed)}")
+        problems.append(f"folds {fold_list(failed)} failed; rerun them with fold={fold_list(failed)}")
     if busy:
-        print(f"{exp.name}: folds {_folds_arg(busy)} are being trained by other processes", file=sys.stderr)
+        print(f"{exp.name}: folds {fold_list(busy)} are being trained by other processes", file=sys.stderr)
     if problems:
         raise UserError("; ".join(problems))
 

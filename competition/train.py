@@ -349,12 +349,12 @@ def train_fold(exp: Experiment, fold: int, device_name: str = "auto", overwrite:
     out of date (other views or test clips) they are redone from its model, and if it is stale the reasons are named."""
     cfg = exp.cfg
     check_backbone(cfg.model.name)  # cheap checks before decoding any audio
+    if not 0 <= fold < cfg.folds.n_splits:
+        raise UserError(f"fold={fold} is out of range: folds 0..{cfg.folds.n_splits - 1} (or fold=all)")
     fold_dir = exp.fold_dir(fold)
     work = partial_dir(fold_dir)
     with fold_lock(fold_dir):
         data = data or load_data(exp)
-        if not 0 <= fold < cfg.folds.n_splits:
-            raise UserError(f"fold={fold} is out of range: folds 0..{cfg.folds.n_splits - 1} (or fold=all)")
         if is_finished(fold_dir) and not overwrite and not resume:  # resuming may be retraining a finished fold
             stale = staleness(fold_dir, data.inputs)
             if stale.model:
@@ -425,13 +425,12 @@ def repredict_fold(exp: Experiment, fold: int, data: DataSet, stale: Staleness, 
     checkpoint = torch.load(fold_dir / "model.pt", map_location="cpu", weights_only=True)
     model = create_model(exp.cfg, len(checkpoint["classes"]), pretrained=False)
     model.load_state_dict(checkpoint["model"])
-    recorded = read_record(fold_dir)
-    views_changed = recorded is None or recorded.views != data.inputs.views
+    views_changed = read_record(fold_dir).views != data.inputs.views
     splits = ("oof", "holdout", "test") if views_changed else ("test",)
     summary = json.loads((fold_dir / DONE).read_text())
-    if views_changed:  # per-view scores of the old views go with them
-        summary = {k: v for k, v in summary.items() if not k.startswith(("val_", "holdout_", "n_"))}
-    for name in ("holdout", "test"):
+    if views_changed:  # per-view scores of the old views go with them; predict_splits writes the new ones
+        summary = {k: v for k, v in summary.items() if not k.startswith(("val_", "holdout_", "n_val", "n_holdout"))}
+    for name in ("holdout", "test"):  # a split the current inputs no longer have must not keep old predictions
         if name in splits:
             (fold_dir / f"{name}.csv").unlink(missing_ok=True)
     summary.update(predict_splits(model.to(device), exp.cfg, data.fold(fold), device, fold_dir, splits),

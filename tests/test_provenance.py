@@ -133,6 +133,7 @@ def test_replaced_test_clip_is_re_predicted_without_retraining(quick: Path, caps
     assert set(pd.read_csv(fold_dir / "oof.csv")["view"]) == {"plain", "shift:0.1", "mean"}
     done = json.loads((fold_dir / "DONE").read_text())
     assert done["tta_views"] == ["plain", "shift:0.1"] and "val_accuracy_shift:0.1" in done
+    assert done["n_train"] > 0 and done["n_val"] == len(pd.read_csv(fold_dir / "oof.csv")) // 3  # kept, and redone
 
 
 def test_roc_auc_ignores_a_class_missing_from_validation() -> None:
