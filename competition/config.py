@@ -65,13 +65,14 @@ class FoldsConfig:
 
 @dataclass
 class FrontendConfig:
+    kind: str = "logmel"  # logmel (an image, for CNNs) | clip_stats (a vector per clip, for model.name=stats_linear)
     n_mels: int = 64
     n_fft: int = 1024
     hop_length: int = 160
     f_min: float = 0.0
     f_max: Optional[float] = None  # None means sample_rate / 2
     top_db: float = 80.0
-    normalize: str = "clip"  # clip (standardise each spectrogram) | none
+    normalize: str = "clip"  # logmel: clip (each image on its own) | dataset (each band over the training clips) | none
 
 
 @dataclass
@@ -124,6 +125,8 @@ class SubmissionConfig:
 @dataclass
 class Config:
     base: Any = None  # a path or list of paths, relative to the file that names them
+    recipe: Any = None  # a path to a recipe file (frontend, model, train, augment, tta), relative to the file
+    contest: Any = None  # a path to a contest file (data, audio, folds, submission), relative to the file
     data: DataConfig = field(default_factory=DataConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     folds: FoldsConfig = field(default_factory=FoldsConfig)
@@ -137,7 +140,8 @@ class Config:
 
 CHOICES = {
     "data.train.layout": ("table", "class_folders", "filename", "files"),
-    "frontend.normalize": ("clip", "none"),
+    "frontend.kind": ("logmel", "clip_stats"),
+    "frontend.normalize": ("clip", "dataset", "none"),
     "train.schedule": ("onecycle", "cosine", "linear", "constant"),
     "train.metric": tuple(METRICS),
 }
@@ -218,18 +222,59 @@ def _read_yaml(path: Path) -> DictConfig:
     return cfg
 
 
-def _load_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[DictConfig, str]]:
-    """The file and its bases, bases first, so later layers override earlier ones."""
+# A config is composed of a contest (what the data is and what the answer file looks like) and a recipe (how a model
+# is trained on it), so a recipe can be reused on another contest without carrying the first one's data or answer
+# format along. Every section of Config belongs to exactly one of the two (tests/test_config.py checks it).
+META_KEYS = ("base", "recipe", "contest")  # top-level keys naming other files; popped before merging
+RECIPE_SECTIONS = ("frontend", "model", "train", "augment", "tta")
+CONTEST_SECTIONS = ("data", "audio", "folds", "submission")
+_SECTIONS = {"recipe": RECIPE_SECTIONS, "contest": CONTEST_SECTIONS}
+
+
+def _check_part(cfg: DictConfig, path: Path, kind: str) -> None:
+    """A file named as `recipe:` holds only recipe sections, one named as `contest:` only contest sections; each
+    may name a base of its own kind only. Unknown keys are left to the merge, which suggests the closest ones."""
+    other = "contest" if kind == "recipe" else "recipe"
+    for key in cfg:
+        key = str(key)
+        if key in ("base", other):
+            raise UserError(f"{path}: a {kind} may not name a '{key}:' (it may name only another {kind}, with "
+                            f"'{kind}:'): name the {key} in the experiment's own config.yaml")
+        if key in _SECTIONS[other]:
+            raise UserError(f"{path}: a {kind} may not set '{key}' (a {other} key): move it to the {other} file, "
+                            "or to the experiment's own config.yaml")
+
+
+def _named_file(cfg: DictConfig, key: str, path: Path) -> Optional[str]:
+    value = cfg.pop(key, None)
+    if value is not None and not isinstance(value, str):
+        raise UserError(f"{path}: '{key}' names one file, a path relative to this file; got {value!r}")
+    return value or None
+
+
+def _load_layers(path: Path, seen: tuple[Path, ...] = (), kind: str = "config",
+                 named_as: str = "base") -> list[tuple[DictConfig, str]]:
+    """The file and the files it names, in the order they apply, so later layers override earlier ones: its bases,
+    then its contest, then its recipe, then the file itself. `kind` is what the file was named as: a recipe or a
+    contest may hold only its own sections; any other config may hold anything."""
     path = path.resolve()
     if path in seen:
-        raise UserError(f"{path}: 'base' chain loops back to itself")
+        raise UserError(f"{path}: '{named_as}' chain loops back to itself")
     if not path.is_file():
-        raise UserError(f"{path}: config not found" + (f" (named as a base in {seen[-1]})" if seen else ""))
+        raise UserError(f"{path}: config not found" + (f" (named as a {named_as} in {seen[-1]})" if seen else ""))
     cfg = _read_yaml(path)
+    if kind in _SECTIONS:
+        _check_part(cfg, path, kind)
     bases = cfg.pop("base", None) or []
+    contest = _named_file(cfg, "contest", path)
+    recipe = _named_file(cfg, "recipe", path)
     layers = []
     for base in [bases] if isinstance(bases, str) else list(bases):
-        layers += _load_layers(path.parent / str(base), seen + (path,))
+        layers += _load_layers(path.parent / str(base), seen + (path,), "config", "base")
+    if contest:
+        layers += _load_layers(path.parent / contest, seen + (path,), "contest", "contest")
+    if recipe:
+        layers += _load_layers(path.parent / recipe, seen + (path,), "recipe", "recipe")
     return layers + [(cfg, str(path))]
 
 
@@ -284,6 +329,11 @@ def validate(cfg: DictConfig, origin: str, command_line: set[str] = frozenset())
     if not 0.0 < cfg.train.ohem <= 1.0:
         raise UserError(f"{where('train.ohem')}: 'train.ohem' is the fraction of each batch kept, in (0, 1], got {cfg.train.ohem}")
     validate_augment(cfg.augment, where("augment"))
+    if cfg.frontend.kind == "clip_stats":
+        for key in ("spec_time", "spec_freq", "cutmix"):
+            if cfg.augment[key].p > 0:
+                raise UserError(f"{where(f'augment.{key}')}: 'augment.{key}' works on spectrogram images but "
+                                f"frontend.kind=clip_stats gives one vector per clip; set augment.{key}.p=0")
     if not cfg.tta.views:
         raise UserError(f"{where('tta.views')}: 'tta.views' is empty; use [plain] for no test-time augmentation")
     for view in cfg.tta.views:

@@ -1,13 +1,20 @@
 """Experiment configs: bases, overrides, and one clear line for every kind of mistake."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 from omegaconf import OmegaConf
 
-from competition.config import find_experiment, load_experiment, parse_cli, valid_keys
+from competition import folds
+from competition.config import (CONTEST_SECTIONS, META_KEYS, RECIPE_SECTIONS, Config, SubmissionConfig, _load_layers,
+                                _merge, find_experiment, load_experiment, parse_cli, valid_keys)
 from competition.errors import UserError
+from conftest import TONES_CONFIG, error_line, run_verb
+
+REPO = Path(__file__).resolve().parents[1]
 
 BASE = """\
 data:
@@ -130,6 +137,8 @@ def test_override_that_is_not_key_value_or_not_yaml(experiments):
     ("folds.n_splits=1", r"'folds\.n_splits' must be at least 2"),
     ("folds.holdout=1.5", r"'folds\.holdout' is a fraction in \[0, 1\)"),
     ("data.name=''", r"'data\.name' is empty"),
+    ("frontend.normalize=global", r"'frontend\.normalize' is 'global'; choose one of clip, dataset, none"),
+    ("frontend.kind=stats", r"'frontend\.kind' is 'stats'; did you mean 'clip_stats'\?"),
 ])
 def test_invalid_values(experiments, override, message):
     with pytest.raises(UserError, match=r"^command line: " + message):  # blamed where the value came from
@@ -197,3 +206,134 @@ def test_resolved_config_round_trips_to_yaml(experiments):
     cfg = load_experiment("small", ["train.epochs=4"]).cfg
     again = OmegaConf.create(OmegaConf.to_yaml(cfg))
     assert again.train.epochs == 4 and again.data.train.table == "targets.tsv"
+
+
+# Contests and recipes
+
+def write_parts(workdir: Path) -> Path:
+    """The tones contest split the way the repository's experiments are: experiments/_contests/tones.yaml (data,
+    audio, folds, submission) and experiments/_recipes/small.yaml (frontend, model, train)."""
+    experiments = workdir / "experiments"
+    contest = {key: value for key, value in TONES_CONFIG.items() if key in CONTEST_SECTIONS}
+    contest["submission"] = {"id_column": "clip", "header": True}
+    write(experiments / "_contests" / "tones.yaml", yaml.safe_dump(contest))
+    recipe = {key: value for key, value in TONES_CONFIG.items() if key in RECIPE_SECTIONS}
+    write(experiments / "_recipes" / "small.yaml", yaml.safe_dump(recipe))
+    return experiments
+
+
+def test_file_overrides_recipe_overrides_contest_overrides_bases(workdir):
+    experiments = write_parts(workdir)
+    write(experiments / "_contests" / "tones_tsv.yaml",  # a contest built on another contest
+          "contest: tones.yaml\nsubmission:\n  delimiter: \"\\t\"\n  extension: tsv\n")
+    write(experiments / "_base" / "shared.yaml",
+          "train:\n  lr: 0.1\n  patience: 3\nsubmission:\n  id_column: base_id\n  label_column: base_label\n")
+    write(experiments / "mixed" / "config.yaml",
+          "recipe: ../_recipes/small.yaml\ncontest: ../_contests/tones_tsv.yaml\nbase: ../_base/shared.yaml\n"
+          "train:\n  epochs: 2\nsubmission:\n  header: false\n")
+    order = [Path(origin).relative_to(experiments.resolve()).as_posix()
+             for _, origin in _load_layers(experiments / "mixed" / "config.yaml")]
+    assert order == ["_base/shared.yaml", "_contests/tones.yaml", "_contests/tones_tsv.yaml", "_recipes/small.yaml",
+                     "mixed/config.yaml"]  # whatever order the keys are written in
+    cfg = load_experiment("mixed").cfg
+    assert cfg.train.epochs == 2 and cfg.submission.header is False  # the file wins over the recipe and the contest
+    assert cfg.train.lr == 0.01 and cfg.train.patience == 3  # the recipe wins over the base
+    assert cfg.submission.id_column == "clip" and cfg.submission.label_column == "base_label"  # contest over base
+    assert (cfg.submission.delimiter, cfg.submission.extension) == ("\t", "tsv")  # a contest over its own contest
+    assert cfg.data.name == "tones" and cfg.model.name == "resnet10t" and cfg.frontend.n_mels == 32
+    assert cfg.recipe is None and cfg.contest is None and cfg.base is None  # the file names are not config
+
+
+@pytest.mark.parametrize("part, extra, message", [
+    ("_recipes/small.yaml", "submission:\n  id_suffix: .wav\n",
+     "a recipe may not set 'submission' (a contest key): move it to the contest file, or to the experiment's own "
+     "config.yaml"),
+    ("_recipes/small.yaml", "data:\n  name: other\n",
+     "a recipe may not set 'data' (a contest key): move it to the contest file, or to the experiment's own "
+     "config.yaml"),
+    ("_contests/tones.yaml", "model:\n  name: resnet18\n",
+     "a contest may not set 'model' (a recipe key): move it to the recipe file, or to the experiment's own "
+     "config.yaml"),
+    ("_recipes/small.yaml", "contest: ../_contests/tones.yaml\n",
+     "a recipe may not name a 'contest:' (it may name only another recipe, with 'recipe:'): name the contest in the "
+     "experiment's own config.yaml"),
+    ("_recipes/small.yaml", "base: ../_contests/tones.yaml\n",
+     "a recipe may not name a 'base:' (it may name only another recipe, with 'recipe:'): name the base in the "
+     "experiment's own config.yaml"),
+    ("_contests/tones.yaml", "recipe: ../_recipes/small.yaml\n",
+     "a contest may not name a 'recipe:' (it may name only another contest, with 'contest:'): name the recipe in "
+     "the experiment's own config.yaml"),
+    ("_contests/tones.yaml", "base: ../_recipes/small.yaml\n",
+     "a contest may not name a 'base:' (it may name only another contest, with 'contest:'): name the base in the "
+     "experiment's own config.yaml"),
+])
+def test_a_part_holding_the_other_parts_keys_is_refused(workdir, capsys, part, extra, message):
+    experiments = write_parts(workdir)
+    path = experiments / part
+    path.write_text(path.read_text() + extra)
+    write(experiments / "mixed" / "config.yaml", "contest: ../_contests/tones.yaml\nrecipe: ../_recipes/small.yaml\n")
+    code, _, err = run_verb(capsys, folds, "exp=mixed")
+    assert code == 2 and error_line(err) == f"error: {path.resolve()}: {message}"  # one line, naming the file
+
+
+def test_a_part_named_wrongly_or_looping(workdir):
+    experiments = write_parts(workdir)
+    write(experiments / "two" / "config.yaml", "recipe: [../_recipes/small.yaml, ../_recipes/small.yaml]\n")
+    with pytest.raises(UserError, match=r"two/config\.yaml: 'recipe' names one file, a path relative to this file"):
+        load_experiment("two")
+    write(experiments / "gone" / "config.yaml", "recipe: ../_recipes/gone.yaml\n")
+    with pytest.raises(UserError, match=r"_recipes/gone\.yaml: config not found \(named as a recipe in .*gone/config"):
+        load_experiment("gone")
+    write(experiments / "_recipes" / "a.yaml", "recipe: b.yaml\n")
+    write(experiments / "_recipes" / "b.yaml", "recipe: a.yaml\n")
+    write(experiments / "loop" / "config.yaml", "recipe: ../_recipes/a.yaml\n")
+    with pytest.raises(UserError, match=r"_recipes/a\.yaml: 'recipe' chain loops back to itself"):
+        load_experiment("loop")
+
+
+def test_every_config_field_is_a_recipe_or_a_contest_section_or_meta():
+    """A new section must be given to the recipe or the contest side, or a recipe could carry it between contests."""
+    fields = [f.name for f in dataclasses.fields(Config)]
+    groups = [set(RECIPE_SECTIONS), set(CONTEST_SECTIONS), set(META_KEYS)]
+    unclassified = [name for name in fields if not any(name in group for group in groups)]
+    assert not unclassified, f"add {unclassified} to RECIPE_SECTIONS or CONTEST_SECTIONS in competition/config.py"
+    assert sum(len(group) for group in groups) == len(set().union(*groups)) == len(fields)  # disjoint, no strays
+
+
+def test_reused_recipe_brings_none_of_another_contests_answer_format(workdir):
+    """The repository's small-CNN recipe on a new contest: recipe keys come along, demo_words' data and answer
+    format (fname column, .wav suffix, its filename_regex) do not."""
+    experiments = workdir / "experiments"
+    write(experiments / "_contests" / "voices.yaml", BASE.split("train:\n  epochs")[0])
+    write(experiments / "voices_cnn" / "config.yaml",
+          f"contest: ../_contests/voices.yaml\nrecipe: {REPO / 'experiments' / '_recipes' / 'cnn.yaml'}\n")
+    cfg = load_experiment("voices_cnn").cfg
+    assert OmegaConf.to_container(cfg.submission) == OmegaConf.to_container(OmegaConf.structured(SubmissionConfig))
+    assert cfg.submission.id_suffix == "" and cfg.submission.id_column == "id"
+    assert cfg.data.train.filename_regex == "" and cfg.data.name == "voices"
+    assert (cfg.model.name, cfg.train.epochs, cfg.frontend.n_mels, len(cfg.tta.views)) == ("resnet18", 12, 64, 4)
+
+
+@pytest.mark.parametrize("name, parts", [
+    ("default", ["_contests/demo_words.yaml", "_recipes/cnn.yaml"]),
+    ("fsdd", ["_contests/fsdd.yaml", "_recipes/cnn.yaml"]),
+    ("demo_gender", ["_contests/demo_gender.yaml", "_recipes/cnn.yaml"]),
+    ("res2next_224", ["_contests/demo_words.yaml"]),
+])
+def test_repository_experiments_are_a_contest_and_a_recipe(name, parts):
+    """Each shipped experiment composes (unresolved: the demo is not generated) from the parts it names."""
+    config = REPO / "experiments" / name / "config.yaml"
+    layers = _load_layers(config)
+    assert [Path(origin).relative_to(REPO / "experiments").as_posix() for _, origin in layers] == \
+        parts + [f"{name}/config.yaml"]
+    cfg = OmegaConf.structured(Config)
+    for layer, origin in layers:
+        cfg = _merge(cfg, layer, origin)
+    assert cfg.data.name and cfg.model.name
+
+
+def test_image_augmentations_are_refused_on_per_clip_vectors(experiments):
+    with pytest.raises(UserError, match=r"^command line: 'augment\.spec_time' works on spectrogram images but "
+                                        r"frontend\.kind=clip_stats gives one vector per clip; set augment\.spec_time"):
+        load_experiment("small", ["frontend.kind=clip_stats", "augment.spec_time.p=0.5"])
+    assert load_experiment("small", ["frontend.kind=clip_stats", "augment.mixup.p=0.5"]).cfg.frontend.kind == "clip_stats"
