@@ -513,39 +513,59 @@ class HeavyAugment:
 
 # ---- test-time views: deterministic, written as strings in config ----------------------------------------------------
 
+@dataclass(frozen=True)
+class View:
+    """A deterministic test-time view: where the window sits in the clip (`move`, a fraction of the window, slid along
+    the clip's own audio) and what is done to the waveforms (batch, samples) cut there."""
+
+    transform: Callable[[Tensor], Tensor]
+    move: float = 0.0
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.transform(x)
+
+
 def _plain(x: Tensor) -> Tensor:
     return x
 
 
-def _shifted(x: Tensor, fraction: float) -> Tensor:
+def _shifted(x: Tensor, fraction: float, rollover: bool) -> Tensor:
     offset = round(fraction * x.shape[-1])
-    return shift_samples(x, torch.full((x.shape[0],), offset, device=x.device), abs(offset))
+    return shift_samples(x, torch.full((x.shape[0],), offset, device=x.device), abs(offset), rollover)
 
 
 def _gained(x: Tensor, db: float) -> Tensor:
     return x * 10.0 ** (db / 20.0)
 
 
-def _shift_view(fraction: float) -> Callable[[Tensor], Tensor]:
+def _fraction_view(fraction: float, rollover: bool) -> View:
     if not -1.0 < fraction < 1.0:
         raise ValueError("the fraction must be in (-1, 1)")
-    return partial(_shifted, fraction=fraction)
+    return View(partial(_shifted, fraction=fraction, rollover=rollover))
 
 
-def _gain_view(db: float) -> Callable[[Tensor], Tensor]:
-    return partial(_gained, db=db)
+def _window_view(fraction: float) -> View:
+    if not -1.0 < fraction < 1.0:
+        raise ValueError("the fraction must be in (-1, 1)")
+    return View(_plain, move=fraction)
 
 
-# view name -> (how it is written, factory taking the number after ':' if the written form has one)
-TTA_VIEWS: dict[str, tuple[str, Callable[..., Callable[[Tensor], Tensor]]]] = {
-    "plain": ("plain", lambda: _plain),
-    "shift": ("shift:<fraction>", _shift_view),  # waveforms moved later by fraction * length (earlier if < 0), zeros in
-    "gain": ("gain:<db>", _gain_view),
+# view name -> (how it is written, factory taking the number after ':' if the written form has one). A new view is
+# one entry here: config validation, prediction and the fold records pick it up by name.
+TTA_VIEWS: dict[str, tuple[str, Callable[..., View]]] = {
+    "plain": ("plain", lambda: View(_plain)),
+    # the window slid along the clip by fraction * its length (earlier if < 0): the clip's own audio comes in, silence
+    # only past the clip's ends
+    "window": ("window:<fraction>", _window_view),
+    # the window's samples moved later by fraction * length (earlier if < 0), zeros in: cuts sound at a hard edge
+    "shift": ("shift:<fraction>", partial(_fraction_view, rollover=False)),
+    "roll": ("roll:<fraction>", partial(_fraction_view, rollover=True)),  # like shift, what falls off wraps around
+    "gain": ("gain:<db>", lambda db: View(partial(_gained, db=db))),
 }
 
 
-def parse_tta_view(spec: str) -> Callable[[Tensor], Tensor]:
-    """A deterministic view of waveforms (batch, samples) from its written form, e.g. "plain", "shift:-0.1", "gain:6"."""
+def parse_tta_view(spec: str) -> View:
+    """A test-time view from its written form, e.g. "plain", "window:-0.1", "shift:-0.1", "roll:0.05", "gain:6"."""
     valid = ", ".join(usage for usage, _ in TTA_VIEWS.values())
     name, sep, number = str(spec).strip().partition(":")
     if name not in TTA_VIEWS:

@@ -151,19 +151,24 @@ class WaveCache:
         position = pd.Series(np.arange(len(self.clips)), index=self.clips["path"])
         return position.loc[paths].to_numpy()
 
-    def crops(self, rows: np.ndarray, length: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    def crops(self, rows: np.ndarray, length: int, rng: np.random.Generator | None = None,
+              move: int = 0) -> np.ndarray:
         """A float32 batch (len(rows), length): clips padded with silence or cropped, at random if `rng` is given
-        (training) and centred otherwise (evaluation), so the model always sees the same duration."""
+        (training) and centred otherwise (evaluation), so the model always sees the same duration. `move` slides the
+        centred window that many samples later (earlier if negative) along the clip: real audio comes in where the
+        clip has it, silence only past its ends (a test-time view that does not cut a word at a hard edge)."""
         offsets = self.clips["offset"].to_numpy()[rows]
         lengths = self.clips["length"].to_numpy()[rows]
         batch = np.zeros((len(rows), length), np.float32)
         for i, (offset, size) in enumerate(zip(offsets, lengths)):
-            if size >= length:
-                start = rng.integers(0, size - length + 1) if rng is not None else (size - length) // 2
-                batch[i] = self.waves[offset + start: offset + start + length]
+            if rng is not None:  # window start in clip samples; negative means silence first
+                start = rng.integers(0, size - length + 1) if size >= length else -rng.integers(0, length - size + 1)
             else:
-                pad = rng.integers(0, length - size + 1) if rng is not None else (length - size) // 2
-                batch[i, pad: pad + size] = self.waves[offset: offset + size]
+                start = (size - length) // 2 if size >= length else -((length - size) // 2)
+                start += move
+            first, last = max(start, 0), min(start + length, size)
+            if last > first:
+                batch[i, first - start: last - start] = self.waves[offset + first: offset + last]
         return batch / 32768.0
 
 

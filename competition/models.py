@@ -11,8 +11,11 @@ from pathlib import Path
 import timm
 import torch
 from omegaconf import DictConfig
+from torch.nn.modules.lazy import LazyModuleMixin
 
+import competition.backbones  # noqa: F401  (registers our own models with timm)
 from competition.errors import UserError
+from competition.frontend import make_frontend
 
 
 def check_backbone(name: str) -> None:
@@ -42,7 +45,7 @@ def create_model(cfg: DictConfig, num_classes: int, pretrained: bool = True) -> 
     check_backbone(spec.name)
     kwargs = dict(in_chans=1, num_classes=num_classes, drop_rate=spec.drop_rate)
     if not pretrained:
-        return timm.create_model(spec.name, **kwargs)
+        return _materialise(timm.create_model(spec.name, **kwargs), cfg)
     if spec.weights_file:
         weights = Path(spec.weights_file).expanduser()
         if not weights.is_file():
@@ -54,7 +57,7 @@ def create_model(cfg: DictConfig, num_classes: int, pretrained: bool = True) -> 
         model = timm.create_model(spec.name, **kwargs)
         if spec.weights_file:
             _check_weights_cover(model, weights)
-        return model
+        return _materialise(model, cfg)
     except (RuntimeError, OSError, ValueError, KeyError) as exc:
         if not (spec.pretrained or spec.weights_file):
             raise
@@ -64,3 +67,14 @@ def create_model(cfg: DictConfig, num_classes: int, pretrained: bool = True) -> 
             "On a machine without internet, save timm's checkpoint elsewhere "
             "(timm.create_model(name, pretrained=True).state_dict() -> torch.save) and set model.weights_file=<path>, "
             "or train from scratch with model.pretrained=false") from None
+
+
+@torch.no_grad()
+def _materialise(model: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
+    """Layers sized by their first input (lazy ones, as in stats_linear) take their size from two silent clips
+    through the configured frontend, so the optimiser and load_state_dict see real parameters."""
+    if any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() for m in model.modules()):
+        model.eval()
+        model(make_frontend(cfg)(torch.zeros(2, round(cfg.audio.duration * cfg.audio.sample_rate))))
+        model.train()
+    return model

@@ -12,7 +12,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
-from competition.augment import Augmenter, HeavyAugment, heavy_enabled, parse_tta_view
+from competition.augment import Augmenter, HeavyAugment, View, heavy_enabled, parse_tta_view
 from competition.cache import WaveCache, load_split
 from competition.config import Experiment
 from competition.data import index_test, index_train
@@ -31,7 +31,7 @@ from competition.files import atomic_write, atomic_write_text, file_sha256
 from competition.foldrun import (DONE, LAST, Inputs, Staleness, discard_unresumable, fold_lock, is_finished, partial_dir,
                                  publish, read_record, record, retrain_command, staleness, start_work)
 from competition.folds import ensure_folds, fold_path
-from competition.frontend import LogMel
+from competition.frontend import Frontend, make_frontend
 from competition.metrics import METRICS
 from competition.models import check_backbone, create_model
 
@@ -165,25 +165,27 @@ def crop_samples(cfg: DictConfig) -> int:
     return round(cfg.audio.duration * cfg.audio.sample_rate)
 
 
-def batches(part: Part, size: int, crop: int,
-            rng: np.random.Generator | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def batches(part: Part, size: int, crop: int, rng: np.random.Generator | None,
+            move: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Positions and waveform crops; shuffled, randomly cropped, and without a last batch of one when training
-    (BatchNorm cannot normalise a single sample), in order and centred otherwise."""
+    (BatchNorm cannot normalise a single sample), in order and centred (or moved by `move` samples) otherwise."""
     order = rng.permutation(len(part)) if rng is not None else np.arange(len(part))
     for start in range(0, len(order), size):
         index = order[start:start + size]
         if rng is not None and len(index) < 2:
             break
-        yield index, part.cache.crops(part.rows[index], crop, rng)
+        yield index, part.cache.crops(part.rows[index], crop, rng, move)
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, frontend: LogMel, part: Part, cfg: DictConfig, device: torch.device,
-            view: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+def predict(model: torch.nn.Module, frontend: Frontend, part: Part, cfg: DictConfig, device: torch.device,
+            view: View | None = None) -> np.ndarray:
     """Class probabilities (n, classes) on centred crops, seen through one test-time view."""
     model.eval()
     out = []
-    for _, wave in batches(part, cfg.train.eval_batch_size, crop_samples(cfg), None):
+    crop = crop_samples(cfg)
+    move = round(view.move * crop) if view is not None else 0
+    for _, wave in batches(part, cfg.train.eval_batch_size, crop, None, move):
         wave = torch.from_numpy(wave).to(device, non_blocking=True)
         x = frontend(view(wave) if view is not None else wave)
         with autocast(device, cfg.train.amp):
@@ -191,7 +193,7 @@ def predict(model: torch.nn.Module, frontend: LogMel, part: Part, cfg: DictConfi
     return torch.cat(out).numpy()
 
 
-def predict_views(model: torch.nn.Module, frontend: LogMel, part: Part, cfg: DictConfig,
+def predict_views(model: torch.nn.Module, frontend: Frontend, part: Part, cfg: DictConfig,
                   device: torch.device) -> dict[str, np.ndarray]:
     """One prediction per configured TTA view, plus their mean ('mean') when there are several."""
     probs = {name: predict(model, frontend, part, cfg, device, parse_tta_view(name)) for name in cfg.tta.views}
@@ -286,6 +288,7 @@ class TrainState:
     generator: torch.Generator
     epoch: int = 0
     best: float | None = None
+    best_loss: float = math.inf  # the best epoch's validation loss: breaks ties of the metric
     best_epoch: int = 0
     history: list[dict] = field(default_factory=list)
 
@@ -298,7 +301,8 @@ class TrainState:
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "scaler": self.scaler.state_dict(), "rng": self.rng.bit_generator.state,
                  "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-                 "epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch, "history": self.history}
+                 "epoch": self.epoch, "best": self.best, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
+                 "history": self.history}
         atomic_write(path, lambda tmp: torch.save(state, tmp))
 
     def load(self, path: Path) -> None:
@@ -313,6 +317,7 @@ class TrainState:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
+        self.best_loss = state.get("best_loss", math.inf)
         self.history = state["history"]
 
 
@@ -394,11 +399,10 @@ def _report(exp: Experiment, fold: int, summary: dict) -> None:
     print(f"{line} -> {exp.fold_dir(fold)}")
 
 
-def predict_splits(model: torch.nn.Module, cfg: DictConfig, data: FoldData, device: torch.device, folder: Path,
-                   splits: tuple[str, ...] = ("oof", "holdout", "test")) -> dict:
+def predict_splits(model: torch.nn.Module, frontend: Frontend, cfg: DictConfig, data: FoldData, device: torch.device,
+                   folder: Path, splits: tuple[str, ...] = ("oof", "holdout", "test")) -> dict:
     """Predict the named splits through every TTA view into `<split>.csv`, and score the labelled ones per view."""
     metric = METRICS[cfg.train.metric]
-    frontend = LogMel.from_config(cfg).to(device)
     scores = {}
     for name, part in (("oof", data.val), ("holdout", data.holdout), ("test", data.test)):
         if name not in splits or part is None or len(part) == 0:
@@ -415,6 +419,18 @@ def predict_splits(model: torch.nn.Module, cfg: DictConfig, data: FoldData, devi
     return scores
 
 
+def load_fold_model(path: Path, cfg: DictConfig, device: torch.device) -> tuple[torch.nn.Module, Frontend]:
+    """A trained fold's model and frontend (with the statistics it was fitted with, where it has any) from its
+    model.pt, tensors only (weights_only: loading never runs code from the file), ready to predict on `device`."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model = create_model(cfg, len(checkpoint["classes"]), pretrained=False)
+    model.load_state_dict(checkpoint["model"])
+    frontend = make_frontend(cfg)
+    if "frontend" in checkpoint:  # folds trained before frontends kept statistics have none to load
+        frontend.load_state_dict(checkpoint["frontend"])
+    return model.to(device), frontend.to(device)
+
+
 def repredict_fold(exp: Experiment, fold: int, data: DataSet, stale: Staleness, device_name: str = "auto") -> dict:
     """Redo a finished fold's predictions from its kept model when only the TTA views or the test clips changed:
     other views redo every split, other test clips only test.csv. The record is updated last."""
@@ -422,9 +438,7 @@ def repredict_fold(exp: Experiment, fold: int, data: DataSet, stale: Staleness, 
     print(f"{exp.name} fold {fold}: {stale.describe()}; re-predicting with the trained model (no retraining)",
           file=sys.stderr)
     device = resolve_device(device_name)
-    checkpoint = torch.load(fold_dir / "model.pt", map_location="cpu", weights_only=True)
-    model = create_model(exp.cfg, len(checkpoint["classes"]), pretrained=False)
-    model.load_state_dict(checkpoint["model"])
+    model, frontend = load_fold_model(fold_dir / "model.pt", exp.cfg, device)
     views_changed = read_record(fold_dir).views != data.inputs.views
     splits = ("oof", "holdout", "test") if views_changed else ("test",)
     summary = json.loads((fold_dir / DONE).read_text())
@@ -433,7 +447,7 @@ def repredict_fold(exp: Experiment, fold: int, data: DataSet, stale: Staleness, 
     for name in ("holdout", "test"):  # a split the current inputs no longer have must not keep old predictions
         if name in splits:
             (fold_dir / f"{name}.csv").unlink(missing_ok=True)
-    summary.update(predict_splits(model.to(device), exp.cfg, data.fold(fold), device, fold_dir, splits),
+    summary.update(predict_splits(model, frontend, exp.cfg, data.fold(fold), device, fold_dir, splits),
                    tta_views=list(exp.cfg.tta.views))
     OmegaConf.save(exp.cfg, fold_dir / "config.yaml")
     atomic_write_text(fold_dir / DONE, json.dumps(summary, indent=2))
@@ -471,7 +485,14 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
     _check_metric_defined(cfg, data, fold)
     torch.manual_seed(t.seed)
     model = create_model(cfg, len(data.classes)).to(device)
-    frontend = LogMel.from_config(cfg).to(device)
+    frontend = make_frontend(cfg).to(device)
+    if cfg.frontend.kind == "logmel" and cfg.frontend.normalize == "dataset":
+        frontend.fit(torch.from_numpy(wave) for _, wave in batches(data.train, t.eval_batch_size, crop_samples(cfg), None))
+    print(f"{title}: {len(data.train)} train, {len(data.val)} validation, {len(data.holdout)} holdout, "
+          f"{len(data.test) if data.test else 0} test clips; {len(data.classes)} classes; "
+          f"{cfg.model.name} on {device}", file=sys.stderr)
+    if hasattr(model, "fit"):
+        return _fit_exactly(cfg, model, frontend, data, device, work)
     augmenter = Augmenter(cfg.augment, cfg.audio.sample_rate, device)
     heavy = HeavyAugment(cfg.augment, cfg.audio.sample_rate) if heavy_enabled(cfg.augment) else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
@@ -484,9 +505,6 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
     if (work / LAST).is_file():
         state.load(work / LAST)
         print(f"{title}: resuming after epoch {state.epoch} from {work / LAST}", file=sys.stderr)
-    print(f"{title}: {len(data.train)} train, {len(data.val)} validation, {len(data.holdout)} holdout, "
-          f"{len(data.test) if data.test else 0} test clips; {len(data.classes)} classes; "
-          f"{cfg.model.name} on {device}", file=sys.stderr)
     started, first_epoch = time.time(), state.epoch + 1
     for epoch in range(first_epoch, t.epochs + 1):
         if t.patience and state.epoch - state.best_epoch >= t.patience:
@@ -495,16 +513,14 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
         probs = predict(state.eval_model, frontend, data.val, cfg, device)
         if not np.isfinite(probs).all():
             raise _diverged(epoch, fold, "the validation probabilities are NaN", cfg)
-        row.update({"val_loss": METRICS["log_loss"].score(data.val.y, probs),
-                    f"val_{t.metric}": metric.score(data.val.y, probs),
-                    "val_accuracy": METRICS["accuracy"].score(data.val.y, probs)})
+        row.update(_validation_scores(cfg, data.val.y, probs))
         state.history.append(row)
-        improved = metric.better(row[f"val_{t.metric}"], state.best)
+        # a tie on the metric (accuracy stuck at 1.000 on an easy fold) goes to the lower validation loss
+        improved = metric.better(row[f"val_{t.metric}"], state.best) or (
+            row[f"val_{t.metric}"] == state.best and row["val_loss"] < state.best_loss)
         if improved:
-            state.best, state.best_epoch = row[f"val_{t.metric}"], epoch
-            best = {"model": state.eval_model.state_dict(), "classes": data.classes, "epoch": epoch,
-                    "config": OmegaConf.to_container(cfg)}
-            atomic_write(work / "model.pt", lambda tmp: torch.save(best, tmp))
+            state.best, state.best_loss, state.best_epoch = row[f"val_{t.metric}"], row["val_loss"], epoch
+            _save_model(work, state.eval_model, frontend, data.classes, epoch, cfg)
         state.epoch = epoch
         state.save(work / LAST)  # after model.pt, so a resumed run never lacks the best weights it recorded
         write_csv(pd.DataFrame(state.history), work / "metrics.csv")
@@ -514,18 +530,55 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
               f"| eta {_fmt_seconds(eta)}{' | best' if improved else ''}", flush=True)
     if t.patience and state.epoch < t.epochs:
         print(f"early stop: no better validation {t.metric} for {t.patience} epochs", flush=True)
-    plot_curves(pd.DataFrame(state.history), t.metric, work / "curves.png")
-
     best_model = state.eval_model
     best_model.load_state_dict(torch.load(work / "model.pt", map_location=device, weights_only=True)["model"])
-    summary = {"classes": data.classes, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
+    return _finish(cfg, best_model, frontend, data, device, work, state.history, state.best_epoch, started)
+
+
+def _validation_scores(cfg: DictConfig, y: np.ndarray, probs: np.ndarray) -> dict:
+    return {"val_loss": METRICS["log_loss"].score(y, probs), f"val_{cfg.train.metric}":
+            METRICS[cfg.train.metric].score(y, probs), "val_accuracy": METRICS["accuracy"].score(y, probs)}
+
+
+def _save_model(work: Path, model: torch.nn.Module, frontend: Frontend, classes: list[str], epoch: int,
+                cfg: DictConfig) -> None:
+    best = {"model": model.state_dict(), "frontend": frontend.state_dict(), "classes": classes, "epoch": epoch,
+            "config": OmegaConf.to_container(cfg)}
+    atomic_write(work / "model.pt", lambda tmp: torch.save(best, tmp))
+
+
+def _finish(cfg: DictConfig, model: torch.nn.Module, frontend: Frontend, data: FoldData, device: torch.device,
+            work: Path, history: list[dict], best_epoch: int, started: float) -> dict:
+    """The curves, the fold's summary and its predictions on every split through every view."""
+    plot_curves(pd.DataFrame(history), cfg.train.metric, work / "curves.png")
+    summary = {"classes": data.classes, "best_epoch": best_epoch, "epochs_run": len(history) and history[-1]["epoch"],
                "device": str(device), "seconds": round(time.time() - started, 1), "n_train": len(data.train),
                "tta_views": list(cfg.tta.views)}
-    summary.update(predict_splits(best_model, cfg, data, device, work))
+    summary.update(predict_splits(model, frontend, cfg, data, device, work))
     return summary
 
 
-def _train_epoch(cfg: DictConfig, state: TrainState, data: FoldData, frontend: LogMel, augmenter: Augmenter,
+def _fit_exactly(cfg: DictConfig, model: torch.nn.Module, frontend: Frontend, data: FoldData, device: torch.device,
+                 work: Path) -> dict:
+    """A convex model (one with `fit`, e.g. stats_linear) fitted in one go on the features of the training clips'
+    centred crops, with train.weight_decay as its L2 penalty: no epochs, no augmentation, nothing to resume."""
+    started = time.time()
+    with torch.no_grad():
+        features = torch.cat([frontend(torch.from_numpy(wave).to(device)) for _, wave in
+                              batches(data.train, cfg.train.eval_batch_size, crop_samples(cfg), None)])
+    model.fit(features, torch.from_numpy(data.train.y).to(device), cfg.train.weight_decay)
+    train_probs = predict(model, frontend, data.train, cfg, device)
+    probs = predict(model, frontend, data.val, cfg, device)
+    row = {"epoch": 1, "train_loss": METRICS["log_loss"].score(data.train.y, train_probs), "lr": 0.0,
+           "seconds": time.time() - started, **_validation_scores(cfg, data.val.y, probs)}
+    _save_model(work, model, frontend, data.classes, 1, cfg)
+    write_csv(pd.DataFrame([row]), work / "metrics.csv")
+    print(f"fitted {cfg.model.name} exactly | train loss {row['train_loss']:.4f} | val loss {row['val_loss']:.4f} "
+          f"{cfg.train.metric} {row[f'val_{cfg.train.metric}']:.4f} | {row['seconds']:.1f}s", flush=True)
+    return _finish(cfg, model, frontend, data, device, work, [row], 1, started)
+
+
+def _train_epoch(cfg: DictConfig, state: TrainState, data: FoldData, frontend: Frontend, augmenter: Augmenter,
                  heavy: HeavyAugment | None, epoch: int, steps: int, device: torch.device, fold: int) -> dict:
     """One pass over the training clips: augment the waveforms, log-mel, augment the spectrograms, mix, step."""
     t = cfg.train

@@ -467,6 +467,10 @@ def test_tta_views() -> None:
     torch.testing.assert_close(ratio[x != 0], torch.full_like(ratio[x != 0], 10 ** (6 / 20)))
     assert 10 ** (6 / 20) == pytest.approx(2.0, rel=0.003)  # +6 dB doubles the amplitude
     assert torch.equal(parse_tta_view("shift:0.1")(x), later)  # deterministic
+    rolled = parse_tta_view("roll:0.1")(x)
+    assert torch.equal(rolled, torch.roll(x, 800, dims=-1))  # what falls off the end comes back at the start
+    window = parse_tta_view("window:-0.05")
+    assert window.move == -0.05 and torch.equal(window(x), x)  # moves the crop in the clip, leaves the samples
 
 
 @pytest.mark.parametrize("spec,message", [
@@ -481,4 +485,5 @@ def test_tta_views() -> None:
 def test_bad_tta_views(spec: str, message: str) -> None:
     with pytest.raises(UserError) as error:
         parse_tta_view(spec)
-    assert message in str(error.value) and "valid views: plain, shift:<fraction>, gain:<db>" in str(error.value)
+    valid = "valid views: plain, window:<fraction>, shift:<fraction>, roll:<fraction>, gain:<db>"
+    assert message in str(error.value) and valid in str(error.value)

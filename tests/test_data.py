@@ -242,6 +242,17 @@ def test_crops_are_centred_without_rng(workdir):
     np.testing.assert_array_equal(cache.crops(rows, 1000), batch)
 
 
+def test_moved_window_takes_the_clips_own_audio_and_silence_only_past_its_ends(workdir):
+    cache, rows, long, short = _ramp_cache(workdir)
+    later, earlier = cache.crops(rows, 1000, move=300), cache.crops(rows, 1000, move=-1200)
+    np.testing.assert_array_equal(later[0], long[1300:2300])  # real audio where the long clip has it
+    np.testing.assert_array_equal(earlier[0, 200:], long[:800])  # past the clip's start: silence
+    assert not earlier[0, :200].any()
+    np.testing.assert_array_equal(later[1, :550], short[150:])  # the short clip slides within its padding
+    assert not later[1, 550:].any()
+    np.testing.assert_array_equal(cache.crops(rows, 1000, move=0), cache.crops(rows, 1000))
+
+
 def test_crops_are_random_windows_of_the_real_clip_with_rng(workdir):
     cache, rows, long, short = _ramp_cache(workdir)
     rng = np.random.default_rng(0)

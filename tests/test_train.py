@@ -292,3 +292,57 @@ def test_augmented_run_writes_every_tta_view_and_their_mean(tones: Path) -> None
     assert np.allclose(views["mean"].loc[mean.index], mean, atol=1e-5)
     assert not np.allclose(views["plain"], views["shift:0.1"].loc[views["plain"].index])
     assert "holdout_accuracy_mean" in summary and summary["tta_views"] == ["plain", "shift:0.1", "gain:-6"]
+
+
+def test_stats_linear_is_scikit_learns_logistic_regression() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from competition.backbones import StatsLinear
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 6)) * [1, 5, 0.1, 2, 1, 1] + [0, 3, 1, 0, 0, 0]
+    y = (x[:, 0] + 0.3 * x[:, 1] + rng.normal(size=120) > 1).astype(int) + (x[:, 3] > 1.5)
+    l2 = 0.05
+    model = StatsLinear(3)
+    model.fit(torch.from_numpy(x)[:, None, :, None], torch.from_numpy(y), l2)
+    ours = model(torch.from_numpy(x).float()[:, None, :, None]).softmax(-1).detach().numpy()
+    scaled = (x - x.mean(0)) / x.std(0)
+    theirs = LogisticRegression(C=1 / (l2 * len(x)), tol=1e-10, max_iter=10000).fit(scaled, y).predict_proba(scaled)
+    np.testing.assert_allclose(ours, theirs, atol=2e-3)
+
+
+def test_voice_recipe_fits_exactly_and_predicts_again_from_its_model(tones: Path) -> None:
+    exp = load_experiment("tones", ["frontend.kind=clip_stats", "model.name=stats_linear", "tta.views=[plain,gain:6]"])
+    summary = train_fold(exp, 0, "cpu")
+    fold_dir = tones / "experiments" / "tones" / "fold_0"
+    assert summary["best_epoch"] == summary["epochs_run"] == 1 and summary["val_accuracy"] >= 0.9
+    assert len(pd.read_csv(fold_dir / "metrics.csv")) == 1
+    from competition.train import load_data, load_fold_model, predict
+
+    model, frontend = load_fold_model(fold_dir / "model.pt", exp.cfg, torch.device("cpu"))
+    probs = predict(model, frontend, load_data(exp).fold(0).val, exp.cfg, torch.device("cpu"))
+    oof = pd.read_csv(fold_dir / "oof.csv", dtype={"id": str})
+    np.testing.assert_allclose(oof[oof["view"] == "plain"][sorted(TONES)].to_numpy(), probs, atol=1e-5)
+    plain, louder = (oof[oof["view"] == view][sorted(TONES)].to_numpy() for view in ("plain", "gain:6"))
+    assert not np.allclose(plain, louder)  # the band levels are raw decibels: a level cue the model can use
+
+
+def test_dataset_normalisation_is_fitted_per_fold_and_kept_with_its_model(tones: Path) -> None:
+    exp = load_experiment("tones", ["train.epochs=1", "frontend.normalize=dataset"])
+    train_fold(exp, 0, "cpu")
+    checkpoint = torch.load(tones / "experiments" / "tones" / "fold_0" / "model.pt", weights_only=True)
+    mean, std = checkpoint["frontend"]["band_mean"], checkpoint["frontend"]["band_std"]
+    assert mean.shape == (32, 1) and mean.abs().max() > 1 and not torch.allclose(std, torch.ones_like(std))
+    from competition.frontend import LogMel
+    from competition.train import batches, crop_samples, load_data
+
+    fresh = LogMel.from_config(exp.cfg)
+    fresh.fit(torch.from_numpy(w) for _, w in batches(load_data(exp).fold(0).train, 64, crop_samples(exp.cfg), None))
+    torch.testing.assert_close(fresh.band_mean, mean)  # fitted on the fold's own training clips
+
+
+def test_a_metric_tie_goes_to_the_lower_validation_loss(tones: Path) -> None:
+    summary = train_fold(load_experiment("tones", ["train.epochs=6"]), 0, "cpu")
+    history = pd.read_csv(tones / "experiments" / "tones" / "fold_0" / "metrics.csv")
+    top = history[history["val_accuracy"] == history["val_accuracy"].max()]
+    assert summary["best_epoch"] == int(top.loc[top["val_loss"].idxmin(), "epoch"])

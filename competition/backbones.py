@@ -1,0 +1,64 @@
+"""Models of our own, registered with timm so that `model.name` picks them like any timm backbone.
+
+A new one is a function here decorated with timm's `register_model`; `competition.models.create_model` builds it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.models import register_model
+
+
+class StatsLinear(torch.nn.Module):
+    """Multinomial logistic regression on a per-clip feature vector (frontend.kind=clip_stats): the features
+    standardised with the training clips' mean and spread, then one linear layer. Convex, so it is fitted exactly
+    (`fit`, full-batch L-BFGS) rather than over epochs: a few speakers' clips are enough, and there is no epoch to
+    pick on a validation score that is often already perfect. Sized by its first input (lazy), so any number of
+    features fits."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.scaler = torch.nn.LazyBatchNorm1d(affine=False)  # only its running mean and variance are used
+        self.linear = torch.nn.LazyLinear(num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        mean, var = self.scaler.running_mean, self.scaler.running_var
+        if isinstance(mean, torch.nn.parameter.UninitializedBuffer):
+            self.scaler(x)  # first call sizes the lazy layers
+            mean, var = self.scaler.running_mean, self.scaler.running_var
+        return self.linear((x - mean) / (var + 1e-8).sqrt())
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor, y: torch.Tensor, l2: float, max_iter: int = 500) -> None:
+        """Minimise the mean cross-entropy plus l2 / 2 * |weights|^2 on standardised features (as scikit-learn's
+        LogisticRegression with C = 1 / (l2 * n))."""
+        if isinstance(self.linear.weight, torch.nn.parameter.UninitializedParameter):
+            self(x.float())  # sizes the lazy layers; every value is set below
+        x = x.flatten(1).double()
+        self.scaler.running_mean.copy_(x.mean(0))
+        self.scaler.running_var.copy_(x.var(0, unbiased=False).clamp_min(1e-12))
+        z = (x - x.mean(0)) / x.std(0, unbiased=False).clamp_min(1e-6)
+        weight = torch.zeros(self.linear.out_features, z.shape[1], dtype=torch.float64, requires_grad=True)
+        bias = torch.zeros(self.linear.out_features, dtype=torch.float64, requires_grad=True)
+        optimizer = torch.optim.LBFGS([weight, bias], max_iter=max_iter, tolerance_grad=1e-9,
+                                      line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            with torch.enable_grad():
+                loss = F.cross_entropy(z @ weight.T + bias, y) + 0.5 * l2 * weight.square().sum()
+                loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        self.linear.weight.copy_(weight)
+        self.linear.bias.copy_(bias)
+
+
+@register_model
+def stats_linear(pretrained: bool = False, num_classes: int = 2, **_) -> StatsLinear:
+    """StatsLinear for timm's factory; it has no pretrained weights."""
+    if pretrained:
+        raise ValueError("stats_linear has no pretrained weights")
+    return StatsLinear(num_classes)
