@@ -1,6 +1,6 @@
 """Blend finished folds into ensembles, score each one the way a leaderboard would, and write the answer file.
 
-    python -m competition.blend [exps=a,b] [method=soft+tta] [name=<data.name>-<method>] [metric=accuracy]
+    python -m competition.blend [exps=a,b] [method=auto] [name=<data.name>-<method>] [metric=accuracy]
                                 [missing=skip|fail] [stale=fail|skip] [overwrite=true] [submission.<key>=value ...]
 
 Only folds made from the current inputs are blended: a fold whose config, fold file or training clips changed since
@@ -13,10 +13,17 @@ On OOF the method combines the members; on the holdout and test clips it combine
 each member's weight split equally among its folds. Weights are equal, or for the weighted methods fitted on the
 members' OOF predictions. A method name with `+tta` first averages each model's test-time views. Every method is
 scored on OOF (fitted weights also by nested cross-validation over the folds, which in-sample OOF flatters) and on
-the locked holdout, the local stand-in for the leaderboard. The method written to submissions/<name>.<ext> is
-soft+tta by default (soft when no model has TTA views) rather than the best-scoring row: picking the best of a dozen
-close scores on a few hundred holdout clips mostly picks noise. The report beside it (.md, .json, a bar chart of the
-scores and the written method's confusion matrix) shares its name.
+the locked holdout, the local stand-in for the leaderboard.
+
+The method written to submissions/<name>.<ext> is `method=` when given, otherwise (`auto`, the default) the one the
+OOF predictions support. Taking the best-scoring row would mostly pick noise among a dozen close scores, so auto
+starts from soft and departs from it only on a paired test of the same OOF clips at p < 0.05 (McNemar's exact test
+for accuracy, a paired bootstrap otherwise): +tta if it beats soft so, then another combiner, or fitted weights by
+their nested OOF score, if it beats that choice so (of several, the best OOF score). One such decision on thousands
+of OOF clips has the power that a pick among a dozen on a few hundred holdout clips lacks; the holdout takes no part
+and stays an honest check of it. Rank averaging is not offered on two classes (see rank_average). The report beside
+the answer (.md, .json, a bar chart of the scores and the written method's confusion matrix) shares its name and
+gives each step of the decision.
 """
 from __future__ import annotations
 
@@ -32,7 +39,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from scipy.optimize import minimize
-from scipy.stats import rankdata
+from scipy.stats import binomtest, rankdata
 
 from competition.cli import main_guard, parse_bool
 from competition.config import EXPERIMENTS_DIR, SubmissionConfig, load_experiment, parse_cli, parse_overrides
@@ -44,9 +51,11 @@ from competition.folds import FOLDS_DIR, per_clip_warning, read_folds
 from competition.metrics import METRICS, Metric
 from competition.submission import SUBMISSIONS_DIR, answer_path, write_answer
 
-COMMAND_KEYS = {"exps": "", "method": "", "name": "", "metric": "", "missing": "skip", "stale": "fail",
+COMMAND_KEYS = {"exps": "", "method": "auto", "name": "", "metric": "", "missing": "skip", "stale": "fail",
                 "overwrite": "false"}
 TTA = "+tta"
+ALPHA = 0.05  # auto departs from the simpler method only on a paired test's p-value below this
+RESAMPLES = 1000  # paired bootstrap resamples: p to 0.002, ample against ALPHA, and half the time of 2000 on ROC AUC
 EPS = 1e-15  # the floor of a probability under a logarithm, as in sklearn's log loss
 
 
@@ -75,7 +84,11 @@ def geometric_mean(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 def rank_average(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Weighted mean of each model's per-class ranks over the clips (ties share the average rank, scaled to (0, 1]),
-    renormalised per clip: only the order of a model's scores counts, not their calibration."""
+    renormalised per clip: only the order of a model's scores counts, not their calibration.
+
+    Not offered on two classes: there p1 = 1 - p0, so a clip's two ranks mirror each other and the argmax only says
+    whether the clip lies above the median clip, a threshold at the median whatever the class balance (0.92 OOF where
+    every fold model scored 1.000)."""
     ranks = rankdata(probs, axis=1) / probs.shape[1]
     combined = np.tensordot(weights, ranks, axes=1)
     return combined / combined.sum(1, keepdims=True)
@@ -149,8 +162,34 @@ def parse_method(value: str) -> tuple[str, bool]:
     name, tta = (value[:-len(TTA)], True) if value.endswith(TTA) else (value, False)
     if name not in METHODS:
         choices = ", ".join(f"{m}[{TTA}]" for m in METHODS)
-        raise UserError(f"method={value} is unknown; choose one of {choices}")
+        raise UserError(f"method={value} is unknown; choose auto or one of {choices}")
     return name, tta
+
+
+def offered(n_classes: int) -> list[str]:
+    """The methods that mean something for this many classes: rank needs more than two (see rank_average)."""
+    return [name for name in METHODS if not (name == "rank" and n_classes == 2)]
+
+
+def paired_test(metric: Metric, y: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray,
+                rng_seed: int = 0) -> tuple[float, float]:
+    """b's score minus a's on the same clips, signed so that positive means b is better, and the two-sided p-value of
+    'no difference'. Accuracy: McNemar's exact test, as only the clips one gets right and the other wrong tell them
+    apart. Other metrics: a paired bootstrap over the clips, p the share of resampled differences on the other side
+    of zero, doubled; (count + 1) / (resamples + 1) so that a finite number of resamples never claims p = 0."""
+    sign = 1.0 if metric.greater_is_better else -1.0
+    difference = sign * (score(metric, y, probs_b) - score(metric, y, probs_a))
+    if metric.name == "accuracy":
+        right_a, right_b = probs_a.argmax(1) == y, probs_b.argmax(1) == y
+        only_b, only_a = int((right_b & ~right_a).sum()), int((right_a & ~right_b).sum())
+        return difference, binomtest(only_b, only_a + only_b).pvalue if only_a + only_b else 1.0
+    rng = np.random.default_rng(rng_seed)
+    resampled = np.empty(RESAMPLES)
+    for i in range(RESAMPLES):
+        clips = rng.integers(0, len(y), len(y))
+        resampled[i] = sign * (score(metric, y[clips], probs_b[clips]) - score(metric, y[clips], probs_a[clips]))
+    other_side = min((resampled <= 0).sum(), (resampled >= 0).sum())
+    return difference, min(1.0, 2 * (other_side + 1) / (RESAMPLES + 1))
 
 
 # Fold outputs
@@ -469,14 +508,19 @@ def oof_stack(members: list[Member], tta: bool) -> tuple[np.ndarray, np.ndarray,
     return np.stack([part.p[position] for (part, _), position in zip(parts, positions)]), y, folds
 
 
-def nested_score(method: Method, stack: np.ndarray, y: np.ndarray, folds: np.ndarray, metric: Metric) -> float:
-    """Each fold's clips blended with weights fitted on the other folds' clips (folds keep speakers apart), scored
-    together: what the fitted weights are worth on clips they never saw."""
+def nested_blend(method: Method, stack: np.ndarray, y: np.ndarray, folds: np.ndarray, metric: Metric) -> np.ndarray:
+    """Each fold's clips blended with weights fitted on the other folds' clips (folds keep speakers apart): what the
+    fitted weights make of clips they never saw."""
     blended = np.empty(stack.shape[1:])
     for k in np.unique(folds):
         out = folds == k
         blended[out] = method.combine(stack[:, out], method.fit(stack[:, ~out], y[~out], metric))
-    return score(metric, y, blended)
+    return blended
+
+
+def nested_score(method: Method, stack: np.ndarray, y: np.ndarray, folds: np.ndarray, metric: Metric) -> float:
+    """The nested blend scored: the fitted weights' worth on unseen clips, which the in-sample OOF score flatters."""
+    return score(metric, y, nested_blend(method, stack, y, folds, metric))
 
 
 @dataclass
@@ -518,6 +562,71 @@ def score_table(members: list[Member], metric: Metric, variants: list[tuple[str,
     if len(members) > 1:
         rows += [evaluate(members, name, tta, metric) for name, tta in variants]
     return rows
+
+
+# The method written by default
+
+@dataclass
+class Step:
+    """One comparison of `auto` on OOF predictions: a candidate against the method chosen so far."""
+
+    candidate: str
+    against: str
+    oof_candidate: float  # nested for fitted weights
+    oof_against: float
+    difference: float  # candidate minus against, positive when the candidate is better
+    p_value: float
+    test: str
+    kept: str  # the candidate if significantly better, else the method it was compared against
+
+    def line(self) -> str:
+        name = parse_method(self.candidate)[0]
+        fitted = METHODS[name].fit is not None
+        kind = "TTA" if name == "soft" else "weights" if fitted else "combiner"
+        verdict = (f"kept {self.kept}" if self.p_value < ALPHA or self.kept == self.candidate
+                   else f"within noise, kept the simpler {self.kept}")
+        return (f"{kind}: {self.candidate} {'nested OOF' if fitted else 'OOF'} {_fmt(self.oof_candidate)} vs "
+                f"{self.against} {_fmt(self.oof_against)} ({self.difference:+.4f}, {self.test} "
+                f"p={self.p_value:.2g}): {verdict}")
+
+
+def choose_method(members: list[Member], metric: Metric) -> tuple[str, list[Step]]:
+    """`method=auto`: what to write and the comparisons that chose it, on OOF predictions only, so that the holdout
+    stays an honest check of the choice. Soft; soft+tta if significantly better; then, with several members, each
+    other equal-weight combiner on that view and fitted weights by their nested OOF, against that choice: of those
+    significantly better, the best OOF score. Each is one decision on thousands of clips, not a pick among a dozen
+    close scores. With one member each OOF clip has a single model, so combiners (which differ only in how they
+    combine models) have nothing to be judged on there: only the views are decided."""
+    sign = 1.0 if metric.greater_is_better else -1.0
+    equal = np.full(len(members), 1 / len(members))
+    stack, y, folds = oof_stack(members, False)
+
+    def compare(candidate: str, probs: np.ndarray, against: str, base: np.ndarray) -> Step:
+        difference, p_value = paired_test(metric, y, base, probs)
+        kept = candidate if difference > 0 and p_value < ALPHA else against
+        return Step(candidate, against, score(metric, y, probs), score(metric, y, base), difference, p_value,
+                    "McNemar" if metric.name == "accuracy" else "paired bootstrap", kept)
+
+    label, probs, steps = "soft", mean_probability(stack, equal), []
+    if any(len(fold.oof.views) > 1 for member in members for fold in member.folds):
+        tta_stack = oof_stack(members, True)[0]
+        tta = mean_probability(tta_stack, equal)
+        steps.append(compare("soft" + TTA, tta, label, probs))
+        if steps[-1].kept != label:
+            label, probs, stack = steps[-1].kept, tta, tta_stack
+    view = TTA if label.endswith(TTA) else ""
+    nested = len(members) > 1 and len(np.unique(folds)) > 1  # fitted weights are judged on folds they never saw
+    challengers = []
+    for name in offered(stack.shape[2]) if len(members) > 1 else []:
+        method = METHODS[name]
+        if name != "soft" and (method.fit is None or nested):
+            blended = (method.combine(stack, equal) if method.fit is None
+                       else nested_blend(method, stack, y, folds, metric))
+            challengers.append(compare(name + view, blended, label, probs))
+    better = [step for step in challengers if step.kept == step.candidate]
+    if better:
+        label = max(better, key=lambda step: sign * step.oof_candidate).candidate
+    return label, steps + challengers
 
 
 # Report
@@ -636,10 +745,14 @@ def submit(members: list[Member], label: str, weights: np.ndarray, fmt: DictConf
     return len(test.ids)
 
 
+AUTO = (f"method=auto, on OOF only: paired tests on the same clips (difference + when the candidate is better), "
+        f"departing from the simpler method only at p < {ALPHA}")
+
+
 def write_reports(base: Path, members: list[Member], rows: list[Row], chosen: Row, label: str, metric: Metric,
-                  fmt: DictConfig, answer: str) -> None:
-    """`<base>.md` and `.json` (method, members, weights, the score table), the scores' bar chart and the chosen
-    method's confusion matrix on the holdout (on OOF when there is none)."""
+                  fmt: DictConfig, answer: str, decision: list[Step] | None) -> None:
+    """`<base>.md` and `.json` (method, how it was chosen, members, weights, the score table), the scores' bar chart
+    and the chosen method's confusion matrix on the holdout (on OOF when there is none)."""
     method, tta = parse_method(label)
     weights = np.array(list(chosen.weights.values()))
     stack, y_oof, _ = oof_stack(members, tta)
@@ -652,6 +765,9 @@ def write_reports(base: Path, members: list[Member], rows: list[Row], chosen: Ro
     better = "higher" if metric.greater_is_better else "lower"
     report = {
         "name": base.name, "answer_file": answer, "method": label, "definition": describe(label),
+        "chosen_by": "method=" if decision is None else "auto",
+        "decision": [{key: _json_value(value) if isinstance(value, float) else value
+                      for key, value in vars(step).items()} for step in decision or []],
         "metric": metric.name, "greater_is_better": metric.greater_is_better,
         "members": [{"experiment": m.name, "folds": [f.number for f in m.folds], "left_out": m.left_out,
                      "tta_views": list(m.folds[0].oof.views)} for m in members],
@@ -671,10 +787,13 @@ def write_reports(base: Path, members: list[Member], rows: list[Row], chosen: Ro
     members_md = [f"  - {m.name}: folds {', '.join(str(f.number) for f in m.folds)}; "
                   f"views {', '.join(m.folds[0].oof.views)}" + "".join(f"; {note}, left out" for note in m.left_out)
                   for m in members]
+    chosen_by = (["- chosen by: `method=` on the command line"] if decision is None else
+                 [f"- chosen by: {AUTO}:", *(f"  - {step.line()}" for step in decision), f"  - written: {label}"])
     markdown = "\n".join([
         f"# {base.name}", "",
         f"- answer file: {answer}",
         f"- method: **{label}**: {describe(label)}",
+        *chosen_by,
         f"- weights: {', '.join(f'{n} {w:.3f}' for n, w in chosen.weights.items())}",
         f"- {metric.name} ({better} is better): {scores}",
         f"- OOF clips: {len(y_oof)}; holdout clips: {'none' if holdout is None else len(holdout.ids)}",
@@ -697,8 +816,12 @@ def main(argv: list[str]) -> None:
     if options["stale"] not in ("skip", "fail"):
         raise UserError(f"stale={options['stale']}: expected fail (refuse stale folds) or skip (leave them out)")
     overwrite = parse_bool("overwrite", options["overwrite"])
-    if options["method"]:
-        parse_method(options["method"])
+    method = options["method"]
+    if method != "auto":
+        parse_method(method)
+    if "/" in options["name"] or options["name"].startswith("."):
+        raise UserError(f"name={options['name']}: give a plain file name; the answer goes to "
+                        f"{SUBMISSIONS_DIR}/<name>.<ext>")
     names = list(dict.fromkeys(name.strip() for name in options["exps"].split(",") if name.strip()))
     members = load_members(names, options["missing"] == "fail", options["stale"] == "skip")
     data_name = check_fold_files(members)
@@ -707,11 +830,12 @@ def main(argv: list[str]) -> None:
         print(warning, file=sys.stderr)
     metric = pick_metric(members, options["metric"])
     fmt = submission_format(members, overrides)
-    any_tta = any(len(fold.oof.views) > 1 for member in members for fold in member.folds)
-    label = options["method"] or ("soft+tta" if any_tta else "soft")
+    methods = offered(len(members[0].folds[0].classes))
+    if method != "auto" and parse_method(method)[0] not in methods:
+        raise UserError(f"method={method}: rank averaging on two classes only says whether a clip lies above the "
+                        "median clip (the classes' ranks mirror each other); use method=soft")
+    label, decision = choose_method(members, metric) if method == "auto" else (method, None)
     name = options["name"] or f"{data_name}-{label}"
-    if "/" in name or name.startswith("."):
-        raise UserError(f"name={name}: give a plain file name; the answer goes to {SUBMISSIONS_DIR}/<name>.<ext>")
     has_test = members[0].cfg.data.test is not None and bool(members[0].cfg.data.test.path)
     answer = answer_path(name, fmt)
     target = answer if has_test else SUBMISSIONS_DIR / f"{name}.md"
@@ -725,7 +849,8 @@ def main(argv: list[str]) -> None:
         if covered < member.n_train:
             print(f"{member.name}: OOF scores cover {covered} of {member.n_train} training clips (the folds left out "
                   "hold the rest)")
-    rows = score_table(members, metric, [(m, t) for m in METHODS for t in ((False, True) if any_tta else (False,))])
+    any_tta = any(len(fold.oof.views) > 1 for member in members for fold in member.folds)
+    rows = score_table(members, metric, [(m, t) for m in methods for t in ((False, True) if any_tta else (False,))])
     scope = members[0].name if len(members) == 1 else "blend"
     chosen = next((row for row in rows if row.scope == scope and row.method == label), None)
     if chosen is None:  # a weighted method on one experiment: not in the table, where it equals soft
@@ -735,6 +860,9 @@ def main(argv: list[str]) -> None:
     print(f"{metric.name} ({better} is better) of {', '.join(m.name for m in members)}: OOF"
           f"{'' if chosen.holdout is None else ' and locked holdout'} scores; * = written")
     print(text_table(table_cells(rows, chosen)))
+    if decision is not None:
+        print(f"{AUTO}:")
+        print("\n".join(f"  {step.line()}" for step in decision) + f"\n  written: {label}")
 
     SUBMISSIONS_DIR.mkdir(parents=True, exist_ok=True)
     if has_test:
@@ -742,7 +870,7 @@ def main(argv: list[str]) -> None:
         written = f"{answer} ({n_rows} rows)"
     else:
         written = f"none (no test set: data.test is not set for {data_name})"
-    write_reports(SUBMISSIONS_DIR / name, members, rows, chosen, label, metric, fmt, written)
+    write_reports(SUBMISSIONS_DIR / name, members, rows, chosen, label, metric, fmt, written, decision)
     print(f"answer file: {written}; report: {SUBMISSIONS_DIR / name}.md")
 
 

@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 import yaml
 from omegaconf import OmegaConf
+from scipy.stats import binomtest
 
 from competition import blend
 from competition.blend import (METHODS, ViewPreds, fit_caruana, fit_scipy, geometric_mean, hard_vote, mean_probability,
-                               nested_score, rank_average)
+                               nested_score, paired_test, rank_average)
 from competition.config import SubmissionConfig
 from conftest import error_line, run_verb, tone, write_clip, write_tones_data, write_tones_experiment
 from competition.errors import UserError
@@ -128,6 +129,31 @@ def test_nested_cv_exposes_weights_fitted_to_noise(method: str, metric: str) -> 
         assert in_sample > 0.38 and in_sample - nested > 0.05  # chance is a third
 
 
+def test_mcnemar_counts_only_the_clips_one_method_gets_right() -> None:
+    # 40 clips: both right on 20, only a on 3, only b on 12, neither on 5
+    y = np.zeros(40, int)
+    right_a = np.r_[np.ones(20), np.ones(3), np.zeros(12), np.zeros(5)].astype(bool)
+    right_b = np.r_[np.ones(20), np.zeros(3), np.ones(12), np.zeros(5)].astype(bool)
+    a, b = (np.where(right[:, None], [0.8, 0.2], [0.3, 0.7]) for right in (right_a, right_b))
+    difference, p = paired_test(ACCURACY, y, a, b)
+    assert difference == pytest.approx((12 - 3) / 40)
+    assert p == pytest.approx(binomtest(12, 15).pvalue) and p == pytest.approx(2 * (455 + 105 + 15 + 1) / 2 ** 15)
+    assert paired_test(ACCURACY, y, b, a) == pytest.approx((-difference, p))  # b better: positive; a better: negative
+
+
+def test_bootstrap_p_is_small_for_a_clear_gain_and_one_for_none() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 400)
+    sharp = np.eye(3)[y] * 0.6 + 0.4 / 3
+    vague = 0.7 * noisy_members(rng, 400, 1)[0] + 0.3 * sharp
+    log_loss = METRICS["log_loss"]
+    difference, p = paired_test(log_loss, y, vague, sharp)
+    # lower is better for log loss: positive means b, the sharp predictions, is better
+    assert difference == pytest.approx(log_loss.score(y, vague) - log_loss.score(y, sharp)) and difference > 0.3
+    assert 0 < p < 0.01  # sharp wins every resample, and a finite bootstrap never claims p = 0
+    assert paired_test(log_loss, y, vague, vague.copy()) == (0.0, 1.0)
+
+
 # The answer file
 
 def fmt(**keys: object):
@@ -135,7 +161,7 @@ def fmt(**keys: object):
 
 
 def test_gender_answer_is_id_tab_label_lines_only(tmp_path: Path) -> None:
-    section = yaml.safe_load((REPO / "experiments" / "_base" / "demo_gender.yaml").read_text())["submission"]
+    section = yaml.safe_load((REPO / "experiments" / "_contests" / "demo_gender.yaml").read_text())["submission"]
     gender = fmt(**section)
     path = tmp_path / "answer.tsv"
     write_answer(path, ["f2", "f1", "m1"], ["1", "1", "0"], ["m1", "f1", "f2"], ["0", "1"], gender)
@@ -144,7 +170,7 @@ def test_gender_answer_is_id_tab_label_lines_only(tmp_path: Path) -> None:
 
 
 def test_words_answer_has_its_header_and_file_names(tmp_path: Path) -> None:
-    section = yaml.safe_load((REPO / "experiments" / "_base" / "demo_words.yaml").read_text())["submission"]
+    section = yaml.safe_load((REPO / "experiments" / "_contests" / "demo_words.yaml").read_text())["submission"]
     text = render_answer(["clip_0", "clip_1"], ["yes", "no"], fmt(**section))
     assert text == "fname,label\nclip_0.wav,yes\nclip_1.wav,no\n"
 
@@ -212,10 +238,12 @@ def write_contest_data(root: Path) -> None:
 
 
 def write_fold(root: Path, exp: str, k: int, data: str = "w", classes: list[str] = CLASSES,
-               test_ids: list[str] | None = TEST_IDS, ladder: np.ndarray | None = LADDER) -> Path:
+               test_ids: list[str] | None = TEST_IDS, ladder: np.ndarray | None = LADDER,
+               oof: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> Path:
     """A finished fold as train.py leaves it: DONE, resolved config, the record of what it was made from (the
     current inputs), oof/holdout/test csv with two views and mean; without test ids the contest has no test set,
-    without a ladder no holdout."""
+    without a ladder no holdout; `oof` (true classes, plain view, second view) replaces three clips both views get
+    right."""
     from competition.config import load_experiment
     from competition.foldrun import record
     from competition.train import load_data
@@ -238,10 +266,13 @@ submission: {{id_column: fname, label_column: label, id_suffix: .wav}}
         exp_ = load_experiment(exp)
         OmegaConf.save(exp_.cfg, fold_dir / "config.yaml")
         record(fold_dir, load_data(exp_).inputs)
-    oof_y = [(k + j) % 3 for j in range(3)]
-    oof = np.eye(3)[oof_y] * 0.7 + 0.1
-    write_predictions(fold_dir / "oof.csv", [f"c{k}{j}" for j in range(3)], {"plain": oof, "gain:-6": oof, "mean": oof},
-                      [classes[c] for c in oof_y], classes)
+    if oof is None:
+        oof_y = np.array([(k + j) % 3 for j in range(3)])
+        oof = (oof_y, np.eye(3)[oof_y] * 0.7 + 0.1, np.eye(3)[oof_y] * 0.7 + 0.1)
+    oof_y, plain, second = oof
+    write_predictions(fold_dir / "oof.csv", [f"c{k}_{j}" for j in range(len(oof_y))],
+                      {"plain": plain, "gain:-6": second, "mean": (plain + second) / 2}, [classes[c] for c in oof_y],
+                      classes)
     if ladder is not None:
         plain = ladder[k]
         second = plain.copy()
@@ -269,12 +300,13 @@ def blend_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]
 
 
 def test_holdout_ladder_single_hard_soft_tta(contest: Path, capsys: pytest.CaptureFixture) -> None:
-    code, out, err = blend_cli(capsys)
+    code, out, err = blend_cli(capsys, "method=soft+tta")
     assert code == 0, err
     report = json.loads((contest / "submissions" / "w-soft+tta.json").read_text())
     holdout = {row["method"]: row["holdout"] for row in report["table"] if row["scope"] == "a"}
     assert {key: holdout[key] for key in EXPECTED} == pytest.approx(EXPECTED)
     assert report["method"] == "soft+tta" and report["scores"]["holdout"] == 1.0 and report["weights"] == {"a": 1.0}
+    assert report["chosen_by"] == "method=" and report["decision"] == []
     assert report["confusion"]["on"] == "holdout" and np.trace(report["confusion"]["matrix"]) == 5
     assert "soft+tta *" in out and "fold 1" in out
     answer = (contest / "submissions" / "w-soft+tta.csv").read_text()
@@ -287,6 +319,17 @@ def test_holdout_ladder_single_hard_soft_tta(contest: Path, capsys: pytest.Captu
     code, out, err = blend_cli(capsys, "method=hard", "name=voted")
     assert code == 0, err
     assert (contest / "submissions" / "voted.csv").read_text().splitlines()[2] == "t1.wav,down"  # B: the majority
+
+    # by default the OOF decides, where both views agree on every clip: soft, however well TTA does on the holdout
+    code, out, err = blend_cli(capsys)
+    assert code == 0, err
+    report = json.loads((contest / "submissions" / "w-soft.json").read_text())
+    assert report["method"] == "soft" and report["scores"]["holdout"] == 0.8 and report["chosen_by"] == "auto"
+    assert report["decision"][0] == {
+        "candidate": "soft+tta", "against": "soft", "oof_candidate": 1.0, "oof_against": 1.0, "difference": 0.0,
+        "p_value": 1.0, "test": "McNemar", "kept": "soft"}
+    assert "TTA: soft+tta OOF 1.0000 vs soft 1.0000 (+0.0000, McNemar p=1): within noise, kept the simpler soft" in out
+    assert "a      soft *" in out and "  written: soft" in out
 
 
 def test_existing_answer_is_kept_unless_overwrite(contest: Path, capsys: pytest.CaptureFixture) -> None:
@@ -345,7 +388,7 @@ def test_bad_input_gets_one_line(contest: Path, capsys: pytest.CaptureFixture, s
     setup(contest)
     code, _, err = blend_cli(capsys, *args)
     assert code == 2 and expected in error_line(err)
-    assert not (contest / "submissions" / "w-soft+tta.csv").exists()
+    assert not list(contest.glob("submissions/*"))  # neither answer nor report
 
 
 def test_no_finished_experiments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -361,7 +404,7 @@ def test_unfinished_fold_is_left_out_and_reported(contest: Path, capsys: pytest.
     code, out, err = blend_cli(capsys)
     assert code == 0, err
     assert "a: fold 2 unfinished" in out and "fold 2  " not in out
-    report = json.loads((contest / "submissions" / "w-soft+tta.json").read_text())
+    report = json.loads((contest / "submissions" / "w-soft.json").read_text())
     assert report["members"][0]["folds"] == [0, 1] and "fold 2 unfinished" in report["members"][0]["left_out"][0]
 
 
@@ -386,8 +429,108 @@ def test_format_override_on_the_command_line(contest: Path, capsys: pytest.Captu
     code, _, err = blend_cli(capsys, "name=tab", 'submission.delimiter="\\t"', "submission.header=false",
                              'submission.id_suffix=""', "submission.extension=tsv")
     assert code == 0, err
-    assert (contest / "submissions" / "tab.tsv").read_text().splitlines() == [
-        "t0\tdown", "t1\tgo", "t2\tup", "t3\tdown", "t4\tgo"]
+    assert (contest / "submissions" / "tab.tsv").read_text().splitlines() == [  # soft: the views agree on OOF
+        "t0\tdown", "t1\tgo", "t2\tgo", "t3\tdown", "t4\tgo"]
+
+
+def tta_oof(k: int, fixed: int, broken: int, n: int = 1000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fold k's n OOF clips: true classes, a plain view right on 85% of them (0.45 to 0.9 sure), and a second view
+    that puts the TTA mean right on `fixed` clips the plain view gets wrong and wrong on `broken` clips it gets
+    right: 0.98 sure, so that the mean gives its class at least 0.49, the other view's at most 0.455."""
+    rng = np.random.default_rng(k)
+    y = rng.integers(0, 3, n)
+    wrong = int(0.15 * n)
+    sure = rng.uniform(0.45, 0.9, (n, 1))
+    plain = np.eye(3)[np.where(np.arange(n) < wrong, (y + 1) % 3, y)] * (1.5 * sure - 0.5) + (1 - sure) / 2
+    second = plain.copy()
+    second[:fixed] = np.eye(3)[y[:fixed]] * 0.97 + 0.01
+    second[wrong:wrong + broken] = np.eye(3)[(y[wrong:wrong + broken] + 1) % 3] * 0.97 + 0.01
+    return y, plain, second
+
+
+@pytest.mark.parametrize("fixed,broken,written,verdict", [
+    (50, 10, "soft+tta", "kept soft+tta"),  # TTA helps: 150 clips put right, 30 wrong
+    (10, 50, "soft", "kept soft"),  # TTA hurts
+    (17, 13, "soft", "within noise, kept the simpler soft"),  # TTA 0.4 points better, which 3000 clips cannot tell
+])
+def test_auto_keeps_tta_only_when_the_oof_shows_it_better(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture, fixed: int, broken: int,
+                                                         written: str, verdict: str) -> None:
+    write_contest_data(tmp_path)
+    for k in range(3):
+        write_fold(tmp_path, "a", k, oof=tta_oof(k, fixed, broken))
+    monkeypatch.chdir(tmp_path)
+    code, out, err = blend_cli(capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "submissions" / f"w-{written}.json").read_text())
+    assert report["method"] == written and report["chosen_by"] == "auto" and report["n_oof"] == 3000
+    (tta,) = report["decision"]  # one member: only the views are decided, each clip's OOF has a single model
+    gain = (fixed - broken) / 1000
+    assert tta == {"candidate": "soft+tta", "against": "soft", "oof_candidate": pytest.approx(0.85 + gain),
+                   "oof_against": pytest.approx(0.85), "difference": pytest.approx(gain),
+                   "p_value": pytest.approx(binomtest(3 * fixed, 3 * (fixed + broken)).pvalue), "test": "McNemar",
+                   "kept": written}
+    line = next(line.strip() for line in out.splitlines() if line.strip().startswith("TTA: "))
+    assert line.endswith(f"McNemar p={tta['p_value']:.2g}): {verdict}")
+    markdown = (tmp_path / "submissions" / f"w-{written}.md").read_text()
+    assert f"  - {line}" in markdown and f"  - written: {written}" in markdown and f"| a | {written} * |" in markdown
+    assert (tmp_path / "submissions" / f"w-{written}.csv").is_file()
+
+
+def member_oof(y: np.ndarray, accuracy: float, seed: int) -> np.ndarray:
+    """A model right on about `accuracy` of the clips, its confidence varying from clip to clip."""
+    rng = np.random.default_rng(seed)
+    predicted = np.where(rng.random(len(y)) < accuracy, y, (y + rng.integers(1, 3, len(y))) % 3)
+    logits = 2 * np.eye(3)[predicted] + rng.normal(0, 0.5, (len(y), 3))
+    return np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+
+
+def test_fitted_weights_within_noise_of_equal_ones_are_not_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """Two experiments, one a little better: the weights fitted to lean on it beat equal ones in sample, but on
+    nested CV by no more than 3000 clips can tell apart."""
+    write_contest_data(tmp_path)
+    for seed, (name, accuracy) in enumerate((("a", 0.80), ("b", 0.78))):
+        for k in range(3):
+            y = np.random.default_rng(k).integers(0, 3, 1000)
+            probs = member_oof(y, accuracy, seed=10 * k + seed)
+            write_fold(tmp_path, name, k, oof=(y, probs, probs))
+    monkeypatch.chdir(tmp_path)
+    code, out, err = blend_cli(capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "submissions" / "w-soft.json").read_text())
+    rows = {row["method"]: row for row in report["table"] if row["scope"] == "blend"}
+    assert rows["caruana"]["oof"] > rows["soft"]["oof"]  # the best-scoring row would have been the fitted one
+    weighted = {step["candidate"]: step for step in report["decision"] if step["candidate"] in ("caruana", "scipy")}
+    assert set(weighted) == {"caruana", "scipy"}
+    for step in weighted.values():
+        assert step["against"] == "soft" and step["kept"] == "soft" and step["p_value"] >= blend.ALPHA
+        assert step["oof_candidate"] == pytest.approx(rows[step["candidate"]]["oof_nested"])  # judged nested
+    assert "weights: caruana nested OOF" in out and "blend  soft *" in out
+
+
+def test_rank_is_not_offered_on_two_classes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture) -> None:
+    """Four clips in five of class 0 and every model sure and right: ranks would call the top half of the clips
+    class 1, 0.7 where every fold scores 1.0."""
+    write_contest_data(tmp_path)
+    y = (np.arange(100) % 5 == 0).astype(int)
+    for k in range(3):
+        go = np.where(y == 1, 0.9, 0.1) + np.random.default_rng(k).uniform(-0.05, 0.05, 100)
+        probs = np.stack([1 - go, go], axis=1)
+        write_fold(tmp_path, "a", k, classes=["down", "go"], test_ids=None, ladder=None, oof=(y, probs, probs))
+    monkeypatch.chdir(tmp_path)
+    assert (rank_average(probs[None], np.ones(1)).argmax(1) == y).mean() == 0.7  # the top 50 clips called 'go'
+    assert (probs.argmax(1) == y).mean() == 1.0
+    code, out, err = blend_cli(capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "submissions" / "w-soft.json").read_text())
+    assert {row["method"] for row in report["table"] if not row["method"].startswith("fold")} == {
+        "hard", "soft", "geometric", "hard+tta", "soft+tta", "geometric+tta"}
+    assert "rank" not in out and all("rank" not in step["candidate"] for step in report["decision"])
+    for method in ("rank", "rank+tta"):
+        code, _, err = blend_cli(capsys, f"method={method}")
+        assert code == 2 and "on two classes" in error_line(err) and "use method=soft" in error_line(err)
 
 
 # End to end on really trained folds: the tones contest, two folds with two TTA views, and a copy of them as a second
@@ -418,17 +561,21 @@ def test_blend_cli_on_trained_folds(trained: Path) -> None:
                             env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
+    [path] = (trained / "submissions").glob("tones-*.json")
+    report = json.loads(path.read_text())
+    label = report["method"]  # auto's choice, whichever the 54 OOF clips support
+    assert report["decision"][0]["candidate"] == "soft+tta" and label in {step["kept"] for step in report["decision"]}
+    assert path.name == f"tones-{label}.json" and f"  written: {label}" in lines
     for scope, method in [("tones", "fold 0"), ("tones", "fold 1"), ("tones_copy", "hard"), ("tones", "soft+tta"),
-                          ("blend", "caruana"), ("blend", "scipy+tta"), ("blend", "soft+tta *")]:
+                          ("blend", "caruana"), ("blend", "scipy+tta"), ("blend", f"{label} *")]:
         assert any(line.split("  ")[0].strip() == scope and f" {method} " in f"{line} " for line in lines), method
-    answer = (trained / "submissions" / "tones-soft+tta.csv").read_text().splitlines()
+    answer = (trained / "submissions" / f"tones-{label}.csv").read_text().splitlines()
     assert answer[0] == "id,label" and len(answer) == 7
     assert sorted(line.split(",")[0] for line in answer[1:]) == [f"clip_{i}" for i in range(6)]
     assert {line.split(",")[1] for line in answer[1:]} <= {"high", "low", "mid"}
-    report = json.loads((trained / "submissions" / "tones-soft+tta.json").read_text())
     assert [m["experiment"] for m in report["members"]] == ["tones", "tones_copy"]
     assert report["n_holdout"] == 18 and report["n_oof"] == 54
     holdout_rows = {(r["scope"], r["method"]) for r in report["table"] if r["holdout"] is not None}
     assert {("tones", "fold 0"), ("tones", "hard"), ("tones", "soft"), ("tones", "soft+tta")} <= holdout_rows
     for suffix in ("md", "scores.png", "confusion.png"):
-        assert (trained / "submissions" / f"tones-soft+tta.{suffix}").is_file()
+        assert (trained / "submissions" / f"tones-{label}.{suffix}").is_file()
