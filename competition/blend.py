@@ -46,7 +46,7 @@ from competition.config import EXPERIMENTS_DIR, SubmissionConfig, load_experimen
 from competition.data import index_test
 from competition.errors import UserError
 from competition.files import atomic_write, atomic_write_text
-from competition.foldrun import DONE, Inputs, finished_folds, read_record, repredict_command, retrain_command, staleness
+from competition.foldrun import DONE, finished_folds, read_record, repredict_command, retrain_command, staleness
 from competition.folds import FOLDS_DIR, per_clip_warning, read_folds
 from competition.metrics import METRICS, Metric
 from competition.submission import SUBMISSIONS_DIR, answer_path, write_answer
@@ -314,25 +314,26 @@ def load_fold(fold_dir: Path, number: int, classes: list[str] | None, reference:
 def current_folds(name: str, done: dict[int, Path]) -> tuple[DictConfig, int, dict[int, Path],
                                                              dict[int, tuple[str, str]]]:
     """The experiment's current config, its number of training-fold clips, its finished folds made from the current
-    inputs, and for the others what they need (retrain or re-predict) and why; each fold is judged with the
-    command-line overrides it was trained with."""
-    from competition.train import load_data  # torch and timm only when folds are actually checked
+    inputs, and for the others what they need (retrain or re-predict) and why. Each fold is judged with the
+    command-line overrides it was trained with (the config is read with the first fold's), so folds trained with
+    e.g. data.train.path=... on the command line blend without repeating it."""
+    from competition.train import DataSet, load_data  # torch and timm only when folds are actually checked
 
-    exp = load_experiment(name)
-    data = load_data(exp)
-    current: dict[tuple[str, ...], Inputs] = {(): data.inputs}
+    current: dict[tuple[str, ...], tuple[DictConfig, DataSet]] = {}
     fresh, stale = {}, {}
     for number, fold_dir in sorted(done.items()):
         recorded = read_record(fold_dir)
         overrides = tuple(recorded.overrides) if recorded else ()
         if overrides not in current:
-            current[overrides] = load_data(load_experiment(name, list(overrides))).inputs
-        why = staleness(fold_dir, current[overrides])
+            exp = load_experiment(name, list(overrides))
+            current[overrides] = exp.cfg, load_data(exp)
+        why = staleness(fold_dir, current[overrides][1].inputs)
         if why:
             stale[number] = ("retrain" if why.model else "re-predict", why.describe())
         else:
             fresh[number] = fold_dir
-    return exp.cfg, int((data.folds >= 0).sum()), fresh, stale
+    cfg, data = next(iter(current.values()))
+    return cfg, int((data.folds >= 0).sum()), fresh, stale
 
 
 def stale_message(stale: dict[str, dict[int, tuple[str, str]]]) -> str:
