@@ -137,13 +137,15 @@ class Method:
 
     combine: Callable[[np.ndarray, np.ndarray], np.ndarray]
     fit: Callable[[np.ndarray, np.ndarray, Metric], np.ndarray] | None = None  # None: equal weights
+    # whether it also works across clips (as ranks do), so that even one model per clip shows what it changes
+    across_clips: bool = False
 
 
 METHODS = {
     "hard": Method(hard_vote),
     "soft": Method(mean_probability),
     "geometric": Method(geometric_mean),
-    "rank": Method(rank_average),
+    "rank": Method(rank_average, across_clips=True),
     "caruana": Method(mean_probability, fit_caruana),
     "scipy": Method(mean_probability, fit_scipy),
 }
@@ -596,8 +598,8 @@ def choose_method(members: list[Member], metric: Metric) -> tuple[str, list[Step
     stays an honest check of the choice. Soft; soft+tta if significantly better; then, with several members, each
     other equal-weight combiner on that view and fitted weights by their nested OOF, against that choice: of those
     significantly better, the best OOF score. Each is one decision on thousands of clips, not a pick among a dozen
-    close scores. With one member each OOF clip has a single model, so combiners (which differ only in how they
-    combine models) have nothing to be judged on there: only the views are decided."""
+    close scores. With one member each OOF clip has a single model, so only the combiners that also work across
+    clips (rank) can be judged there; the others differ only in how they combine models."""
     sign = 1.0 if metric.greater_is_better else -1.0
     equal = np.full(len(members), 1 / len(members))
     stack, y, folds = oof_stack(members, False)
@@ -618,9 +620,9 @@ def choose_method(members: list[Member], metric: Metric) -> tuple[str, list[Step
     view = TTA if label.endswith(TTA) else ""
     nested = len(members) > 1 and len(np.unique(folds)) > 1  # fitted weights are judged on folds they never saw
     challengers = []
-    for name in offered(stack.shape[2]) if len(members) > 1 else []:
+    for name in offered(stack.shape[2]):
         method = METHODS[name]
-        if name != "soft" and (method.fit is None or nested):
+        if name != "soft" and (len(members) > 1 or method.across_clips) and (method.fit is None or nested):
             blended = (method.combine(stack, equal) if method.fit is None
                        else nested_blend(method, stack, y, folds, metric))
             challengers.append(compare(name + view, blended, label, probs))

@@ -464,7 +464,10 @@ def test_auto_keeps_tta_only_when_the_oof_shows_it_better(tmp_path: Path, monkey
     assert code == 0, err
     report = json.loads((tmp_path / "submissions" / f"w-{written}.json").read_text())
     assert report["method"] == written and report["chosen_by"] == "auto" and report["n_oof"] == 3000
-    (tta,) = report["decision"]  # one member: only the views are decided, each clip's OOF has a single model
+    tta, *others = report["decision"]
+    # one member: each OOF clip has one model, so of the other combiners only rank (which works across clips) is judged
+    assert [(step["candidate"], step["against"], step["kept"]) for step in others] == [
+        (f"rank{written[4:]}", written, written)]
     gain = (fixed - broken) / 1000
     assert tta == {"candidate": "soft+tta", "against": "soft", "oof_candidate": pytest.approx(0.85 + gain),
                    "oof_against": pytest.approx(0.85), "difference": pytest.approx(gain),
