@@ -1,28 +1,40 @@
-"""Train an experiment on one fold or on several.
+"""Train experiments on one fold or on several, in this process or on a queue of workers.
 
     python -m competition.run exp=default fold=0 [device=cpu|cuda|cuda:N|auto] [overwrite=true] [train.epochs=5 ...]
     python -m competition.run exp=default fold=0 resume=true     # continue an interrupted fold
-    python -m competition.run exp=default fold=all [resume=true]  # or fold=0,2,4
+    python -m competition.run exp=default fold=all [resume=true]  # or fold=0,2,4: one fold after another, here
+    python -m competition.run exp=a,b fold=all gpus=0,1,2,3       # a queue, one worker per entry (gpus=0,0,1: two on 0)
+    python -m competition.run exp=a,b fold=all workers=2          # a queue of CPU jobs, two at a time
+    python -m competition.run exp=a,b fold=all launcher=ray [ray.address=auto|local|host:port] [ray.cpus=1]
+                                                                  # [ray.gpus=auto|1|0]: the jobs as Ray tasks
 
 A finished fold is used only while what it was made from (config, fold file, training clips) is unchanged. With
 several folds, finished current folds are skipped, folds whose TTA views or test clips changed are re-predicted from
 their trained models, and stale folds are named with what changed and the command that retrains exactly them; they
 are never reused and never retrained without overwrite=true. resume=true continues interrupted folds, a fold trained
 by another process is skipped, and a failing fold is reported without stopping the others.
+
+With gpus=, workers= or launcher=, each (experiment, fold) job runs as its own `python -m competition.run` process
+with its output in experiments/<exp>/fold_<k>.log; the terminal shows one live line per worker and a summary table at
+the end, also written as experiments/queue-summary.csv. Ray is optional: pip install -r requirements-extra.txt.
 """
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 from competition.cli import main_guard, parse_bool
 from competition.config import Experiment, load_experiment, parse_cli
 from competition.errors import UserError
-from competition.foldrun import (FoldBusy, can_resume, fold_list, is_finished, partial_dir, retrain_command,
-                                 staleness)
+from competition.foldrun import FoldBusy
 from competition.models import check_backbone
+from competition.queue import (EXIT_BUSY, JOB_ENV, Job, connect_ray, fold_problems, import_ray, plan_fold,
+                               queue_options, run_queue)
 from competition.train import DataSet, load_data, train_fold
 
-COMMAND_KEYS = {"exp": "default", "fold": "0", "device": "auto", "overwrite": "false", "resume": "false"}
+COMMAND_KEYS = {"exp": "default", "fold": "0", "device": "auto", "overwrite": "false", "resume": "false",
+                "gpus": "", "workers": "", "launcher": "", "ray.address": "auto", "ray.cpus": "1", "ray.gpus": "auto"}
 
 
 def parse_fold(value: str, n_splits: int) -> list[int]:
@@ -39,64 +51,88 @@ def parse_fold(value: str, n_splits: int) -> list[int]:
     return list(dict.fromkeys(folds))
 
 
-def run_folds(exp: Experiment, folds: list[int], data: DataSet, device: str, overwrite: bool, resume: bool) -> None:
-    """Bring each fold up to date with the current inputs, touching no finished fold that is not asked for."""
-    stale, interrupted, busy, failed = [], [], [], []
+def run_folds(exp: Experiment, folds: list[int], data: DataSet, device: str, overwrite: bool,
+              resume: bool) -> list[str]:
+    """Bring each fold up to date with the current inputs in this process, one after another, touching no finished
+    fold that is not asked for (the decision is `plan_fold`, the queue's too). Returns what is left to fix."""
+    outcome: dict[str, list[int]] = {"stale": [], "interrupted": [], "failed": [], "busy": []}
     for fold in folds:
-        fold_dir, title = exp.fold_dir(fold), f"{exp.name} fold {fold}"
-        if can_resume(fold_dir) and not overwrite:  # an interrupted run, possibly retraining a finished fold
-            why = staleness(partial_dir(fold_dir), data.inputs)
-            if not resume or why.model:
-                reason = f"{why.describe()} since it started" if resume else "interrupted"
-                print(f"{title}: {reason}, left as it is ({partial_dir(fold_dir)})", file=sys.stderr)
-                interrupted.append(fold)
-                continue
-        elif is_finished(fold_dir) and not overwrite:
-            why = staleness(fold_dir, data.inputs)
-            if not why:
-                print(f"{title}: already finished, skipped ({fold_dir})")
-                continue
-            if why.model:
-                print(f"{title}: stale, not used: {why.describe()} since it was trained", file=sys.stderr)
-                stale.append(fold)
-                continue
+        plan = plan_fold(exp, fold, data, overwrite, resume)
+        if not plan.runs:
+            print(plan.note, file=sys.stdout if plan.action == "skip" else sys.stderr)
+            outcome.get(plan.action, []).append(fold)
+            continue
+        title = f"{exp.name} fold {fold}"
         try:
-            train_fold(exp, fold, device, overwrite, resume and can_resume(fold_dir), data)
-        except FoldBusy as exc:
+            train_fold(exp, fold, device, overwrite, plan.resume, data)
+        except FoldBusy as exc:  # taken by another process since it was looked at
             print(f"{title}: skipped: {exc}", file=sys.stderr)
-            busy.append(fold)
+            outcome["busy"].append(fold)
         except UserError:
             raise  # a mistake in data or config fails every fold alike: stop at the first
         except Exception as exc:  # an unexpected failure of one fold should not cost the others
             print(f"{title}: FAILED ({type(exc).__name__}: {exc})", file=sys.stderr)
-            failed.append(fold)
-    problems = []
-    if stale:
-        problems.append(f"folds {fold_list(stale)} are stale and were left out; retrain exactly them with "
-                        f"{retrain_command(exp.name, stale)}")
-    if interrupted:
-        problems.append(f"folds {fold_list(interrupted)} are interrupted; continue them with python -m competition.run "
-                        f"exp={exp.name} fold={fold_list(interrupted)} resume=true, or restart exactly them with "
-                        f"{retrain_command(exp.name, interrupted)}")
-    if failed:
-        problems.append(f"folds {fold_list(failed)} failed; rerun them with fold={fold_list(failed)}")
-    if busy:
-        print(f"{exp.name}: folds {fold_list(busy)} are being trained by other processes", file=sys.stderr)
-    if problems:
-        raise UserError("; ".join(problems))
+            outcome["failed"].append(fold)
+    return fold_problems(exp.name, **outcome)
+
+
+def _as_job(exp: Experiment, fold: int, device: str, overwrite: bool, resume: bool) -> None:
+    """One fold started by the queue: SIGTERM stops it as Ctrl-C does (an interrupted fold stays resumable), and a
+    fold locked by another process exits with EXIT_BUSY so that the queue reports it as busy, not failed."""
+    def interrupt(number: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        train_fold(exp, fold, device, overwrite, resume)
+    except FoldBusy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BUSY)
 
 
 def main(argv: list[str]) -> None:
     options, overrides = parse_cli(argv, COMMAND_KEYS)
     overwrite = parse_bool("overwrite", options["overwrite"])
     resume = parse_bool("resume", options["resume"])
-    exp = load_experiment(options["exp"], overrides)
-    folds = parse_fold(options["fold"], exp.cfg.folds.n_splits)
-    check_backbone(exp.cfg.model.name)  # before any audio is decoded
-    if len(folds) == 1:
-        train_fold(exp, folds[0], options["device"], overwrite, resume)
+    specs = [spec.strip() for spec in options["exp"].split(",")]
+    if not all(specs):
+        raise UserError(f"exp={options['exp']}: expected experiment names separated by commas, e.g. exp=a,b")
+    twice = sorted({spec for spec in specs if specs.count(spec) > 1})
+    if twice:
+        raise UserError(f"exp={options['exp']} lists {', '.join(twice)} twice: each (experiment, fold) job runs once")
+    queue = queue_options(options)  # checked before any experiment is read
+    if queue is not None and queue.launcher == "ray":
+        import_ray()
+    exps = [load_experiment(spec, overrides) for spec in specs]
+    dirs = [exp.dir.resolve() for exp in exps]
+    if len(set(dirs)) < len(dirs):
+        raise UserError(f"exp={options['exp']} names one experiment folder twice: each (experiment, fold) job runs "
+                        "once")
+    folds = [parse_fold(options["fold"], exp.cfg.folds.n_splits) for exp in exps]
+    for exp in exps:
+        check_backbone(exp.cfg.model.name)  # before any audio is decoded
+    if queue is None and len(exps) == 1 and len(folds[0]) == 1:  # one job: right here, as always
+        run_one = _as_job if os.environ.get(JOB_ENV) else train_fold
+        run_one(exps[0], folds[0][0], options["device"], overwrite, resume)
         return
-    run_folds(exp, folds, load_data(exp), options["device"], overwrite, resume)
+    if queue is None:
+        data = [load_data(exp) for exp in exps]  # every experiment's cache and fold file, once, before any fold
+        problems = []
+        for exp, exp_folds, exp_data in zip(exps, folds, data):
+            found = run_folds(exp, exp_folds, exp_data, options["device"], overwrite, resume)
+            problems += [f"{exp.name}: {problem}" for problem in found] if len(exps) > 1 else found
+        if problems:
+            raise UserError("; ".join(problems))
+        return
+    ray, connected = connect_ray(queue.ray_address) if queue.launcher == "ray" else (None, False)
+    try:  # an unreachable Ray cluster is refused above, before any audio is decoded
+        data = [load_data(exp) for exp in exps]  # every experiment's cache and fold file, once, before any job
+        jobs = [Job(exp, spec, fold, plan_fold(exp, fold, exp_data, overwrite, resume))
+                for exp, spec, exp_folds, exp_data in zip(exps, specs, folds, data) for fold in exp_folds]
+        run_queue(jobs, queue, overrides, options["device"], overwrite)
+    finally:
+        if connected:
+            ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
@@ -359,6 +362,7 @@ def train_fold(exp: Experiment, fold: int, device_name: str = "auto", overwrite:
     fold_dir = exp.fold_dir(fold)
     work = partial_dir(fold_dir)
     with fold_lock(fold_dir):
+        started_at = _now()
         data = data or load_data(exp)
         if is_finished(fold_dir) and not overwrite and not resume:  # resuming may be retraining a finished fold
             stale = staleness(fold_dir, data.inputs)
@@ -382,10 +386,21 @@ def train_fold(exp: Experiment, fold: int, device_name: str = "auto", overwrite:
         except BaseException:
             discard_unresumable(work)
             raise
-        summary.update(experiment=exp.name, fold=fold)
+        summary.update(experiment=exp.name, fold=fold, **_where_and_when(started_at))
         publish(work, fold_dir, summary)
     _report(exp, fold, summary)
     return summary
+
+
+def _now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="milliseconds")
+
+
+def _where_and_when(started_at: str) -> dict:
+    """Where and when the fold was trained, for DONE: the job queue's summary and its checks read these (the GPU a
+    worker was pinned to is the CUDA_VISIBLE_DEVICES it was started with)."""
+    return {"started_at": started_at, "finished_at": _now(), "host": socket.gethostname(), "pid": os.getpid(),
+            "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "threads": torch.get_num_threads()}
 
 
 def _report(exp: Experiment, fold: int, summary: dict) -> None:

@@ -1,0 +1,316 @@
+"""The job queue: many (experiment, fold) jobs on local workers or Ray, on the CPU, with the tones contest.
+
+Four short jobs (experiments a and b, folds 0 and 1) are trained once for the module by `workers=2`; the tests that
+need trained folds work on copies of that tree. GPU pinning is checked from what each job recorded in its DONE, with
+COMPETITION_FAKE_GPUS standing in for the GPUs."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from competition import run
+from competition.foldrun import can_resume, fold_lock, is_finished
+from competition.queue import FAKE_GPUS_ENV, GRACE_SECONDS, cpu_cores
+from conftest import error_line, run_verb as cli, write_tones_data, write_tones_experiment
+from test_train import REPO, run_cli
+
+FAST = dict(audio={"duration": 0.3}, frontend={"n_mels": 16, "hop_length": 128}, train={"epochs": 1})
+JOBS = [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+WHERE_AND_WHEN = {"started_at", "finished_at", "host", "pid", "visible_devices", "threads", "seconds"}
+
+
+def require_ray():
+    """Ray is an optional dependency: without it the Ray tests are skipped, saying why, except where
+    COMPETITION_REQUIRE_EXTRAS=1 (set by CI, which installs requirements-extra.txt) turns the skip into a failure."""
+    try:
+        import ray
+    except ImportError:
+        message = "needs Ray: pip install -r requirements-extra.txt"
+        if os.environ.get("COMPETITION_REQUIRE_EXTRAS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return ray
+
+
+def write_contest(root: Path) -> None:
+    """The tones contest with two quick experiments, a and b (another seed)."""
+    write_tones_data(root)
+    write_tones_experiment(root, "a", **FAST)
+    write_tones_experiment(root, "b", **{**FAST, "train": {"epochs": 1, "seed": 7}})
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """Four jobs, two experiments x two folds, trained by the command a user types, two at a time."""
+    root = tmp_path_factory.mktemp("grid")
+    write_contest(root)
+    result = run_cli("competition.run", "exp=a,b", "fold=0,1", "workers=2", "device=cpu", cwd=root)
+    return root, result
+
+
+def copy_of(grid: tuple[Path, subprocess.CompletedProcess], tmp_path: Path, outputs: bool = True) -> Path:
+    root = tmp_path / "copy"
+    skip = ("cache",) if outputs else ("cache", "fold_*", ".fold_*", "queue-summary.csv")
+    shutil.copytree(grid[0], root, ignore=shutil.ignore_patterns(*skip))
+    return root
+
+
+def done(root: Path, exp: str, fold: int) -> dict:
+    return json.loads((root / "experiments" / exp / f"fold_{fold}" / "DONE").read_text())
+
+
+def summary(root: Path) -> dict[tuple[str, int], dict]:
+    frame = pd.read_csv(root / "experiments" / "queue-summary.csv", dtype={"experiment": str}, keep_default_na=False)
+    return {(row["experiment"], int(row["fold"])): row for row in frame.to_dict("records")}
+
+
+def most_at_once(intervals: list[tuple[str, str]]) -> int:
+    """The largest number of (start, end) intervals, ISO times, that overlap at one moment."""
+    events = sorted([(datetime.fromisoformat(start), 1) for start, _ in intervals] +
+                    [(datetime.fromisoformat(end), -1) for _, end in intervals], key=lambda e: (e[0], e[1]))
+    running = most = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    return most
+
+
+def log_sizes(root: Path) -> dict[str, int]:
+    return {str(path): path.stat().st_size for path in root.glob("experiments/*/fold_*.log")}
+
+
+def test_four_jobs_on_two_workers_never_run_three_at_once_and_a_rerun_skips_them(
+        grid: tuple[Path, subprocess.CompletedProcess], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    root, result = grid
+    assert result.returncode == 0, result.stdout + result.stderr
+    for exp, fold in JOBS:
+        assert is_finished(root / "experiments" / exp / f"fold_{fold}")
+        assert done(root, exp, fold)["threads"] == max(1, cpu_cores() // 2)  # each job got its share of the cores
+        log = root / "experiments" / exp / f"fold_{fold}.log"
+        assert "epoch   1/1 |" in log.read_text() and f"log experiments/{exp}/fold_{fold}.log" in result.stdout
+    # the jobs' own record (DONE) and the queue's (the summary) agree: never more than two at once...
+    assert most_at_once([(done(root, e, k)["started_at"], done(root, e, k)["finished_at"]) for e, k in JOBS]) <= 2
+    rows = summary(root)
+    assert [rows[job]["status"] for job in JOBS] == ["done"] * 4
+    # ...and two did run at once: the workers are really parallel (a subprocess per job, as the queue saw them)
+    assert most_at_once([(rows[job]["started_at"], rows[job]["finished_at"]) for job in JOBS]) == 2
+    assert {rows[job]["device"] for job in JOBS} == {"cpu 0", "cpu 1"}
+    assert "job" in result.stdout and "best epoch" in result.stdout and "summary: experiments/queue-summary.csv" in \
+        result.stdout
+
+    monkeypatch.chdir(root)
+    before, started = log_sizes(root), time.time()
+    code, out, err = cli(capsys, run, "exp=a,b", "fold=0,1", "workers=2", "device=cpu")
+    assert code == 0, err
+    assert time.time() - started < 30 and out.count("already finished, skipped") == 4
+    assert log_sizes(root) == before  # no job was started
+    assert [summary(root)[job]["status"] for job in JOBS] == ["skipped"] * 4
+
+
+def test_a_failing_job_leaves_the_others_finished_and_fails_the_command(
+        grid: tuple[Path, subprocess.CompletedProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    root = copy_of(grid, tmp_path)
+    shutil.rmtree(root / "experiments" / "a" / "fold_1")  # to be trained alongside the failing job
+    write_tones_experiment(root, "bad", **{**FAST, "train": {"epochs": 1, "lr": 1e9, "schedule": "constant"}})
+    monkeypatch.chdir(root)
+    code, _, err = cli(capsys, run, "exp=a,bad", "fold=1", "workers=2", "device=cpu")
+    assert code == 2
+    # the failure is the real thing: the loss went NaN, and the failed fold left nothing behind
+    assert "training diverged at epoch 1" in (root / "experiments" / "bad" / "fold_1.log").read_text()
+    assert not (root / "experiments" / "bad" / "fold_1").exists()
+    assert not (root / "experiments" / "bad" / "fold_1.partial").exists()
+    assert "bad fold 1: FAILED" in err and "the end of its log experiments/bad/fold_1.log" in err
+    assert "    error: training diverged" in err  # the tail of the log, shown
+    assert is_finished(root / "experiments" / "a" / "fold_1")  # trained while the other one failed
+    rows = summary(root)
+    assert {job: rows[job]["status"] for job in rows} == {("a", 1): "done", ("bad", 1): "failed"}
+    assert "training diverged" in rows[("bad", 1)]["note"]
+    assert "bad: folds 1 failed; rerun them with fold=1" in error_line(err)
+
+
+def test_stale_jobs_are_reported_not_skipped_as_done_and_busy_ones_left_to_their_owner(
+        grid: tuple[Path, subprocess.CompletedProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    root = copy_of(grid, tmp_path)
+    model = (root / "experiments" / "b" / "fold_0" / "model.pt").read_bytes()
+    write_tones_experiment(root, "b", **{**FAST, "train": {"epochs": 1, "seed": 7, "lr": 0.02}})
+    monkeypatch.chdir(root)
+    before = log_sizes(root)
+    with fold_lock(root / "experiments" / "a" / "fold_2"), fold_lock(root / "experiments" / "b" / "fold_2"):
+        code, out, err = cli(capsys, run, "exp=a,b", "fold=all", "workers=2", "device=cpu")  # "others" train fold 2
+    assert code == 2
+    assert "b fold 0: stale, not used: config changed: train.lr 0.01 -> 0.02" in err
+    assert out.count("already finished, skipped") == 2 and "b fold 0: already finished" not in out
+    assert "b: folds 0,1 are stale" in error_line(err)
+    assert "python -m competition.run exp=b fold=0,1 overwrite=true" in error_line(err)
+    assert "a fold 2: skipped:" in err and "being trained by another process (host" in err
+    rows = summary(root)
+    assert [rows[job]["status"] for job in JOBS] == ["skipped", "skipped", "stale", "stale"]
+    assert rows[("a", 2)]["status"] == rows[("b", 2)]["status"] == "busy"
+    assert f"pid {os.getpid()}" in rows[("a", 2)]["note"]
+    assert log_sizes(root) == before  # neither reused nor retrained, and nothing started
+    assert (root / "experiments" / "b" / "fold_0" / "model.pt").read_bytes() == model
+
+
+def processes_in(folder: Path) -> list[int]:
+    """Processes whose working directory is `folder`: what the queue started there and left running."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and Path(os.readlink(proc / "cwd")) == folder:
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+EPOCHS = 25  # a fold long enough to be stopped in the middle
+
+
+def test_ctrl_c_stops_the_jobs_leaves_no_finished_looking_fold_and_resume_completes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    write_tones_data(tmp_path)
+    write_tones_experiment(tmp_path, "long", **{**FAST, "train": {"epochs": EPOCHS}})
+    fold_dir = tmp_path / "experiments" / "long" / "fold_0"
+    with open(tmp_path / "queue.out", "w") as output:
+        queue = subprocess.Popen([sys.executable, "-m", "competition.run", "exp=long", "fold=0", "workers=2",
+                                  "device=cpu"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                                 stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 300
+        while not (fold_dir.with_name("fold_0.partial") / "last.pt").exists() and time.time() < deadline:
+            assert queue.poll() is None, (tmp_path / "queue.out").read_text()
+            time.sleep(0.05)
+        os.kill(queue.pid, signal.SIGINT)  # as Ctrl-C in its terminal would
+        signalled = time.time()
+        code = queue.wait(timeout=60)
+    text = (tmp_path / "queue.out").read_text()
+    assert code == 130, text
+    assert time.time() - signalled < GRACE_SECONDS, text  # the job stopped cleanly, without being killed
+    assert processes_in(tmp_path) == []  # nothing left running
+    assert not is_finished(fold_dir) and not (fold_dir.with_name("fold_0.partial") / "DONE").exists()
+    assert can_resume(fold_dir)
+    assert "long fold 0: interrupted (resume=true continues it)" in text
+    assert "continue them with python -m competition.run exp=long fold=0 resume=true" in text
+    assert summary(tmp_path)[("long", 0)]["status"] == "interrupted"
+    assert done_epochs(fold_dir) < EPOCHS  # really stopped mid-training
+
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(capsys, run, "exp=long", "fold=0", "workers=2", "device=cpu")
+    assert code == 2 and "long fold 0: interrupted, left as it is" in err  # never restarted silently
+    code, out, err = cli(capsys, run, "exp=long", "fold=0", "workers=2", "resume=true", "device=cpu")
+    assert code == 0, err
+    assert "resuming after epoch" in (tmp_path / "experiments" / "long" / "fold_0.log").read_text()
+    assert is_finished(fold_dir) and done(tmp_path, "long", 0)["epochs_run"] == EPOCHS
+    assert summary(tmp_path)[("long", 0)]["note"] == "resumed"
+
+
+def done_epochs(fold_dir: Path) -> int:
+    import torch
+
+    return torch.load(fold_dir.with_name("fold_0.partial") / "last.pt", weights_only=False)["epoch"]
+
+
+def test_gpus_pin_each_worker_through_cuda_visible_devices(grid: tuple[Path, subprocess.CompletedProcess],
+                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    root = copy_of(grid, tmp_path)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv(FAKE_GPUS_ENV, "4")  # four "GPUs"; the workers still train on the CPU
+    code, out, err = cli(capsys, run, "exp=a", "fold=all", "gpus=0,0,1", "overwrite=true")
+    assert code == 0, err
+    recorded = {fold: done(root, "a", fold) for fold in range(3)}
+    assert [recorded[fold]["visible_devices"] for fold in range(3)] == ["0", "0", "1"]  # one job per worker, in order
+    assert all(record["threads"] == max(1, cpu_cores() // 3) for record in recorded.values())
+    assert [summary(root)[("a", fold)]["device"] for fold in range(3)] == ["gpu 0", "gpu 0", "gpu 1"]
+
+
+def test_ray_runs_the_same_jobs_into_the_same_files(grid: tuple[Path, subprocess.CompletedProcess],
+                                                    tmp_path: Path) -> None:
+    ray = require_ray()
+    local = grid[0]
+    root = copy_of(grid, tmp_path, outputs=False)
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2, log_to_driver=False)
+    try:  # a cluster the user already runs; the queue connects to it by address
+        address = ray.get_runtime_context().gcs_address
+        result = run_cli("competition.run", "exp=a,b", "fold=0,1", "launcher=ray", f"ray.address={address}",
+                         "device=cpu", cwd=root)
+    finally:
+        ray.shutdown()
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = summary(root)
+    for exp, fold in JOBS:
+        ours, theirs = root / "experiments" / exp / f"fold_{fold}", local / "experiments" / exp / f"fold_{fold}"
+        assert sorted(p.name for p in ours.iterdir()) == sorted(p.name for p in theirs.iterdir())
+        mine, reference = done(root, exp, fold), done(local, exp, fold)
+        assert set(mine) == set(reference)
+        assert {k: v for k, v in mine.items() if k not in WHERE_AND_WHEN} == \
+            {k: v for k, v in reference.items() if k not in WHERE_AND_WHEN}
+        assert mine["threads"] == 1  # ray.cpus=1 per job
+        for name in ("oof.csv", "holdout.csv", "test.csv"):
+            pd.testing.assert_frame_equal(pd.read_csv(ours / name), pd.read_csv(theirs / name))
+        assert "epoch   1/1 |" in (root / "experiments" / exp / f"fold_{fold}.log").read_text()
+        assert rows[(exp, fold)]["status"] == "done" and rows[(exp, fold)]["device"].startswith("ray ")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("args,fake_gpus,expected", [
+    (["gpus=0,7"], "4", "gpus=0,7: there is no GPU 7 here; the visible GPUs are 0, 1, 2, 3"),
+    (["gpus=0"], None, "gpus=0: CUDA is not available here"),
+    (["exp=tones,tonez", "workers=2"], None, "experiment 'tonez' not found (looked for "
+                                             "experiments/tonez/config.yaml); did you mean tones?"),
+    (["exp=tones,tones", "workers=2"], None, "exp=tones,tones lists tones twice"),
+    (["workers=0"], None, "workers=0: expected a positive whole number"),
+    (["workers=-2"], None, "workers=-2: expected a positive whole number"),
+    (["gpus=0,1", "workers=2"], "4", "gpus=0,1 together with workers=2"),
+    (["gpus=0", "device=cpu"], "4", "device=cpu together with gpus=0"),
+    (["launcher=slurm"], None, "launcher=slurm: choose local"),
+    (["launcher=ray", "workers=2"], None, "workers= is for local workers"),
+])
+def test_bad_queue_input_is_one_line_before_any_decoding(tones: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture, args: list[str],
+                                                         fake_gpus: str | None, expected: str) -> None:
+    if fake_gpus:
+        monkeypatch.setenv(FAKE_GPUS_ENV, fake_gpus)
+    else:
+        monkeypatch.delenv(FAKE_GPUS_ENV, raising=False)
+    if args == ["gpus=0"]:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+    if not any(arg.startswith("exp=") for arg in args):
+        args = ["exp=tones", *args]
+    code, _, err = cli(capsys, run, "fold=all", *args)
+    assert code == 2 and expected in error_line(err) and "Traceback" not in err
+    assert not (tones / "cache").exists()
+
+
+def test_ray_mistakes_are_one_line(tones: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+        code, _, err = cli(capsys, run, "exp=tones", "fold=all", "launcher=ray")
+    assert code == 2 and "launcher=ray needs Ray" in error_line(err) and "pip install" in error_line(err)
+
+    require_ray()
+    port, started = free_port(), time.time()
+    code, _, err = cli(capsys, run, "exp=tones", "fold=all", "launcher=ray", f"ray.address=127.0.0.1:{port}")
+    assert code == 2 and f"ray.address=127.0.0.1:{port}: cannot reach a Ray cluster" in error_line(err)
+    assert time.time() - started < 15 and not (tones / "cache").exists()
