@@ -71,7 +71,7 @@ def test_a_bad_day(tones: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.
     assert {k: (exp_dir / f"fold_{k}" / "model.pt").read_bytes() for k in range(3)} == models
 
     # 7. the blend: every fold is current, and the answer is their soft vote on the current test clips
-    code, out, err = cli(capsys, blend, "exps=tones")
+    code, out, err = cli(capsys, blend, "exps=tones", "method=soft")
     assert code == 0, err
     current = load_data(load_experiment("tones")).inputs
     for k in range(3):

@@ -81,7 +81,7 @@ def test_finished_folds_on_changed_training_clips_are_stale_not_skipped(quick: P
     assert code == 2 and "tones fold 0: the training clips changed" in error_line(err)
     assert not list(quick.glob("submissions/*.csv"))
 
-    code, out, err = cli(capsys, blend, "exps=tones", "stale=skip")
+    code, out, err = cli(capsys, blend, "exps=tones", "stale=skip", "method=soft")
     assert code == 0, err
     assert "tones: fold 0 stale (the training clips changed), left out" in out
     assert "tones: OOF scores cover" in out  # fold 0's validation clips are missing from the OOF score
@@ -93,7 +93,7 @@ def test_edited_config_makes_folds_stale_but_the_answer_format_follows_it(quick:
                                                                         capsys: pytest.CaptureFixture) -> None:
     train_fold(load_experiment("tones"), 0, "cpu")
     write_tones_experiment(quick, **FAST, submission={"delimiter": "\t", "header": False, "extension": "tsv"})
-    code, _, err = cli(capsys, blend, "exps=tones")
+    code, _, err = cli(capsys, blend, "exps=tones", "method=soft")
     assert code == 0, err  # the answer format is not a training input: the folds stay current
     answer = (quick / "submissions" / "tones-soft.tsv").read_text().splitlines()
     assert len(answer) == 6 and all(len(line.split("\t")) == 2 for line in answer) and answer[0].startswith("clip_")
