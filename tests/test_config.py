@@ -317,7 +317,7 @@ def test_reused_recipe_brings_none_of_another_contests_answer_format(workdir):
 @pytest.mark.parametrize("name, parts", [
     ("default", ["_contests/demo_words.yaml", "_recipes/cnn.yaml"]),
     ("fsdd", ["_contests/fsdd.yaml", "_recipes/cnn.yaml"]),
-    ("demo_gender", ["_contests/demo_gender.yaml", "_recipes/cnn.yaml"]),
+    ("demo_gender", ["_contests/demo_gender.yaml", "_recipes/voice.yaml"]),
     ("res2next_224", ["_contests/demo_words.yaml"]),
 ])
 def test_repository_experiments_are_a_contest_and_a_recipe(name, parts):
