@@ -39,8 +39,8 @@ class StatsLinear(torch.nn.Module):
         self.scaler.running_mean.copy_(x.mean(0))
         self.scaler.running_var.copy_(x.var(0, unbiased=False).clamp_min(1e-12))
         z = (x - x.mean(0)) / x.std(0, unbiased=False).clamp_min(1e-6)
-        weight = torch.zeros(self.linear.out_features, z.shape[1], dtype=torch.float64, requires_grad=True)
-        bias = torch.zeros(self.linear.out_features, dtype=torch.float64, requires_grad=True)
+        weight = torch.zeros(self.linear.out_features, z.shape[1], dtype=z.dtype, device=z.device, requires_grad=True)
+        bias = torch.zeros(self.linear.out_features, dtype=z.dtype, device=z.device, requires_grad=True)
         optimizer = torch.optim.LBFGS([weight, bias], max_iter=max_iter, tolerance_grad=1e-9,
                                       line_search_fn="strong_wolfe")
 
