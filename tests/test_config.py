@@ -311,7 +311,7 @@ def test_reused_recipe_brings_none_of_another_contests_answer_format(workdir):
     assert OmegaConf.to_container(cfg.submission) == OmegaConf.to_container(OmegaConf.structured(SubmissionConfig))
     assert cfg.submission.id_suffix == "" and cfg.submission.id_column == "id"
     assert cfg.data.train.filename_regex == "" and cfg.data.name == "voices"
-    assert (cfg.model.name, cfg.train.epochs, cfg.frontend.n_mels, len(cfg.tta.views)) == ("resnet18", 12, 64, 4)
+    assert (cfg.model.name, cfg.train.epochs, cfg.frontend.n_mels, list(cfg.tta.views)) == ("resnet18", 12, 64, ["plain"])
 
 
 @pytest.mark.parametrize("name, parts", [
