@@ -12,13 +12,10 @@ accuracy_fsdd.py; the repository is left untouched.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import tempfile
 import time
-from pathlib import Path
 
-from accuracy_fsdd import holdout_scores, make_project
+from accuracy_fsdd import holdout_scores, temporary_project
 from common import Stopwatch, exit_cleanly_on_sigterm, hardware_line, log, markdown_table
 
 VIEWS = "tta.views=[plain,window:-0.1,window:-0.05,window:0.05,window:0.1,shift:-0.1,shift:0.1,gain:-6]"
@@ -42,12 +39,8 @@ def main() -> None:
 
     folds = [int(k) for k in args.folds.split(",")]
     started = time.perf_counter()
-    root = Path(tempfile.mkdtemp(prefix="competition-accuracy-demo-"))
-    cwd = os.getcwd()
     rows = []
-    try:
-        make_project(root)
-        os.chdir(root)
+    with temporary_project("competition-accuracy-demo-", args.keep) as root:
         for recipe, overrides in RECIPES.items():
             name = f"default_{recipe}"
             shutil.copytree(root / "experiments" / "default", root / "experiments" / name)
@@ -67,12 +60,6 @@ def main() -> None:
                 rows.append([recipe, view, f"{sum(val) / len(val):.4f}", f"{held:.4f}"])
             rows.append([recipe, "(seconds per fold)", f"{sum(s['wall'] for s in summaries.values()) / len(folds):.0f}",
                          f"{holdout['n']} holdout clips"])
-    finally:
-        os.chdir(cwd)
-        if args.keep:
-            log(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
     total = time.perf_counter() - started
     print()
     print(f"## The keyword demo, experiments/default, fold(s) {args.folds}")

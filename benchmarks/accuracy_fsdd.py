@@ -25,7 +25,9 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from common import REPO, Stopwatch, exit_cleanly_on_sigterm, hardware_line, log, markdown_table
 
@@ -69,6 +71,25 @@ RECIPES = {
     # the old normalisation with the new views: which of the two changes the views' effect belongs to
     "windows": FAST_RECIPE + ["tta.views=[plain,window:-0.1,window:-0.05,window:0.05,window:0.1]"],
 }
+
+
+@contextmanager
+def temporary_project(prefix: str, keep: bool) -> Iterator[Path]:
+    """A temporary project root holding copies of the experiment configs (and the committed fold file), made the
+    working directory for the block; removed afterwards unless `keep` (then its path is printed)."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    cwd = os.getcwd()
+    try:
+        make_project(root)
+        os.chdir(root)
+        log(f"project root {root}")
+        yield root
+    finally:
+        os.chdir(cwd)
+        if keep:
+            log(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def make_project(root: Path) -> None:
@@ -142,13 +163,8 @@ def main() -> None:
 
     folds = [int(k) for k in args.folds.split(",")]
     started = time.perf_counter()
-    root = Path(tempfile.mkdtemp(prefix="competition-accuracy-fsdd-"))
-    cwd = os.getcwd()
     results, per_fold = {}, []
-    try:
-        make_project(root)
-        os.chdir(root)
-        log(f"project root {root}")
+    with temporary_project("competition-accuracy-fsdd-", args.keep) as root:
         if not (root / "folds" / "fsdd.csv").is_file():
             log("folds/fsdd.csv is not committed: making it as `python -m competition.folds exp=fsdd` would")
             folds_main(["exp=fsdd", f"data.train.path={FSDD}"])
@@ -171,12 +187,6 @@ def main() -> None:
             report = json.loads((root / "submissions" / f"{name}.json").read_text())
             results[recipe].update(written=report["method"], written_holdout=report["scores"]["holdout"],
                                    written_oof=report["scores"]["oof"], decision=report.get("decision", []))
-    finally:
-        os.chdir(cwd)
-        if args.keep:
-            log(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
 
     total = time.perf_counter() - started
     n = len(folds)
