@@ -29,3 +29,12 @@ def parse_bool(key: str, value: str) -> bool:
     if value.lower() in ("false", "0", "no"):
         return False
     raise UserError(f"{key}={value}: expected true or false")
+
+
+def format_seconds(seconds: float | None) -> str:
+    """A duration as people read it on a progress line: 45s, 3m07s, 1h12m; '-' when unknown."""
+    if seconds is None:
+        return "-"
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"

@@ -14,8 +14,10 @@ import json
 import os
 import shutil
 import socket
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -204,3 +206,8 @@ def retrain_command(exp: str, folds: list[int]) -> str:
 
 def repredict_command(exp: str, folds: list[int]) -> str:
     return f"python -m competition.run exp={exp} fold={fold_list(folds)}"
+
+
+def timestamp(when: float | None = None) -> str:
+    """Local time with its offset, to the millisecond (now, or a time.time() value): when a fold or a job ran."""
+    return datetime.fromtimestamp(time.time() if when is None else when).astimezone().isoformat(timespec="milliseconds")

@@ -31,15 +31,15 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from competition.cli import format_seconds
 from competition.config import EXPERIMENTS_DIR, Experiment
 from competition.errors import UserError
 from competition.files import atomic_write_text
 from competition.foldrun import (DONE, FoldBusy, can_resume, fold_list, fold_lock, is_finished, partial_dir,
-                                 retrain_command, staleness)
+                                 retrain_command, staleness, timestamp)
 
 # Testing aid: COMPETITION_FAKE_GPUS=4 makes gpus= believe 4 GPUs are visible on a machine without CUDA. Each worker
 # still gets its CUDA_VISIBLE_DEVICES (and records it in DONE) but trains on the CPU, so the GPU assignment can be
@@ -275,7 +275,7 @@ class Job:
         return args
 
     def header(self, args: list[str], where: str) -> str:
-        return f"==== {_stamp()} {where}: python -m competition.run {' '.join(args)}\n"
+        return f"==== {timestamp()} {where}: python -m competition.run {' '.join(args)}\n"
 
     def follow(self) -> None:
         """Read what the job logged since it started and turn its latest epoch line into the live progress."""
@@ -323,18 +323,6 @@ class Job:
             return json.loads((self.fold_dir / DONE).read_text())
         except (OSError, ValueError):
             return {}
-
-
-def _stamp(when: float | None = None) -> str:
-    return datetime.fromtimestamp(time.time() if when is None else when).astimezone().isoformat(timespec="milliseconds")
-
-
-def _fmt_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, seconds = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
 def job_env(extra: dict[str, str]) -> dict[str, str]:
@@ -509,7 +497,7 @@ def _live_line(label: str, job: Job | None) -> tuple[str, str]:
     """A worker's live line: the job, its last epoch (x/y, metric, ETA) from the log, and how long it has run."""
     if job is None:
         return f"[{label}] idle", ""
-    return f"[{label}] {job.title}: {job.progress}", _fmt_seconds(time.time() - job.started)
+    return f"[{label}] {job.title}: {job.progress}", format_seconds(time.time() - job.started)
 
 
 def _finish(job: Job, code: int, start: int, stopping: bool, display: LiveLines, where: str = "") -> None:
@@ -522,7 +510,7 @@ def _finish(job: Job, code: int, start: int, stopping: bool, display: LiveLines,
         metric = job.exp.cfg.train.metric
         score = summary.get(f"val_{metric}")
         job.note = "resumed" if job.plan.resume else ""
-        display.say(f"{job.title}: {job.status} in {_fmt_seconds(job.seconds)}"
+        display.say(f"{job.title}: {job.status} in {format_seconds(job.seconds)}"
                     + (f", best epoch {summary.get('best_epoch')}, validation {metric} {score:.4f}"
                        if isinstance(score, (int, float)) else ""))
     elif code == EXIT_BUSY:
@@ -551,13 +539,13 @@ def write_summary(jobs: list[Job]) -> Path:
                      "seconds": "" if job.seconds is None else f"{job.seconds:.1f}",
                      "best_epoch": summary.get("best_epoch", ""), "metric": metric,
                      "score": "" if score is None else f"{score:.4f}",
-                     "started_at": _stamp(job.started) if job.started else "",
-                     "finished_at": _stamp(job.finished) if job.finished else "",
+                     "started_at": timestamp(job.started) if job.started else "",
+                     "finished_at": timestamp(job.finished) if job.finished else "",
                      "log": str(job.log) if job.device else "",
                      "note": job.note or (job.plan.note.split(": ", 1)[-1] if job.plan.note else "")})
     table = [("job", "device", "wall", "best epoch", "validation", "status")]
     for job, row in zip(jobs, rows):
-        table.append((job.title, row["device"], _fmt_seconds(job.seconds), str(row["best_epoch"] or "-"),
+        table.append((job.title, row["device"], format_seconds(job.seconds), str(row["best_epoch"] or "-"),
                       f"{row['metric']} {row['score']}" if row["score"] else "-", row["status"]))
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     print()

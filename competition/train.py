@@ -13,7 +13,6 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
@@ -27,12 +26,14 @@ from tqdm import tqdm
 
 from competition.augment import Augmenter, HeavyAugment, View, heavy_enabled, parse_tta_view
 from competition.cache import WaveCache, load_split
+from competition.cli import format_seconds
 from competition.config import Experiment
 from competition.data import index_test, index_train
 from competition.errors import UserError
 from competition.files import atomic_write, atomic_write_text, file_sha256
-from competition.foldrun import (DONE, LAST, Inputs, Staleness, discard_unresumable, fold_lock, is_finished, partial_dir,
-                                 publish, read_record, record, retrain_command, staleness, start_work)
+from competition.foldrun import (DONE, LAST, Inputs, Staleness, discard_unresumable, fold_lock, is_finished,
+                                 partial_dir, publish, read_record, record, retrain_command, staleness, start_work,
+                                 timestamp)
 from competition.folds import ensure_folds, fold_path
 from competition.frontend import Frontend, make_frontend
 from competition.metrics import METRICS
@@ -238,11 +239,6 @@ def plot_curves(history: pd.DataFrame, metric: str, path: Path) -> None:
     plt.close(fig)
 
 
-def _fmt_seconds(seconds: float) -> str:
-    minutes, seconds = divmod(round(seconds), 60)
-    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
-
-
 class HeavyClips(torch.utils.data.Dataset):
     """Random crops through the audiomentations chain, one clip per item, run on loader worker processes.
 
@@ -362,7 +358,7 @@ def train_fold(exp: Experiment, fold: int, device_name: str = "auto", overwrite:
     fold_dir = exp.fold_dir(fold)
     work = partial_dir(fold_dir)
     with fold_lock(fold_dir):
-        started_at = _now()
+        started_at = timestamp()
         data = data or load_data(exp)
         if is_finished(fold_dir) and not overwrite and not resume:  # resuming may be retraining a finished fold
             stale = staleness(fold_dir, data.inputs)
@@ -392,14 +388,10 @@ def train_fold(exp: Experiment, fold: int, device_name: str = "auto", overwrite:
     return summary
 
 
-def _now() -> str:
-    return datetime.now().astimezone().isoformat(timespec="milliseconds")
-
-
 def _where_and_when(started_at: str) -> dict:
     """Where and when the fold was trained, for DONE: the job queue's summary and its checks read these (the GPU a
     worker was pinned to is the CUDA_VISIBLE_DEVICES it was started with)."""
-    return {"started_at": started_at, "finished_at": _now(), "host": socket.gethostname(), "pid": os.getpid(),
+    return {"started_at": started_at, "finished_at": timestamp(), "host": socket.gethostname(), "pid": os.getpid(),
             "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "threads": torch.get_num_threads()}
 
 
@@ -542,7 +534,7 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
         eta = (time.time() - started) / (epoch - first_epoch + 1) * (t.epochs - epoch)
         print(f"epoch {epoch:>3}/{t.epochs} | train loss {row['train_loss']:.4f} | val loss {row['val_loss']:.4f} "
               f"{t.metric} {row[f'val_{t.metric}']:.4f} | lr {row['lr']:.2e} | {row['seconds']:.1f}s "
-              f"| eta {_fmt_seconds(eta)}{' | best' if improved else ''}", flush=True)
+              f"| eta {format_seconds(eta)}{' | best' if improved else ''}", flush=True)
     if t.patience and state.epoch < t.epochs:
         print(f"early stop: no better validation {t.metric} for {t.patience} epochs", flush=True)
     best_model = state.eval_model
