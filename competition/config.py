@@ -123,6 +123,22 @@ class SubmissionConfig:
 
 
 @dataclass
+class TuneConfig:
+    """What `python -m competition.tune` searches and how. `space` maps a config key to its choices or its range:
+    `frontend.n_mels: {choices: [64, 128, 224]}`, `train.lr: {low: 1e-4, high: 3e-3, log: true}`,
+    `augment.gain.p: {low: 0.0, high: 0.8, step: 0.1}`."""
+
+    space: dict[str, Any] = field(default_factory=dict)
+    folds: list[int] = field(default_factory=lambda: [0])  # the trial's value is the mean validation metric over these
+    pruner: str = "auto"  # auto (median on one fold, wilcoxon on several) | median | hyperband | wilcoxon | none
+    startup_trials: int = 3  # finished trials before pruning starts, and random trials before the sampler models them
+    warmup_epochs: int = 1  # epochs every trial runs before it can be pruned
+    keep_best: int = 3  # trials whose model checkpoints are kept; the others' model.pt are deleted
+    heartbeat: int = 60  # seconds; on a database storage, a trial silent for twice this long is failed and retried
+    retries: int = 2  # how often a trial whose worker died or was stopped is tried again
+
+
+@dataclass
 class Config:
     base: Any = None  # a path or list of paths, relative to the file that names them
     recipe: Any = None  # a path to a recipe file (frontend, model, train, augment, tta), relative to the file
@@ -136,14 +152,17 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     tta: TTAConfig = field(default_factory=TTAConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
+SPACE_KEYS = ("choices", "low", "high", "log", "step")
 CHOICES = {
     "data.train.layout": ("table", "class_folders", "filename", "files"),
     "frontend.kind": ("logmel", "clip_stats"),
     "frontend.normalize": ("clip", "dataset", "none"),
     "train.schedule": ("onecycle", "cosine", "linear", "constant"),
     "train.metric": tuple(METRICS),
+    "tune.pruner": ("auto", "median", "hyperband", "wilcoxon", "none"),  # competition.tune.PRUNERS, and auto
 }
 
 
@@ -226,7 +245,7 @@ def _read_yaml(path: Path) -> DictConfig:
 # is trained on it), so a recipe can be reused on another contest without carrying the first one's data or answer
 # format along. Every section of Config belongs to exactly one of the two (tests/test_config.py checks it).
 META_KEYS = ("base", "recipe", "contest")  # top-level keys naming other files; popped before merging
-RECIPE_SECTIONS = ("frontend", "model", "train", "augment", "tta")
+RECIPE_SECTIONS = ("frontend", "model", "train", "augment", "tta", "tune")
 CONTEST_SECTIONS = ("data", "audio", "folds", "submission")
 _SECTIONS = {"recipe": RECIPE_SECTIONS, "contest": CONTEST_SECTIONS}
 
@@ -338,9 +357,66 @@ def validate(cfg: DictConfig, origin: str, command_line: set[str] = frozenset())
         raise UserError(f"{where('tta.views')}: 'tta.views' is empty; use [plain] for no test-time augmentation")
     for view in cfg.tta.views:
         parse_tta_view(view)
-    for key in ("train.warmup_epochs", "train.grad_clip", "train.workers", "train.patience"):
+    for key in ("train.warmup_epochs", "train.grad_clip", "train.workers", "train.patience", "tune.startup_trials",
+                "tune.warmup_epochs", "tune.retries"):
         if OmegaConf.select(cfg, key) < 0:
             raise UserError(f"{where(key)}: '{key}' cannot be negative, got {OmegaConf.select(cfg, key)}")
+    for key in ("tune.keep_best", "tune.heartbeat"):
+        if OmegaConf.select(cfg, key) < 1:
+            raise UserError(f"{where(key)}: '{key}' must be at least 1, got {OmegaConf.select(cfg, key)}")
+    _check_space(cfg, where("tune"))
+
+
+def _check_space(cfg: DictConfig, origin: str) -> None:
+    """Each `tune.space` entry names a recipe key of the schema and gives a non-empty list of choices, or low <= high
+    (log: low > 0), every value of the key's type. Trials change only recipe keys: data, audio, folds and the answer
+    format are what every trial shares (one decoding, one fold file)."""
+    leaves = {key for key in valid_keys() if not isinstance(OmegaConf.select(cfg, key), DictConfig)}
+    for position, fold in enumerate(cfg.tune.folds):
+        if not 0 <= fold < cfg.folds.n_splits:
+            raise UserError(f"{origin}: 'tune.folds' lists fold {fold}, but the folds are 0..{cfg.folds.n_splits - 1}")
+        if fold in list(cfg.tune.folds)[:position]:
+            raise UserError(f"{origin}: 'tune.folds' lists fold {fold} twice")
+    if not cfg.tune.folds:
+        raise UserError(f"{origin}: 'tune.folds' is empty; name the folds a trial is scored on, e.g. [0]")
+    for key, spec in cfg.tune.space.items():
+        name = f"tune.space.{key}"
+        if key not in leaves:
+            raise UserError(f"{origin}: '{name}' names no config key{_suggest(key)}")
+        if key.split(".")[0] not in RECIPE_SECTIONS or key.startswith("tune."):
+            raise UserError(f"{origin}: '{name}': only recipe keys ({', '.join(RECIPE_SECTIONS[:-1])}) can be tuned; "
+                            f"'{key}' is shared by every trial")
+        if not isinstance(spec, DictConfig) or not spec:
+            raise UserError(f"{origin}: '{name}' must be {{choices: [...]}} or {{low: ..., high: ...[, log: true]"
+                            f"[, step: ...]}}, got {spec!r}")
+        unknown = [str(k) for k in spec if k not in SPACE_KEYS]
+        if unknown:
+            raise UserError(f"{origin}: '{name}' has unknown entries {', '.join(unknown)}; use {', '.join(SPACE_KEYS)}")
+        if "choices" in spec:
+            if set(spec) != {"choices"}:
+                raise UserError(f"{origin}: '{name}' gives choices and a range; give one of them")
+            if not OmegaConf.is_list(spec.choices) or not spec.choices:
+                raise UserError(f"{origin}: '{name}.choices' must be a non-empty list, got {spec.choices!r}")
+            values = list(spec.choices)
+        else:
+            if "low" not in spec or "high" not in spec:
+                raise UserError(f"{origin}: '{name}' needs both low and high (or a list of choices)")
+            low, high = spec.low, spec.high
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+                raise UserError(f"{origin}: '{name}' low and high must be numbers, got {low!r} and {high!r}")
+            if low > high:
+                raise UserError(f"{origin}: '{name}' has low {low} > high {high}")
+            if spec.get("log") and low <= 0:
+                raise UserError(f"{origin}: '{name}' is searched on a log scale, so low must be positive, got {low}")
+            if spec.get("log") and spec.get("step"):
+                raise UserError(f"{origin}: '{name}' cannot have both log and step (Optuna samples one or the other)")
+            if spec.get("step") is not None and not spec.step > 0:
+                raise UserError(f"{origin}: '{name}.step' must be positive, got {spec.step}")
+            values = [low, high]
+        for value in values:
+            layer = OmegaConf.create()
+            OmegaConf.update(layer, key, value)
+            _merge(OmegaConf.structured(Config), layer, f"{origin}: '{name}'")
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:

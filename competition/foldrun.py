@@ -28,10 +28,10 @@ from competition.files import atomic_write_text
 DONE = "DONE"
 LAST = "last.pt"
 MADE_FROM = "made_from.json"
-# Config keys that do not change what a model learns: the prediction inputs (recorded apart), the answer format, where
-# the data and the cache live (the clips' content is fingerprinted instead, so a moved data folder keeps its folds),
+# Config keys that do not change what a model learns: the prediction inputs (recorded apart), the search space, the
+# answer format, where the data and the cache live (the clips' content is fingerprinted instead, so a moved data folder keeps its folds),
 # worker counts and the evaluation batch size.
-NOT_MODEL_KEYS = ("tta", "data.test", "submission", "data.train.path", "data.train.subdir", "data.cache_dir",
+NOT_MODEL_KEYS = ("tta", "tune", "data.test", "submission", "data.train.path", "data.train.subdir", "data.cache_dir",
                   "data.workers", "train.eval_batch_size", "train.workers")
 
 
@@ -102,7 +102,11 @@ def _changes(recorded: dict, current: dict) -> str:
 
 def staleness(folder: Path, current: Inputs) -> Staleness:
     """What differs between the inputs a fold (or its interrupted work folder) recorded and the current ones."""
-    recorded = read_record(folder)
+    return differences(read_record(folder), current)
+
+
+def differences(recorded: Inputs | None, current: Inputs) -> Staleness:
+    """What differs between recorded inputs (None: no record) and the current ones."""
     if recorded is None:
         return Staleness(model=["no record of what it was made from"])
     stale = Staleness()

@@ -14,7 +14,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -274,6 +274,18 @@ def train_batches(part: Part, cfg: DictConfig, rng: np.random.Generator,
         yield order[start:start + len(wave)], wave
 
 
+class FoldObserver:
+    """Told about a fold as it trains, without the training loop knowing who listens: the tuner's observer reports each
+    epoch to Optuna and may stop the fold by raising (pruned), a tracker mirrors rows to a dashboard. Override what
+    you need; an exception raised here stops the fold like any other (an interrupted fold stays resumable)."""
+
+    def epoch(self, row: dict) -> None:
+        """After each epoch: epoch, train_loss, lr, seconds, val_loss, val_<metric>, val_accuracy."""
+
+    def finished(self, summary: dict) -> None:
+        """Once the fold is published: its DONE summary."""
+
+
 @dataclass
 class TrainState:
     """Everything an interrupted fold needs to continue exactly where it stopped."""
@@ -347,7 +359,7 @@ def _prepare_work(exp: Experiment, fold: int, work: Path, inputs: Inputs, resume
 
 
 def train_fold(exp: Experiment, fold: int, device_name: str = "auto", overwrite: bool = False,
-               resume: bool = False, data: DataSet | None = None) -> dict:
+               resume: bool = False, data: DataSet | None = None, observers: Sequence[FoldObserver] = ()) -> dict:
     """Train, pick the best epoch on the fold's validation clips, predict every split and publish the fold. A
     finished fold is kept unless overwrite is asked for: if it is current it is refused, if only its predictions are
     out of date (other views or test clips) they are redone from its model, and if it is stale the reasons are named."""
@@ -372,7 +384,7 @@ def train_fold(exp: Experiment, fold: int, device_name: str = "auto", overwrite:
         device = resolve_device(device_name)
         _prepare_work(exp, fold, work, data.inputs, resume, overwrite)
         try:
-            summary = _fit(cfg, data.fold(fold), fold, device, work, f"{exp.name} fold {fold}")
+            summary = _fit(cfg, data.fold(fold), fold, device, work, f"{exp.name} fold {fold}", observers)
         except KeyboardInterrupt:
             if (work / LAST).is_file():
                 print(f"{exp.name} fold {fold}: interrupted; continue it with python -m competition.run "
@@ -385,6 +397,8 @@ def train_fold(exp: Experiment, fold: int, device_name: str = "auto", overwrite:
         summary.update(experiment=exp.name, fold=fold, **_where_and_when(started_at))
         publish(work, fold_dir, summary)
     _report(exp, fold, summary)
+    for observer in observers:
+        observer.finished(summary)
     return summary
 
 
@@ -483,7 +497,8 @@ def _diverged(epoch: int, fold: int, what: str, cfg: DictConfig) -> UserError:
                      " or set train.grad_clip (e.g. 1.0)")
 
 
-def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work: Path, title: str) -> dict:
+def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work: Path, title: str,
+         observers: Sequence[FoldObserver]) -> dict:
     t = cfg.train
     metric = METRICS[t.metric]
     if len(data.train) < 2 or len(data.val) == 0:
@@ -499,7 +514,7 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
           f"{len(data.test) if data.test else 0} test clips; {len(data.classes)} classes; "
           f"{cfg.model.name} on {device}", file=sys.stderr)
     if hasattr(model, "fit"):
-        return _fit_exactly(cfg, model, frontend, data, device, work)
+        return _fit_exactly(cfg, model, frontend, data, device, work, observers)
     augmenter = Augmenter(cfg.augment, cfg.audio.sample_rate, device)
     heavy = HeavyAugment(cfg.augment, cfg.audio.sample_rate) if heavy_enabled(cfg.augment) else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
@@ -535,6 +550,8 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
         print(f"epoch {epoch:>3}/{t.epochs} | train loss {row['train_loss']:.4f} | val loss {row['val_loss']:.4f} "
               f"{t.metric} {row[f'val_{t.metric}']:.4f} | lr {row['lr']:.2e} | {row['seconds']:.1f}s "
               f"| eta {format_seconds(eta)}{' | best' if improved else ''}", flush=True)
+        for observer in observers:
+            observer.epoch(row)
     if t.patience and state.epoch < t.epochs:
         print(f"early stop: no better validation {t.metric} for {t.patience} epochs", flush=True)
     best_model = state.eval_model
@@ -566,7 +583,7 @@ def _finish(cfg: DictConfig, model: torch.nn.Module, frontend: Frontend, data: F
 
 
 def _fit_exactly(cfg: DictConfig, model: torch.nn.Module, frontend: Frontend, data: FoldData, device: torch.device,
-                 work: Path) -> dict:
+                 work: Path, observers: Sequence[FoldObserver]) -> dict:
     """A convex model (one with `fit`, e.g. stats_linear) fitted in one go on the features of the training clips'
     centred crops, with train.weight_decay as its L2 penalty: no epochs, no augmentation, nothing to resume."""
     started = time.time()
@@ -582,6 +599,8 @@ def _fit_exactly(cfg: DictConfig, model: torch.nn.Module, frontend: Frontend, da
     write_csv(pd.DataFrame([row]), work / "metrics.csv")
     print(f"fitted {cfg.model.name} exactly | train loss {row['train_loss']:.4f} | val loss {row['val_loss']:.4f} "
           f"{cfg.train.metric} {row[f'val_{cfg.train.metric}']:.4f} | {row['seconds']:.1f}s", flush=True)
+    for observer in observers:
+        observer.epoch(row)
     return _finish(cfg, model, frontend, data, device, work, [row], 1, started)
 
 

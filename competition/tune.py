@@ -1,0 +1,636 @@
+"""Tune an experiment with Optuna: search the keys its `tune.space` names, prune hopeless trials, hand back a config.
+
+    python -m competition.tune exp=default [n_trials=20] [timeout=2h] [study=<name>] [storage=<file or URL>]
+                               [gpus=0,1,2,3 | workers=N] [device=cpu|cuda|auto] [train.epochs=8 ...]
+
+A trial is the experiment's config with the trial's values of the searched keys (and the command line's overrides),
+trained on the folds `tune.folds` names; its value is their mean validation metric, in the metric's direction. Every
+trial reads the same fold file and the same waveform cache, decoded once before any trial starts. A trial's folds live
+under `experiments/<exp>/tune/<study>/trial_<n>/`, apart from the experiment's own; pruned trials leave nothing there,
+and only the best `tune.keep_best` trials keep their model checkpoints.
+
+Pruning (`tune.pruner`): with one fold, each epoch's validation metric goes to a MedianPruner (or Hyperband); with
+several, each fold's score goes to a WilcoxonPruner, so a trial is compared with others on the same folds only.
+
+The study is kept in a storage: by default the journal file `experiments/<exp>/tune/optuna.journal`, which several
+processes may share; any Optuna storage URL otherwise (postgresql://user@host/db for workers on several machines).
+gpus= or workers= start that many worker processes on one study (logs in the study folder), and the same command
+started on other machines joins it. All of them together stop at exactly n_trials finished (complete or pruned)
+trials. Running the command again resumes the study. A trial whose worker died, or that was stopped by Ctrl-C, is
+marked failed and tried again with the same values, continuing from its last finished epoch.
+
+At the end: the best values as `experiments/<exp>_tuned/config.yaml` (its base is the experiment; it holds only the
+tuned keys), ready for `python -m competition.run exp=<exp>_tuned fold=all`; trials.csv and a table of the best
+trials; history.png, importances.png and slice.png in the study folder. Watch a study live with
+`optuna-dashboard experiments/<exp>/tune/optuna.journal` (pip install optuna-dashboard).
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import optuna
+import pandas as pd
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from competition.cli import format_seconds, main_guard
+from competition.config import Experiment, find_experiment, load_config, load_experiment, parse_cli
+from competition.errors import UserError
+from competition.files import atomic_write, atomic_write_text
+from competition.foldrun import DONE, Inputs, can_resume, differences, is_finished, staleness
+from competition.metrics import METRICS
+from competition.models import check_backbone
+from competition.queue import GRACE_SECONDS, Slot, Stopper, job_env, local_slots, parse_positive
+from competition.train import DataSet, FoldObserver, load_data, train_fold
+
+COMMAND_KEYS = {"exp": "default", "n_trials": "20", "timeout": "", "study": "", "storage": "", "gpus": "",
+                "workers": "", "device": "auto"}
+WORKER_ENV = "COMPETITION_TUNE_WORKER"  # set for the worker processes that gpus=/workers= start
+JOURNAL = "optuna.journal"
+TUNED_SUFFIX = "_tuned"
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # what n_trials counts
+UNDER_WAY = (TrialState.RUNNING, TrialState.WAITING)
+STARTING_SECONDS = 60.0  # a RUNNING trial that names no worker this long after it started lost its worker
+FAILURES_IN_A_ROW = 3  # a worker stops after this many failed trials in a row: the cause is not the trial's values
+TOP_TRIALS = 10
+POLL_SECONDS = 1.0
+
+# Pruners by name (tune.pruner); "auto" is median on one fold and wilcoxon on several. Per-epoch pruners see each
+# epoch's validation metric at step (fold position x epochs + epoch); wilcoxon sees each fold's score at its position.
+PRUNERS: dict[str, Callable[[DictConfig], optuna.pruners.BasePruner]] = {
+    "median": lambda cfg: optuna.pruners.MedianPruner(n_startup_trials=cfg.tune.startup_trials,
+                                                      n_warmup_steps=cfg.tune.warmup_epochs + 1),  # steps from 1
+    "hyperband": lambda cfg: optuna.pruners.HyperbandPruner(min_resource=max(1, cfg.tune.warmup_epochs),
+                                                            max_resource=cfg.train.epochs * len(cfg.tune.folds)),
+    "wilcoxon": lambda cfg: optuna.pruners.WilcoxonPruner(n_startup_steps=2),
+    "none": lambda cfg: optuna.pruners.NopPruner(),
+}
+PER_FOLD_PRUNERS = ("wilcoxon",)
+# multivariate TPE, the Wilcoxon pruner and the retry helpers are marked experimental by Optuna; they are used on purpose
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+class Surplus(Exception):
+    """A trial asked for after n_trials were already under way in other workers (a race between workers that
+    finish at the same moment): it is not run, and is recorded as failed with user attribute `surplus`."""
+
+
+class TrialFailed(Exception):
+    """A trial whose own values made training fail (diverged, an impossible combination): recorded as failed with its
+    reason as user attribute `error`, and the study goes on."""
+
+
+def pruner_name(cfg: DictConfig) -> str:
+    if cfg.tune.pruner != "auto":
+        return cfg.tune.pruner
+    return "wilcoxon" if len(cfg.tune.folds) > 1 else "median"
+
+
+# --- the search space -------------------------------------------------------------------------------------------------
+
+def search_space(exp: Experiment) -> dict[str, dict]:
+    space = OmegaConf.to_container(exp.cfg.tune.space)
+    if not space:
+        raise UserError(f"{exp.dir / 'config.yaml'} has no tune.space to search; add e.g.\n  tune:\n    space:\n"
+                        "      frontend.n_mels: {choices: [64, 128, 224]}\n"
+                        "      train.lr: {low: 1.0e-4, high: 3.0e-3, log: true}")
+    return space
+
+
+def suggest(trial: optuna.Trial, space: dict[str, dict], cfg: DictConfig) -> dict[str, Any]:
+    """The trial's value of every searched key; a range is sampled as an int when the key is an int in the schema."""
+    values = {}
+    for key, spec in space.items():
+        if "choices" in spec:
+            values[key] = trial.suggest_categorical(key, spec["choices"])
+        elif isinstance(OmegaConf.select(cfg, key), int) and not isinstance(OmegaConf.select(cfg, key), bool):
+            values[key] = trial.suggest_int(key, int(spec["low"]), int(spec["high"]), step=int(spec.get("step") or 1),
+                                            log=bool(spec.get("log")))
+        else:
+            values[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), step=spec.get("step"),
+                                              log=bool(spec.get("log")))
+    return values
+
+
+def in_space(value: Any, spec: dict) -> bool:
+    """Whether a value is one the space can sample (so the experiment's own values can be its first trial)."""
+    if "choices" in spec:
+        return value in spec["choices"]
+    if not isinstance(value, (int, float)) or not spec["low"] <= value <= spec["high"]:
+        return False
+    steps = (value - spec["low"]) / spec["step"] if spec.get("step") else 0.0
+    return abs(steps - round(steps)) < 1e-9
+
+
+def as_overrides(values: dict[str, Any]) -> list[str]:
+    """Command-line overrides (JSON values are YAML, which the override parser reads) for a trial's values."""
+    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
+
+
+def check_space_values(config_file: Path, overrides: list[str], space: dict[str, dict]) -> None:
+    """Every choice and both ends of every range make a valid config, and every backbone named exists: checked before
+    any trial runs, so a bad value fails now, with its key, not hours later."""
+    for key, spec in space.items():
+        for value in spec.get("choices") or [spec["low"], spec["high"]]:
+            try:
+                cfg = load_config(config_file, [*overrides, *as_overrides({key: value})])
+            except UserError as exc:
+                raise UserError(f"tune.space.{key} value {value!r} makes an invalid config: {exc}") from None
+            check_backbone(cfg.model.name)
+
+
+# --- storage and study ------------------------------------------------------------------------------------------------
+
+def default_storage(exp: Experiment) -> str:
+    return str(exp.dir / "tune" / JOURNAL)
+
+
+def open_storage(storage: str, cfg: DictConfig) -> optuna.storages.BaseStorage:
+    """A URL opens Optuna's database storage with heartbeats (a trial whose worker stops beating is failed and
+    retried); anything else is a journal file, which processes on one machine share without SQLite's locking errors."""
+    if "://" in storage:
+        kwargs = {"connect_args": {"connect_timeout": 10}} if storage.startswith("postgresql") else {}
+        try:
+            return optuna.storages.RDBStorage(
+                storage, engine_kwargs=kwargs, heartbeat_interval=cfg.tune.heartbeat,
+                grace_period=2 * cfg.tune.heartbeat,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=cfg.tune.retries))
+        except ImportError as exc:
+            missing = getattr(exc.__cause__, "name", None) or "its driver"
+            raise UserError(f"storage={storage}: the database driver is not installed ({missing}); for PostgreSQL: "
+                            "pip install 'psycopg[binary]'") from None
+        except Exception as exc:  # sqlalchemy's errors: a bad URL, a server that does not answer, bad credentials
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"storage={storage}: cannot open it ({detail})") from None
+    path = Path(storage)
+    if path.is_dir():
+        raise UserError(f"storage={storage} is a folder; give a journal file (e.g. {path / JOURNAL}) or a database URL")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backend = optuna.storages.journal.JournalFileBackend(str(path))
+    except OSError as exc:
+        raise UserError(f"storage={storage}: cannot open it ({exc.strerror or exc})") from None
+    return optuna.storages.JournalStorage(backend)
+
+
+def study_record(exp: Experiment, data: DataSet, space: dict[str, dict]) -> dict:
+    """What a study's trials are comparable on: the search space, the metric, the folds, and the inputs every trial
+    shares (the config outside the searched keys, the fold file, the training clips)."""
+    node = OmegaConf.create(OmegaConf.to_container(exp.cfg))
+    for key in space:  # the base value of a searched key is never used by a trial
+        OmegaConf.update(node, key, None)
+    config = OmegaConf.to_container(node)
+    return {"experiment": exp.name, "space": space, "metric": exp.cfg.train.metric, "folds": list(exp.cfg.tune.folds),
+            "inputs": asdict(replace(data.inputs, config=config, test_data=None))}
+
+
+def open_study(storage: optuna.storages.BaseStorage, name: str, where: str, exp: Experiment, data: DataSet,
+               space: dict[str, dict], sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+    """Create the study, or load it and check that it searched the same space, in the same direction, on the same
+    inputs: trials made from other ones are not comparable, so such a study is refused, saying what changed."""
+    metric = METRICS[exp.cfg.train.metric]
+    direction = "maximize" if metric.greater_is_better else "minimize"
+    sampler = sampler or optuna.samplers.TPESampler(n_startup_trials=exp.cfg.tune.startup_trials, multivariate=True,
+                                                    constant_liar=True)
+    study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
+                                pruner=PRUNERS[pruner_name(exp.cfg)](exp.cfg), load_if_exists=True)
+    wanted = study_record(exp, data, space)
+    recorded = study.user_attrs.get("made_from")
+    again = f"give study=<another name> for a new study, or put the settings back to resume study '{name}'"
+    if recorded is None:
+        if study.trials:
+            raise UserError(f"study '{name}' in {where} was not made by competition.tune ({len(study.trials)} trials); "
+                            "give study=<another name>")
+        study.set_user_attr("made_from", wanted)
+        baseline = {key: OmegaConf.select(exp.cfg, key) for key in space}
+        if all(in_space(value, space[key]) for key, value in baseline.items()):
+            study.enqueue_trial(baseline, user_attrs={"baseline": True})
+            print("trial 0 is the experiment's own values (the baseline the others must beat)", flush=True)
+        return study
+    if study.direction.name.lower() != direction or recorded["metric"] != wanted["metric"]:
+        raise UserError(f"study '{name}' in {where} optimised {recorded['metric']} ({study.direction.name.lower()}), "
+                        f"not {wanted['metric']} ({direction}); {again}")
+    if recorded["space"] != wanted["space"]:
+        raise UserError(f"study '{name}' in {where} searched another space ({json.dumps(recorded['space'])}); {again}")
+    if recorded["folds"] != wanted["folds"]:
+        raise UserError(f"study '{name}' in {where} scored trials on folds {recorded['folds']}, not "
+                        f"{wanted['folds']}; {again}")
+    changed = differences(Inputs(**recorded["inputs"]), Inputs(**wanted["inputs"])).model
+    if changed:
+        raise UserError(f"study '{name}' in {where} has trials made from other inputs: {'; '.join(changed)}; {again}")
+    return study
+
+
+@contextmanager
+def study_lock(study_dir: Path) -> Iterator[None]:
+    """Serialises, among this machine's workers, the look at the study that decides which trials lost their worker."""
+    study_dir.mkdir(parents=True, exist_ok=True)
+    with open(study_dir / ".study.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def trial_dir(study_dir: Path, number: int) -> Path:
+    return study_dir / f"trial_{number:04d}"
+
+
+def worker_alive(worker: dict | None, started: float) -> bool:
+    """Whether the worker running a trial still lives: a process on this machine is looked up by its pid; a worker
+    elsewhere is trusted (database storages fail its trials when its heartbeat stops); a trial that names no worker
+    lost it if it has not named one within STARTING_SECONDS."""
+    if worker is None:
+        return time.time() - started < STARTING_SECONDS
+    if worker["host"] != socket.gethostname():
+        return True
+    try:
+        os.kill(worker["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def retry_failed(study: optuna.Study, study_dir: Path, retries: int) -> None:
+    """Fail the RUNNING trials whose worker is gone, and queue every trial that failed so, or was stopped by Ctrl-C,
+    once more with the same values (Optuna's RetryHeartbeatStaleTrialCallback); the retry takes over the trial's
+    folder and resumes its fold. Database storages also fail trials whose heartbeat stopped, on any machine, and
+    retry them the same way."""
+    with study_lock(study_dir):
+        trials = study.get_trials(deepcopy=False)
+        retried = {number for t in trials for number in RetryHeartbeatStaleTrialCallback.retry_history(t)}
+        for trial in trials:
+            if trial.state == TrialState.RUNNING:
+                started = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
+                if worker_alive(trial.user_attrs.get("worker"), started):
+                    continue
+                study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+                stopped = "its worker is gone"
+            elif trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted"):
+                stopped = "it was interrupted"
+            else:
+                continue
+            if trial.number not in retried:
+                RetryHeartbeatStaleTrialCallback(max_retry=retries)(study, study.trials[trial.number])
+                print(f"trial {trial.number}: {stopped}; queued again with the same values", flush=True)
+
+
+# --- a trial ----------------------------------------------------------------------------------------------------------
+
+class PruningReporter(FoldObserver):
+    """Reports each epoch's validation metric of one fold to the trial, at a step unique to (fold, epoch), and stops
+    the fold when the pruner says the trial is hopeless."""
+
+    def __init__(self, trial: optuna.Trial, key: str, first_step: int) -> None:
+        self.trial, self.key, self.first_step = trial, key, first_step
+
+    def epoch(self, row: dict) -> None:
+        self.trial.report(row[self.key], self.first_step + row["epoch"])
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {row['epoch']} ({self.key} {row[self.key]:.4f})")
+
+
+@dataclass
+class Objective:
+    """Train a trial's folds and return their mean validation metric; `study.optimize` calls it once per trial."""
+
+    exp: Experiment
+    spec: str  # exp= as given: the trial's config is loaded from the same file
+    overrides: list[str]  # the command line's, applied to every trial
+    data: DataSet
+    space: dict[str, dict]
+    study_dir: Path
+    device: str
+    n_trials: int
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+        counted = [t for t in trial.study.get_trials(deepcopy=False, states=COUNTED + UNDER_WAY)
+                   if t.number < trial.number]
+        if len(counted) >= self.n_trials:
+            trial.set_user_attr("surplus", True)
+            trial.study.stop()
+            raise Surplus(f"{self.n_trials} trials were already under way")
+        folder = trial_dir(self.study_dir, trial.number)
+        history = RetryHeartbeatStaleTrialCallback.retry_history(trial.study.get_trials(deepcopy=False)[trial.number])
+        if history and trial_dir(self.study_dir, history[-1]).is_dir() and not folder.exists():
+            trial_dir(self.study_dir, history[-1]).rename(folder)  # the retry continues where the failed try stopped
+        folder.mkdir(parents=True, exist_ok=True)
+        values = suggest(trial, self.space, self.exp.cfg)
+        print(f"trial {trial.number}: " + ", ".join(f"{k}={v}" for k, v in values.items())
+              + (f" (retry of trial {history[-1]})" if history else ""), flush=True)
+        try:
+            return self._train(trial, values, folder)
+        except optuna.TrialPruned as exc:
+            trial.set_user_attr("pruned", str(exc))
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        except UserError as exc:
+            trial.set_user_attr("error", str(exc))
+            raise TrialFailed(str(exc)) from None
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
+            raise
+
+    def _train(self, trial: optuna.Trial, values: dict[str, Any], folder: Path) -> float:
+        overrides = [*self.overrides, *as_overrides(values)]
+        cfg = load_config(find_experiment(self.spec), overrides)
+        exp = Experiment(f"{self.exp.name} trial {trial.number}", folder, cfg, overrides)
+        data = replace(self.data, inputs=replace(self.data.inputs, config=OmegaConf.to_container(cfg),
+                                                 overrides=overrides))
+        metric = cfg.train.metric
+        per_fold = pruner_name(cfg) in PER_FOLD_PRUNERS
+        scores = []
+        for position, fold in enumerate(cfg.tune.folds):
+            fold_dir = exp.fold_dir(fold)
+            if is_finished(fold_dir) and not staleness(fold_dir, data.inputs):  # finished before a failed try died
+                summary = json.loads((fold_dir / DONE).read_text())
+            else:
+                observers = [] if per_fold else [PruningReporter(trial, f"val_{metric}", position * cfg.train.epochs)]
+                summary = train_fold(exp, fold, self.device, overwrite=is_finished(fold_dir),
+                                     resume=can_resume(fold_dir), data=data, observers=observers)
+            scores.append(summary[f"val_{metric}"])
+            if per_fold:
+                trial.report(scores[-1], position)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after fold {fold} ({metric} {scores[-1]:.4f})")
+        return float(sum(scores) / len(scores))
+
+
+def keep_best_checkpoints(study: optuna.Study, study_dir: Path, keep: int) -> None:
+    """Delete the model checkpoints of every finished trial outside the best `keep`, so a long study fits on disk."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    ranked = sorted(complete, key=lambda t: t.value, reverse=study.direction.name == "MAXIMIZE")
+    for trial in ranked[keep:]:
+        for checkpoint in trial_dir(study_dir, trial.number).glob("fold_*/model.pt"):
+            checkpoint.unlink(missing_ok=True)
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    found = {state: 0 for state in TrialState}
+    for trial in study.get_trials(deepcopy=False):
+        found[trial.state] += 1
+    return {"finished": found[TrialState.COMPLETE] + found[TrialState.PRUNED], "pruned": found[TrialState.PRUNED],
+            "running": found[TrialState.RUNNING], "failed": found[TrialState.FAIL]}
+
+
+def best_line(study: optuna.Study, metric: str) -> str:
+    try:
+        best = study.best_trial
+    except ValueError:
+        return "no trial complete yet"
+    return f"best {metric} {best.value:.4f} (trial {best.number})"
+
+
+def progress_line(study: optuna.Study, n_trials: int, metric: str, started: float) -> str:
+    c = counts(study)
+    return (f"trials: {c['finished']}/{n_trials} finished ({c['pruned']} pruned), {c['running']} running"
+            + (f", {c['failed']} failed" if c["failed"] else "") + f" | {best_line(study, metric)} | "
+            + format_seconds(time.time() - started))
+
+
+def run_worker(study: optuna.Study, objective: Objective, n_trials: int, timeout: float | None) -> None:
+    """Run trials in this process until the study has n_trials finished ones (complete or pruned, counting those under
+    way in other workers: Optuna's MaxTrialsCallback), the time is up, or too many trials fail in a row."""
+    metric = objective.exp.cfg.train.metric
+    started = time.time()
+    failures: list[str] = []
+
+    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        retry_failed(study, objective.study_dir, objective.exp.cfg.tune.retries)  # a worker beside us may have died
+        if trial.state == TrialState.FAIL and not trial.user_attrs.get("surplus"):
+            failures.append(trial.user_attrs.get("error", "failed"))
+            print(f"trial {trial.number}: failed: {failures[-1]}", file=sys.stderr, flush=True)
+            if len(failures) >= FAILURES_IN_A_ROW:
+                study.stop()
+            return
+        failures.clear()
+        if trial.state == TrialState.PRUNED:
+            print(f"trial {trial.number}: {trial.user_attrs.get('pruned', 'pruned')}", flush=True)
+        elif trial.state == TrialState.COMPLETE:
+            print(f"trial {trial.number}: {metric} {trial.value:.4f}", flush=True)
+        keep_best_checkpoints(study, objective.study_dir, objective.exp.cfg.tune.keep_best)
+        print(progress_line(study, n_trials, metric, started), flush=True)
+
+    if counts(study)["finished"] + counts(study)["running"] >= n_trials:
+        return
+    study.optimize(objective, timeout=timeout, gc_after_trial=True, catch=(Surplus, TrialFailed),
+                   callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=COUNTED + UNDER_WAY), after_trial])
+    if len(failures) >= FAILURES_IN_A_ROW:
+        raise UserError(f"{len(failures)} trials failed in a row, the last with: {failures[-1]}")
+
+
+# --- several workers --------------------------------------------------------------------------------------------------
+
+def run_workers(slots: list[Slot], args: list[str], study: optuna.Study, study_dir: Path, n_trials: int,
+                metric: str) -> None:
+    """One `python -m competition.tune` worker process per slot on the same study, each logging to the study folder;
+    a line whenever the study's progress changes; Ctrl-C stops them all (their trials are retried on resume)."""
+    processes: dict[int, tuple[subprocess.Popen, Path]] = {}
+    for slot in slots:
+        log = study_dir / f"worker_{slot.index}.log"
+        with open(log, "ab") as handle:
+            handle.write(f"==== {socket.gethostname()} {slot.label}: competition.tune {' '.join(args)}\n".encode())
+            processes[slot.index] = (subprocess.Popen(
+                [sys.executable, "-m", "competition.tune", *args, f"device={slot.device}"], cwd=os.getcwd(),
+                env={**job_env(slot.env), WORKER_ENV: "1"}, stdin=subprocess.DEVNULL, stdout=handle,
+                stderr=subprocess.STDOUT, start_new_session=True), log)
+        print(f"{slot.label}: log {log}", flush=True)
+
+    def forward(number: int) -> None:
+        for process, _ in processes.values():
+            try:
+                os.killpg(process.pid, number)
+            except ProcessLookupError:
+                pass
+
+    started, shown, failed = time.time(), "", []
+    with Stopper(forward) as stopper:
+        while processes:
+            for index, (process, log) in list(processes.items()):
+                if process.poll() is not None:
+                    del processes[index]
+                    if process.returncode != 0 and stopper.signal is None:
+                        failed.append(f"worker {index} exited with {process.returncode}: {last_error(log)} (log {log})")
+            line = progress_line(study, n_trials, metric, started).rsplit(" | ", 1)[0]
+            if line != shown:
+                print(f"{line} | {format_seconds(time.time() - started)}", flush=True)
+                shown = line
+            if stopper.overdue():
+                print(f"workers still running {GRACE_SECONDS:.0f}s after the signal: killing them", file=sys.stderr)
+                stopper.kill_now()
+            if processes:
+                time.sleep(POLL_SECONDS)
+    if stopper.signal is not None:
+        raise KeyboardInterrupt
+    if failed:
+        raise UserError("; ".join(failed))
+
+
+def last_error(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors or lines or ["(empty log)"])[-1]
+
+
+# --- results ----------------------------------------------------------------------------------------------------------
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    """Every trial, best first: number, state, value, the searched values, duration and why it failed, if it did."""
+    frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration", "user_attrs"))
+    frame = frame.drop(columns=[c for c in frame.columns if c in ("user_attrs_worker", "user_attrs_interrupted")])
+    frame.columns = [c.removeprefix("params_").removeprefix("user_attrs_") for c in frame.columns]
+    if "duration" in frame:
+        frame["seconds"] = frame.pop("duration").dt.total_seconds().round(1)
+    frame["rank"] = frame["state"].map({"COMPLETE": 0, "PRUNED": 1}).fillna(2)  # a pruned trial's value is partial
+    ascending = study.direction.name != "MAXIMIZE"
+    frame = frame.sort_values(["rank", "value", "number"], ascending=[True, ascending, True], na_position="last")
+    return frame.drop(columns="rank")
+
+
+def save_plots(study: optuna.Study, study_dir: Path) -> list[str]:
+    """history.png, importances.png (which keys mattered, fANOVA) and slice.png; each needs enough finished trials,
+    and what cannot be drawn yet is named instead."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as plots
+
+    written = []
+    for name, draw in (("history", plots.plot_optimization_history), ("importances", plots.plot_param_importances),
+                       ("slice", plots.plot_slice)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # optuna's experimental marks and matplotlib's layout notes
+                drawn = draw(study)
+                figure = (drawn.flat[0] if hasattr(drawn, "flat") else drawn).figure
+                figure.set_size_inches(max(figure.get_size_inches()[0], 8), 4.5)
+                figure.tight_layout()
+            atomic_write(study_dir / f"{name}.png", lambda tmp: figure.savefig(tmp, dpi=100, format="png"))
+            written.append(f"{name}.png")
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            print(f"{name}.png not drawn: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                  file=sys.stderr)
+        finally:
+            plt.close("all")
+    return written
+
+
+def write_tuned(exp: Experiment, study: optuna.Study, name: str) -> Path:
+    """experiments/<exp>_tuned/config.yaml: the experiment as its base plus the best trial's values, nothing else."""
+    best = study.best_trial
+    folder = exp.dir.parent / f"{exp.name}{TUNED_SUFFIX}"
+    path = folder / "config.yaml"
+    tuned = OmegaConf.create()
+    for key, value in best.params.items():
+        OmegaConf.update(tuned, key, value)
+    metric = exp.cfg.train.metric
+    header = (f"# {exp.name} tuned by competition.tune: study {name}, trial {best.number}, validation {metric} "
+              f"{best.value:.4f} on folds {','.join(map(str, exp.cfg.tune.folds))}\n")
+    body = {"base": os.path.relpath(exp.dir / "config.yaml", folder), **OmegaConf.to_container(tuned)}
+    text = header + yaml.safe_dump(body, sort_keys=False)
+    if not path.is_file() or path.read_text() != text:
+        atomic_write_text(path, text)
+    load_experiment(str(folder))  # the file it wrote must load, so the run it suggests works
+    return path
+
+
+def report(exp: Experiment, study: optuna.Study, name: str, study_dir: Path, storage: str) -> None:
+    metric = exp.cfg.train.metric
+    table = trials_table(study)
+    atomic_write(study_dir / "trials.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
+    finished = table[table["state"].isin(["COMPLETE", "PRUNED"])]
+    print(f"\nstudy {name}: {len(finished)} trials finished ({(finished['state'] == 'PRUNED').sum()} pruned); "
+          f"the best {min(TOP_TRIALS, len(finished))}:")
+    shown = finished.head(TOP_TRIALS).drop(columns=[c for c in ("error", "surplus", "pruned") if c in finished])
+    print(shown.rename(columns={"value": metric}).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    plots = save_plots(study, study_dir)
+    print(f"trials.csv{', ' + ', '.join(plots) if plots else ''} in {study_dir}")
+    if not (table["state"] == "COMPLETE").any():
+        raise UserError(f"study {name} has no complete trial yet, so nothing is tuned; run more trials")
+    path = write_tuned(exp, study, name)
+    tuned = path.parent.name
+    print(f"{best_line(study, metric)}: {path}\ntrain it: python -m competition.run exp={tuned} fold=all\n"
+          f"watch the study: optuna-dashboard {storage}")
+    if exp.overrides:
+        print(f"note: the trials ran with {' '.join(exp.overrides)}, which {path} does not hold; add them there or "
+              "to the run command if they belong to the result")
+
+
+# --- the command ------------------------------------------------------------------------------------------------------
+
+def parse_duration(value: str) -> float | None:
+    """timeout=2h, 90m, 45s, 1h30m or plain seconds; empty means no limit."""
+    if not value:
+        return None
+    total, number = 0.0, ""
+    units = {"h": 3600, "m": 60, "s": 1}
+    for char in value.strip().lower():
+        if char.isdigit() or char == ".":
+            number += char
+        elif char in units and number:
+            total, number = total + float(number) * units[char], ""
+        else:
+            number = "bad"
+            break
+    if number == "bad" or (number and total) or not (number or total):
+        raise UserError(f"timeout={value}: expected a duration such as 2h, 90m, 1h30m or 600 (seconds)")
+    total += float(number) if number else 0.0
+    if total <= 0:
+        raise UserError(f"timeout={value}: must be longer than zero")
+    return total
+
+
+def main(argv: list[str]) -> None:
+    options, overrides = parse_cli(argv, COMMAND_KEYS)
+    n_trials = parse_positive("n_trials", options["n_trials"]) if options["n_trials"] != "0" else 0
+    if n_trials == 0:
+        raise UserError("n_trials=0: a study needs at least one trial (n_trials counts finished trials, old ones too)")
+    timeout = parse_duration(options["timeout"])
+    worker = bool(os.environ.get(WORKER_ENV))
+    slots = local_slots(options["gpus"].strip(), options["workers"].strip(), options["device"]) \
+        if (options["gpus"].strip() or options["workers"].strip()) and not worker else []
+    if options["gpus"].strip() and options["workers"].strip():
+        raise UserError(f"gpus={options['gpus']} together with workers={options['workers']}: choose one")
+    exp = load_experiment(options["exp"], overrides)
+    space = search_space(exp)
+    check_space_values(find_experiment(options["exp"]), overrides, space)
+    name = options["study"] or exp.name
+    storage_arg = options["storage"] or default_storage(exp)
+    cfg_storage = open_storage(storage_arg, exp.cfg)
+    study_dir = exp.dir / "tune" / name
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial is reported in our own words
+    data = load_data(exp)  # decoded and checked once, before any worker starts
+    study = open_study(cfg_storage, name, storage_arg, exp, data, space)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    retry_failed(study, study_dir, exp.cfg.tune.retries)
+    print(f"study {name} ({storage_arg}): {progress_line(study, n_trials, exp.cfg.train.metric, time.time())}; "
+          f"trials in {study_dir}", flush=True)
+    if slots:
+        args = [f"exp={options['exp']}", f"n_trials={n_trials}", f"study={name}", f"storage={storage_arg}",
+                *([f"timeout={timeout}"] if timeout else []), *overrides]
+        run_workers(slots, args, study, study_dir, n_trials, exp.cfg.train.metric)
+    else:
+        run_worker(study, Objective(exp, options["exp"], overrides, data, space, study_dir, options["device"],
+                                    n_trials), n_trials, timeout)
+    if not worker:
+        report(exp, study, name, study_dir, storage_arg)
+
+
+if __name__ == "__main__":
+    main_guard(main)
