@@ -54,7 +54,7 @@ from competition.files import atomic_write, atomic_write_text
 from competition.foldrun import DONE, Inputs, can_resume, differences, is_finished, staleness
 from competition.metrics import METRICS
 from competition.models import check_backbone
-from competition.queue import GRACE_SECONDS, Slot, Stopper, job_env, local_slots, parse_positive
+from competition.queue import GRACE_SECONDS, Slot, Stopper, job_env, local_slots
 from competition.train import DataSet, FoldObserver, load_data, train_fold
 
 COMMAND_KEYS = {"exp": "default", "n_trials": "20", "timeout": "", "study": "", "storage": "", "gpus": "",
@@ -596,40 +596,55 @@ def parse_duration(value: str) -> float | None:
     return total
 
 
+def parse_trials(value: str) -> int:
+    try:
+        n_trials = int(value)
+    except ValueError:
+        n_trials = 0
+    if n_trials < 1:
+        raise UserError(f"n_trials={value}: a study needs at least one trial; give a positive whole number (it counts "
+                        "finished trials, those of earlier runs of the study too)")
+    return n_trials
+
+
 def main(argv: list[str]) -> None:
     options, overrides = parse_cli(argv, COMMAND_KEYS)
-    n_trials = parse_positive("n_trials", options["n_trials"]) if options["n_trials"] != "0" else 0
-    if n_trials == 0:
-        raise UserError("n_trials=0: a study needs at least one trial (n_trials counts finished trials, old ones too)")
+    n_trials = parse_trials(options["n_trials"])
     timeout = parse_duration(options["timeout"])
+    gpus, workers = options["gpus"].strip(), options["workers"].strip()
+    if gpus and workers:
+        raise UserError(f"gpus={gpus} together with workers={workers}: gpus= starts one worker per entry, workers= "
+                        "that many CPU workers; choose one")
     worker = bool(os.environ.get(WORKER_ENV))
-    slots = local_slots(options["gpus"].strip(), options["workers"].strip(), options["device"]) \
-        if (options["gpus"].strip() or options["workers"].strip()) and not worker else []
-    if options["gpus"].strip() and options["workers"].strip():
-        raise UserError(f"gpus={options['gpus']} together with workers={options['workers']}: choose one")
+    slots = local_slots(gpus, workers, options["device"]) if (gpus or workers) and not worker else []
     exp = load_experiment(options["exp"], overrides)
     space = search_space(exp)
     check_space_values(find_experiment(options["exp"]), overrides, space)
     name = options["study"] or exp.name
-    storage_arg = options["storage"] or default_storage(exp)
-    cfg_storage = open_storage(storage_arg, exp.cfg)
+    storage = options["storage"] or default_storage(exp)
+    opened = open_storage(storage, exp.cfg)
     study_dir = exp.dir / "tune" / name
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial is reported in our own words
     data = load_data(exp)  # decoded and checked once, before any worker starts
-    study = open_study(cfg_storage, name, storage_arg, exp, data, space)
-    study_dir.mkdir(parents=True, exist_ok=True)
+    study = open_study(opened, name, storage, exp, data, space)
     retry_failed(study, study_dir, exp.cfg.tune.retries)
-    print(f"study {name} ({storage_arg}): {progress_line(study, n_trials, exp.cfg.train.metric, time.time())}; "
+    print(f"study {name} ({storage}): {progress_line(study, n_trials, exp.cfg.train.metric, time.time())}; "
           f"trials in {study_dir}", flush=True)
-    if slots:
-        args = [f"exp={options['exp']}", f"n_trials={n_trials}", f"study={name}", f"storage={storage_arg}",
-                *([f"timeout={timeout}"] if timeout else []), *overrides]
-        run_workers(slots, args, study, study_dir, n_trials, exp.cfg.train.metric)
-    else:
-        run_worker(study, Objective(exp, options["exp"], overrides, data, space, study_dir, options["device"],
-                                    n_trials), n_trials, timeout)
+    try:
+        if slots:
+            args = [f"exp={options['exp']}", f"n_trials={n_trials}", f"study={name}", f"storage={storage}",
+                    *([f"timeout={timeout}"] if timeout else []), *overrides]
+            run_workers(slots, args, study, study_dir, n_trials, exp.cfg.train.metric)
+        else:
+            run_worker(study, Objective(exp, options["exp"], overrides, data, space, study_dir, options["device"],
+                                        n_trials), n_trials, timeout)
+    except KeyboardInterrupt:
+        if not worker:
+            print(f"study {name} stopped; the same command resumes it (stopped trials are tried again)",
+                  file=sys.stderr)
+        raise
     if not worker:
-        report(exp, study, name, study_dir, storage_arg)
+        report(exp, study, name, study_dir, storage)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from competition.config import load_experiment
 from competition.errors import UserError
 from competition.foldrun import is_finished
 from competition.train import train_fold
-from conftest import TONES, shared_data
+from conftest import TONES, error_line, run_verb, shared_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,16 +64,18 @@ def test_same_seed_gives_same_predictions(tones: Path) -> None:
     assert first["val_accuracy"] == second["val_accuracy"]
 
 
-def test_finished_fold_is_never_overwritten_by_accident(tones: Path) -> None:
+def test_finished_fold_is_never_overwritten_by_accident(tones: Path, capsys: pytest.CaptureFixture) -> None:
+    from competition import run
+
     exp = load_experiment("tones", ["train.epochs=1"])
     train_fold(exp, 2, "cpu")
     done = (exp.fold_dir(2) / "DONE").read_text()
-    result = run_cli("competition.run", "exp=tones", "fold=2", "train.epochs=1", cwd=tones)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().startswith("error:") and "overwrite=true" in result.stderr
+    code, _, err = run_verb(capsys, run, "exp=tones", "fold=2", "train.epochs=1")
+    assert code == 2 and "Traceback" not in err
+    assert "overwrite=true" in error_line(err)
     assert (exp.fold_dir(2) / "DONE").read_text() == done
-    listing = run_cli("competition.run", "exp=tones", "fold=all", "train.epochs=1", cwd=tones)
-    assert "fold 2: already finished, skipped" in listing.stdout
+    code, out, _ = run_verb(capsys, run, "exp=tones", "fold=all", "train.epochs=1")
+    assert "fold 2: already finished, skipped" in out
 
 
 def test_interrupted_fold_does_not_look_finished(tones: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,14 +93,16 @@ def test_interrupted_fold_does_not_look_finished(tones: Path, monkeypatch: pytes
     assert not (exp.dir / "fold_0.partial" / "DONE").exists()
 
 
-def test_killed_fold_resumes_to_the_same_result(tones: Path) -> None:
+def test_killed_fold_resumes_to_the_same_result(tones: Path, capsys: pytest.CaptureFixture) -> None:
     """SIGKILL mid-run, then resume=true: the fold finishes with the outputs an uninterrupted run gives."""
     import shutil
     import signal
     import time
 
+    from competition import run
+
     shutil.copytree(tones / "experiments" / "tones", tones / "experiments" / "killed")
-    args = ["train.epochs=10", "train.ema=0.9", "train.label_smoothing=0.1", "device=cpu"]
+    args = ["train.epochs=6", "train.ema=0.9", "train.label_smoothing=0.1", "device=cpu"]
     process = subprocess.Popen([sys.executable, "-m", "competition.run", "exp=killed", "fold=0", *args], cwd=tones,
                                env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -111,13 +115,13 @@ def test_killed_fold_resumes_to_the_same_result(tones: Path) -> None:
     killed = tones / "experiments" / "killed" / "fold_0"
     assert not killed.exists()
 
-    result = run_cli("competition.run", "exp=killed", "fold=0", *args, cwd=tones)
-    assert result.returncode == 2 and "resume=true" in result.stderr  # never restarted silently
-    result = run_cli("competition.run", "exp=killed", "fold=0", "resume=true", *args[:-1], "train.lr=0.02", cwd=tones)
-    assert result.returncode == 2 and "train.lr" in result.stderr  # other settings: say which
-    result = run_cli("competition.run", "exp=killed", "fold=0", "resume=true", *args, cwd=tones)
-    assert result.returncode == 0, result.stderr
-    assert "resuming after epoch" in result.stderr
+    code, _, err = run_verb(capsys, run, "exp=killed", "fold=0", *args)
+    assert code == 2 and "resume=true" in err  # never restarted silently
+    code, _, err = run_verb(capsys, run, "exp=killed", "fold=0", "resume=true", *args[:-1], "train.lr=0.02")
+    assert code == 2 and "train.lr" in err  # other settings: say which
+    code, _, err = run_verb(capsys, run, "exp=killed", "fold=0", "resume=true", *args)
+    assert code == 0, err
+    assert "resuming after epoch" in err
     assert is_finished(killed) and not (killed / "last.pt").exists()
 
     train_fold(load_experiment("tones", args[:-1]), 0, "cpu")

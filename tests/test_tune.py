@@ -78,9 +78,9 @@ def test_a_study_prunes_a_hopeless_trial_and_its_tuned_config_trains(contest: Pa
         "train"]["lr"] == 0.015
 
 
-def test_a_killed_study_resumes_and_retries_the_killed_trial(contest: Path) -> None:
+def test_a_killed_study_resumes_and_retries_the_killed_trial(contest: Path, capsys) -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    args = [sys.executable, "-m", "competition.tune", "exp=t", "n_trials=1", "device=cpu", "train.epochs=6"]
+    args = [sys.executable, "-m", "competition.tune", "exp=t", "n_trials=1", "device=cpu", "train.epochs=4"]
     process = subprocess.Popen(args, cwd=contest, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     checkpoint = contest / "experiments" / "t" / "tune" / "t" / "trial_0000" / "fold_0.partial" / "last.pt"
@@ -91,10 +91,10 @@ def test_a_killed_study_resumes_and_retries_the_killed_trial(contest: Path) -> N
     process.wait()
     assert checkpoint.is_file()
     assert [t.state for t in trials(contest)] == [TrialState.RUNNING]
-    result = run_cli("competition.tune", "exp=t", "n_trials=1", "device=cpu", "train.epochs=6", cwd=contest)
-    assert result.returncode == 0, result.stderr
-    assert "trial 0: its worker is gone; queued again with the same values" in result.stdout
-    assert "resuming after epoch" in result.stdout + result.stderr  # the retry continued the killed trial's fold
+    code, out, err = cli(capsys, tune, "exp=t", "n_trials=1", "device=cpu", "train.epochs=4")
+    assert code == 0, err
+    assert "trial 0: its worker is gone; queued again with the same values" in out
+    assert "resuming after epoch" in out + err  # the retry continued the killed trial's fold
     killed, retry = trials(contest)
     assert killed.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
     assert retry.params == killed.params and RetryHeartbeatStaleTrialCallback.retry_history(retry) == [0]

@@ -1,0 +1,72 @@
+"""Tune the default experiment on the built-in keyword demo: n_mels and two augmentation probabilities, one fold.
+
+    python benchmarks/tune_demo.py [--trials 8] [--epochs 4] [--timeout 11m] [--device cpu] [--keep] [key=value ...]
+
+Runs `python -m competition.tune exp=default` (the search space of experiments/_recipes/cnn.yaml: n_mels in
+{32, 64, 128}, augment.spec_time.p and augment.mixup.p) with shortened trials in a temporary project root, so the
+repository is left untouched. The study's first trial is the recipe's own values, trained exactly like every other
+trial, so the comparison is side by side in one run: validation accuracy (the score the study maximised, hence biased
+towards the winner) and the locked holdout's accuracy (never seen by the study: the honest comparison). The history
+plot is copied to benchmarks/results/tune_demo_history.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+
+from accuracy_fsdd import temporary_project
+from common import REPO, exit_cleanly_on_sigterm, hardware_line, log, markdown_table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("overrides", nargs="*", help="extra key=value config overrides for every trial")
+    parser.add_argument("--trials", type=int, default=8, help="finished trials to reach (default 8)")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per trial (default 4; the recipe trains 12)")
+    parser.add_argument("--timeout", default="11m", help="stop starting trials after this long (default 11m)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary project root (printed)")
+    args = parser.parse_args()
+    exit_cleanly_on_sigterm()
+
+    import optuna
+
+    from competition import tune
+    from competition.cli import main_guard
+
+    started = time.perf_counter()
+    overrides = [f"train.epochs={args.epochs}", *args.overrides]
+    with temporary_project("competition-tune-demo-", args.keep) as root:
+        main_guard(tune.main, ["exp=default", f"n_trials={args.trials}", f"timeout={args.timeout}",
+                               f"device={args.device}", *overrides])
+        study_dir = root / "experiments" / "default" / "tune" / "default"
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+            str(root / "experiments" / "default" / "tune" / tune.JOURNAL)))
+        study = optuna.load_study(study_name="default", storage=storage)
+        best = study.best_trial
+        rows = []
+        for label, trial in (("recipe as shipped (trial 0)", study.trials[0]), (f"tuned (trial {best.number})", best)):
+            done = json.loads((study_dir / f"trial_{trial.number:04d}" / "fold_0" / "DONE").read_text())
+            values = ", ".join(f"{key.split('.', 1)[1]}={value:g}" for key, value in trial.params.items())
+            rows.append([label, values, f"{done['val_accuracy']:.4f}", f"{done['holdout_accuracy']:.4f}",
+                         f"{done['seconds']:.0f}"])
+        states = [t.state.name for t in study.trials]
+        results = REPO / "benchmarks" / "results"
+        results.mkdir(exist_ok=True)
+        if (study_dir / "history.png").is_file():
+            shutil.copy2(study_dir / "history.png", results / "tune_demo_history.png")
+        log(f"history plot: {results / 'tune_demo_history.png'}")
+    total = time.perf_counter() - started
+    print()
+    print(f"## Tuning the demo: {states.count('COMPLETE')} complete and {states.count('PRUNED')} pruned trials of "
+          f"{args.epochs} epochs on fold 0 in {total / 60:.1f} min")
+    print(f"Hardware: {hardware_line(args.device)}")
+    print()
+    print(markdown_table(["config", "searched values", "validation accuracy (what was tuned)",
+                          "locked holdout accuracy", "seconds"], rows))
+
+
+if __name__ == "__main__":
+    main()
