@@ -46,6 +46,7 @@ from competition.config import EXPERIMENTS_DIR, SubmissionConfig, load_experimen
 from competition.data import index_test
 from competition.errors import UserError
 from competition.files import atomic_write, atomic_write_text
+from competition.tracking import mirror_blend
 from competition.foldrun import DONE, finished_folds, read_record, repredict_command, retrain_command, staleness
 from competition.folds import FOLDS_DIR, per_clip_warning, read_folds
 from competition.metrics import METRICS, Metric
@@ -875,6 +876,7 @@ def main(argv: list[str]) -> None:
         written = f"none (no test set: data.test is not set for {data_name})"
     write_reports(SUBMISSIONS_DIR / name, members, rows, chosen, label, metric, fmt, written, decision)
     print(f"answer file: {written}; report: {SUBMISSIONS_DIR / name}.md")
+    mirror_blend(members[0].cfg, SUBMISSIONS_DIR / name)
 
 
 if __name__ == "__main__":

@@ -139,6 +139,22 @@ class TuneConfig:
 
 
 @dataclass
+class WandbConfig:
+    mode: str = "offline"  # offline (runs under wandb/, `wandb sync` later) | online | disabled; $WANDB_MODE wins
+    project: str = ""  # "" means $WANDB_PROJECT, else the data set's name (data.name)
+    entity: str = ""  # "" means $WANDB_ENTITY, else your default entity
+    tags: list[str] = field(default_factory=list)
+    images: int = 4  # log-mel images of augmented training inputs logged per fold
+
+
+@dataclass
+class TrackingConfig:
+    """Dashboards that mirror folds, trials and blends; the project's own files stay the source of truth."""
+
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
 class Config:
     base: Any = None  # a path or list of paths, relative to the file that names them
     recipe: Any = None  # a path to a recipe file (frontend, model, train, augment, tta), relative to the file
@@ -153,6 +169,7 @@ class Config:
     tta: TTAConfig = field(default_factory=TTAConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 SPACE_KEYS = ("choices", "low", "high", "log", "step")
@@ -163,6 +180,7 @@ CHOICES = {
     "train.schedule": ("onecycle", "cosine", "linear", "constant"),
     "train.metric": tuple(METRICS),
     "tune.pruner": ("auto", "median", "hyperband", "wilcoxon", "none"),  # competition.tune.PRUNERS, and auto
+    "tracking.wandb.mode": ("offline", "online", "disabled"),
 }
 
 
@@ -247,6 +265,7 @@ def _read_yaml(path: Path) -> DictConfig:
 META_KEYS = ("base", "recipe", "contest")  # top-level keys naming other files; popped before merging
 RECIPE_SECTIONS = ("frontend", "model", "train", "augment", "tta", "tune")
 CONTEST_SECTIONS = ("data", "audio", "folds", "submission")
+EXPERIMENT_SECTIONS = ("tracking",)  # where an experiment's runs are mirrored: set by the experiment, not its parts
 _SECTIONS = {"recipe": RECIPE_SECTIONS, "contest": CONTEST_SECTIONS}
 
 
@@ -262,6 +281,9 @@ def _check_part(cfg: DictConfig, path: Path, kind: str) -> None:
         if key in _SECTIONS[other]:
             raise UserError(f"{path}: a {kind} may not set '{key}' (a {other} key): move it to the {other} file, "
                             "or to the experiment's own config.yaml")
+        if key in EXPERIMENT_SECTIONS:
+            raise UserError(f"{path}: a {kind} may not set '{key}': it belongs to the experiment; move it to the "
+                            "experiment's own config.yaml (or a base it names)")
 
 
 def _named_file(cfg: DictConfig, key: str, path: Path) -> Optional[str]:

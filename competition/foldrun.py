@@ -29,9 +29,9 @@ DONE = "DONE"
 LAST = "last.pt"
 MADE_FROM = "made_from.json"
 # Config keys that do not change what a model learns: the prediction inputs (recorded apart), the search space, the
-# answer format, where the data and the cache live (the clips' content is fingerprinted instead, so a moved data folder keeps its folds),
+# dashboards, the answer format, where the data and the cache live (the clips' content is fingerprinted instead, so a moved data folder keeps its folds),
 # worker counts and the evaluation batch size.
-NOT_MODEL_KEYS = ("tta", "tune", "data.test", "submission", "data.train.path", "data.train.subdir", "data.cache_dir",
+NOT_MODEL_KEYS = ("tta", "tune", "tracking", "data.test", "submission", "data.train.path", "data.train.subdir", "data.cache_dir",
                   "data.workers", "train.eval_batch_size", "train.workers")
 
 

@@ -31,6 +31,7 @@ from competition.foldrun import FoldBusy
 from competition.models import check_backbone
 from competition.queue import (EXIT_BUSY, JOB_ENV, Job, connect_ray, fold_problems, import_ray, plan_fold,
                                queue_options, run_queue)
+from competition.tracking import fold_tracking
 from competition.train import DataSet, load_data, train_fold
 
 COMMAND_KEYS = {"exp": "default", "fold": "0", "device": "auto", "overwrite": "false", "resume": "false",
@@ -51,6 +52,13 @@ def parse_fold(value: str, n_splits: int) -> list[int]:
     return list(dict.fromkeys(folds))
 
 
+def train_tracked(exp: Experiment, fold: int, device: str, overwrite: bool, resume: bool,
+                  data: DataSet | None = None) -> dict:
+    """train_fold, mirrored to the dashboards `tracking` configures (a W&B run per fold, offline by default)."""
+    with fold_tracking(exp, fold) as observers:
+        return train_fold(exp, fold, device, overwrite, resume, data, observers)
+
+
 def run_folds(exp: Experiment, folds: list[int], data: DataSet, device: str, overwrite: bool,
               resume: bool) -> list[str]:
     """Bring each fold up to date with the current inputs in this process, one after another, touching no finished
@@ -64,7 +72,7 @@ def run_folds(exp: Experiment, folds: list[int], data: DataSet, device: str, ove
             continue
         title = f"{exp.name} fold {fold}"
         try:
-            train_fold(exp, fold, device, overwrite, plan.resume, data)
+            train_tracked(exp, fold, device, overwrite, plan.resume, data)
         except FoldBusy as exc:  # taken by another process since it was looked at
             print(f"{title}: skipped: {exc}", file=sys.stderr)
             outcome["busy"].append(fold)
@@ -84,7 +92,7 @@ def _as_job(exp: Experiment, fold: int, device: str, overwrite: bool, resume: bo
 
     signal.signal(signal.SIGTERM, interrupt)
     try:
-        train_fold(exp, fold, device, overwrite, resume)
+        train_tracked(exp, fold, device, overwrite, resume)
     except FoldBusy as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BUSY)
@@ -112,7 +120,7 @@ def main(argv: list[str]) -> None:
     for exp in exps:
         check_backbone(exp.cfg.model.name)  # before any audio is decoded
     if queue is None and len(exps) == 1 and len(folds[0]) == 1:  # one job: right here, as always
-        run_one = _as_job if os.environ.get(JOB_ENV) else train_fold
+        run_one = _as_job if os.environ.get(JOB_ENV) else train_tracked
         run_one(exps[0], folds[0][0], options["device"], overwrite, resume)
         return
     if queue is None:

@@ -279,6 +279,9 @@ class FoldObserver:
     epoch to Optuna and may stop the fold by raising (pruned), a tracker mirrors rows to a dashboard. Override what
     you need; an exception raised here stops the fold like any other (an interrupted fold stays resumable)."""
 
+    def inputs(self, x: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> None:
+        """The first training batch of each epoch as the model sees it: augmented features, (soft) targets."""
+
     def epoch(self, row: dict) -> None:
         """After each epoch: epoch, train_loss, lr, seconds, val_loss, val_<metric>, val_accuracy."""
 
@@ -531,7 +534,7 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
     for epoch in range(first_epoch, t.epochs + 1):
         if t.patience and state.epoch - state.best_epoch >= t.patience:
             break
-        row = _train_epoch(cfg, state, data, frontend, augmenter, heavy, epoch, steps_per_epoch, device, fold)
+        row = _train_epoch(cfg, state, data, frontend, augmenter, heavy, epoch, steps_per_epoch, device, fold, observers)
         probs = predict(state.eval_model, frontend, data.val, cfg, device)
         if not np.isfinite(probs).all():
             raise _diverged(epoch, fold, "the validation probabilities are NaN", cfg)
@@ -605,7 +608,8 @@ def _fit_exactly(cfg: DictConfig, model: torch.nn.Module, frontend: Frontend, da
 
 
 def _train_epoch(cfg: DictConfig, state: TrainState, data: FoldData, frontend: Frontend, augmenter: Augmenter,
-                 heavy: HeavyAugment | None, epoch: int, steps: int, device: torch.device, fold: int) -> dict:
+                 heavy: HeavyAugment | None, epoch: int, steps: int, device: torch.device, fold: int,
+                 observers: Sequence[FoldObserver]) -> dict:
     """One pass over the training clips: augment the waveforms, log-mel, augment the spectrograms, mix, step."""
     t = cfg.train
     started, losses = time.time(), []
@@ -617,6 +621,9 @@ def _train_epoch(cfg: DictConfig, state: TrainState, data: FoldData, frontend: F
         x = augmenter.spec(frontend(wave), state.generator)
         y = torch.from_numpy(data.train.y[index]).to(device)
         x, targets = augmenter.mix(x, smooth_targets(y, len(data.classes), t.label_smoothing), state.generator)
+        if not losses:
+            for observer in observers:
+                observer.inputs(x, targets, data.classes)
         with autocast(device, t.amp):
             logits = state.model(x)
         loss = soft_cross_entropy(logits, targets, t.ohem)

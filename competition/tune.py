@@ -55,6 +55,7 @@ from competition.foldrun import DONE, Inputs, can_resume, differences, is_finish
 from competition.metrics import METRICS
 from competition.models import check_backbone
 from competition.queue import GRACE_SECONDS, Slot, Stopper, job_env, local_slots
+from competition.tracking import FoldMirror, Runs, mirror_study
 from competition.train import DataSet, FoldObserver, load_data, train_fold
 
 COMMAND_KEYS = {"exp": "default", "n_trials": "20", "timeout": "", "study": "", "storage": "", "gpus": "",
@@ -121,9 +122,14 @@ def suggest(trial: optuna.Trial, space: dict[str, dict], cfg: DictConfig) -> dic
             values[key] = trial.suggest_int(key, int(spec["low"]), int(spec["high"]), step=int(spec.get("step") or 1),
                                             log=bool(spec.get("log")))
         else:
-            values[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), step=spec.get("step"),
-                                              log=bool(spec.get("log")))
+            values[key] = tidy(trial.suggest_float(key, float(spec["low"]), float(spec["high"]), step=spec.get("step"),
+                                                   log=bool(spec.get("log"))))
     return values
+
+
+def tidy(value: Any) -> Any:
+    """A float as people write it: a stepped range gives 0.6000000000000001 for 0.6."""
+    return float(f"{value:.12g}") if isinstance(value, float) else value
 
 
 def in_space(value: Any, spec: dict) -> bool:
@@ -352,6 +358,24 @@ class Objective:
         exp = Experiment(f"{self.exp.name} trial {trial.number}", folder, cfg, overrides)
         data = replace(self.data, inputs=replace(self.data.inputs, config=OmegaConf.to_container(cfg),
                                                  overrides=overrides))
+        study = self.study_dir.name
+        runs = Runs(cfg, f"{self.exp.name}/{study}/trial_{trial.number}", f"{self.exp.name}/tune/{study}", "trial",
+                    {**OmegaConf.to_container(cfg), "trial": {"number": trial.number, "params": values}})
+        try:
+            value = self._train_folds(trial, exp, data, runs)
+        except optuna.TrialPruned:
+            runs.summary({"state": "pruned"})
+            runs.finish()
+            raise
+        except BaseException:
+            runs.finish(failed=True)
+            raise
+        runs.summary({"state": "complete", "value": value})
+        runs.finish()
+        return value
+
+    def _train_folds(self, trial: optuna.Trial, exp: Experiment, data: DataSet, runs: Runs) -> float:
+        cfg = exp.cfg
         metric = cfg.train.metric
         per_fold = pruner_name(cfg) in PER_FOLD_PRUNERS
         scores = []
@@ -360,7 +384,12 @@ class Objective:
             if is_finished(fold_dir) and not staleness(fold_dir, data.inputs):  # finished before a failed try died
                 summary = json.loads((fold_dir / DONE).read_text())
             else:
-                observers = [] if per_fold else [PruningReporter(trial, f"val_{metric}", position * cfg.train.epochs)]
+                first_step = position * cfg.train.epochs
+                observers: list[FoldObserver] = [
+                    FoldMirror(runs, fold_dir, cfg.tracking.wandb.images, first_step,
+                               f"fold_{fold}/" if len(cfg.tune.folds) > 1 else "")]
+                if not per_fold:
+                    observers.append(PruningReporter(trial, f"val_{metric}", first_step))
                 summary = train_fold(exp, fold, self.device, overwrite=is_finished(fold_dir),
                                      resume=can_resume(fold_dir), data=data, observers=observers)
             scores.append(summary[f"val_{metric}"])
@@ -538,7 +567,7 @@ def write_tuned(exp: Experiment, study: optuna.Study, name: str) -> Path:
     path = folder / "config.yaml"
     tuned = OmegaConf.create()
     for key, value in best.params.items():
-        OmegaConf.update(tuned, key, value)
+        OmegaConf.update(tuned, key, tidy(value))
     metric = exp.cfg.train.metric
     header = (f"# {exp.name} tuned by competition.tune: study {name}, trial {best.number}, validation {metric} "
               f"{best.value:.4f} on folds {','.join(map(str, exp.cfg.tune.folds))}\n")
@@ -564,6 +593,8 @@ def report(exp: Experiment, study: optuna.Study, name: str, study_dir: Path, sto
     if not (table["state"] == "COMPLETE").any():
         raise UserError(f"study {name} has no complete trial yet, so nothing is tuned; run more trials")
     path = write_tuned(exp, study, name)
+    mirror_study(exp.cfg, exp.name, name, study_dir, {"best_trial": study.best_trial.number,
+                                                      f"best_{metric}": study.best_value, **study.best_params})
     tuned = path.parent.name
     print(f"{best_line(study, metric)}: {path}\ntrain it: python -m competition.run exp={tuned} fold=all\n"
           f"watch the study: optuna-dashboard {storage}")

@@ -15,6 +15,9 @@ from omegaconf import OmegaConf
 from competition.cli import main_guard
 from competition.config import load_config
 
+# Tests that are not about dashboards write no W&B runs; tests/test_tracking.py turns tracking on where it checks it.
+os.environ["WANDB_MODE"] = "disabled"
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FSDD = SHARED / "fsdd" / "recordings"
 FSDD_REGEX = r"(?P<label>\d)_(?P<group>[a-z]+)_\d+"

@@ -9,8 +9,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from competition import folds
-from competition.config import (CONTEST_SECTIONS, META_KEYS, RECIPE_SECTIONS, Config, SubmissionConfig, _load_layers,
-                                _merge, find_experiment, load_experiment, parse_cli, valid_keys)
+from competition.config import (CONTEST_SECTIONS, EXPERIMENT_SECTIONS, META_KEYS, RECIPE_SECTIONS, Config,
+                                SubmissionConfig, _load_layers, _merge, find_experiment, load_experiment, parse_cli,
+                                valid_keys)
 from competition.errors import UserError
 from conftest import TONES_CONFIG, error_line, run_verb
 
@@ -294,7 +295,7 @@ def test_a_part_named_wrongly_or_looping(workdir):
 def test_every_config_field_is_a_recipe_or_a_contest_section_or_meta():
     """A new section must be given to the recipe or the contest side, or a recipe could carry it between contests."""
     fields = [f.name for f in dataclasses.fields(Config)]
-    groups = [set(RECIPE_SECTIONS), set(CONTEST_SECTIONS), set(META_KEYS)]
+    groups = [set(RECIPE_SECTIONS), set(CONTEST_SECTIONS), set(EXPERIMENT_SECTIONS), set(META_KEYS)]
     unclassified = [name for name in fields if not any(name in group for group in groups)]
     assert not unclassified, f"add {unclassified} to RECIPE_SECTIONS or CONTEST_SECTIONS in competition/config.py"
     assert sum(len(group) for group in groups) == len(set().union(*groups)) == len(fields)  # disjoint, no strays
