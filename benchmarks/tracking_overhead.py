@@ -1,11 +1,13 @@
 """What offline W&B tracking costs a fold of the default experiment on the built-in demo.
 
-    python benchmarks/tracking_overhead.py [--fold 0] [--epochs 12] [--device cpu] [--keep]
+    python benchmarks/tracking_overhead.py [--fold 0] [--epochs 12] [--rounds 2] [--device cpu] [--keep]
 
-Trains the same fold twice in one run, side by side, in a temporary project root: with tracking disabled, then with
-`tracking.wandb.mode=offline` (the default), and prints both wall times, their ratio, and the time spent inside the
-tracking calls themselves (opening the run, per-epoch rows, images, the confusion matrix, the artifact, finishing),
-which is the part of the difference that does not depend on how busy the machine was.
+Trains the same fold 2 x rounds times in one run, in a temporary project root, alternating tracking off and on in
+ABBA order (off, offline, offline, off, ...) so that a drift in the machine's speed falls on both alike, and prints
+the median wall times and their ratio. Wall times on a shared 2-core machine move by several percent from one fold to
+the next, so two costs are also measured directly in each tracked fold: the time spent inside the tracking calls
+(opening the run, per-epoch rows, images, the confusion matrix, the artifact, finishing) and the CPU time of wandb's
+background service process, which shares the cores with training.
 """
 from __future__ import annotations
 
@@ -14,13 +16,14 @@ import os
 import time
 
 from accuracy_fsdd import temporary_project
-from common import Stopwatch, exit_cleanly_on_sigterm, hardware_line, log, markdown_table
+from common import Stopwatch, exit_cleanly_on_sigterm, hardware_line, log, markdown_table, median
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=12, help="epochs per fold (the recipe's 12 by default)")
+    parser.add_argument("--rounds", type=int, default=2, help="ABBA rounds: 2 x rounds folds per mode")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--keep", action="store_true", help="keep the temporary project root (printed)")
     args = parser.parse_args()
@@ -51,14 +54,24 @@ def main() -> None:
         def finished(self, *event: object) -> None:
             self._timed("finished", *event)
 
+    import psutil
+
+    def service_cpu() -> float:
+        """CPU seconds used so far by this process's children: wandb's service (wandb-core) among them."""
+        return sum(sum(child.cpu_times()[:2]) for child in psutil.Process().children(recursive=True)
+                   if child.is_running())
+
     overrides = [f"train.epochs={args.epochs}"]
-    rows = []
+    walls: dict[str, list[float]] = {"disabled": [], "offline": []}
+    inside, background = [], []
+    order = [mode for _ in range(args.rounds) for mode in ("disabled", "offline", "offline", "disabled")][:4 * args.rounds]
     with temporary_project("competition-tracking-overhead-", args.keep) as root:
-        walls = {}
-        for mode in ("disabled", "offline"):
+        load_experiment("default")  # the demo data and the cache are made before the first timed fold
+        train_fold(load_experiment("default", ["train.epochs=1", "tracking.wandb.mode=disabled"]), args.fold,
+                   args.device, overwrite=True)
+        for mode in order:
             exp = load_experiment("default", [*overrides, f"tracking.wandb.mode={mode}"])
             log(f"=== tracking {mode}")
-            inside = 0.0
             with Stopwatch() as watch:
                 if mode == "disabled":
                     train_fold(exp, args.fold, args.device, overwrite=True)
@@ -66,22 +79,27 @@ def main() -> None:
                     with fold_tracking(exp, args.fold) as observers:  # the run opens on the first event
                         timed = [Timed(observer) for observer in observers]
                         train_fold(exp, args.fold, args.device, overwrite=True, observers=timed)
+                        used = service_cpu()  # before finishing: the service ends with the run
                         finishing = time.perf_counter()  # leaving the block finishes the run
-                    inside = sum(t.seconds for t in timed) + time.perf_counter() - finishing
-            walls[mode] = watch.seconds
-            rows.append([mode, f"{watch.seconds:.1f}", f"{inside:.2f}" if mode == "offline" else "-"])
+                    inside.append(sum(t.seconds for t in timed) + time.perf_counter() - finishing)
+                    background.append(used)
+            walls[mode].append(watch.seconds)
         runs = sorted(root.glob("wandb/offline-run-*"))
         log(f"offline runs written: {len(runs)}")
-    extra = walls["offline"] / walls["disabled"] - 1
+    off, on = median(walls["disabled"]), median(walls["offline"])
     print()
-    print(f"## Offline W&B tracking on experiments/default, fold {args.fold}, {args.epochs} epochs")
+    print(f"## Offline W&B tracking on experiments/default, fold {args.fold}, {args.epochs} epochs, "
+          f"{2 * args.rounds} folds per mode in ABBA order")
     print(f"Hardware: {hardware_line(args.device)}")
     print()
-    print(markdown_table(["tracking", "fold wall time (s)", "inside tracking calls (s)"], rows))
+    rows = [["disabled", ", ".join(f"{w:.1f}" for w in walls["disabled"]), f"{off:.1f}", "-", "-"],
+            ["offline", ", ".join(f"{w:.1f}" for w in walls["offline"]), f"{on:.1f}", f"{median(inside):.2f}",
+             f"{median(background):.2f}"]]
+    print(markdown_table(["tracking", "fold wall times (s)", "median (s)", "inside tracking calls (s)",
+                          "wandb service CPU (s)"], rows))
     print()
-    inside_share = float(rows[1][2]) / walls["offline"]
-    print(f"offline / disabled wall time: {1 + extra:.3f} ({extra:+.1%}); inside tracking calls: {inside_share:.1%} "
-          "of the tracked fold")
+    print(f"offline / disabled median wall time: {on / off:.3f} ({on / off - 1:+.1%}); tracking calls plus the "
+          f"service's CPU time: {(median(inside) + median(background)) / on:.1%} of a tracked fold")
 
 
 if __name__ == "__main__":

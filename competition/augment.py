@@ -516,10 +516,12 @@ class HeavyAugment:
 @dataclass(frozen=True)
 class View:
     """A deterministic test-time view: where the window sits in the clip (`move`, a fraction of the window, slid along
-    the clip's own audio) and what is done to the waveforms (batch, samples) cut there."""
+    the clip's own audio) and what is done to the waveforms (batch, samples) cut there. A `whole` view instead slides
+    the window over the whole clip, half a window at a time, and pools the windows' probabilities (mean or max)."""
 
     transform: Callable[[Tensor], Tensor]
     move: float = 0.0
+    whole: str = ""  # "", "mean" or "max"
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.transform(x)
@@ -561,6 +563,9 @@ TTA_VIEWS: dict[str, tuple[str, Callable[..., View]]] = {
     "shift": ("shift:<fraction>", partial(_fraction_view, rollover=False)),
     "roll": ("roll:<fraction>", partial(_fraction_view, rollover=True)),  # like shift, what falls off wraps around
     "gain": ("gain:<db>", lambda db: View(partial(_gained, db=db))),
+    # clips longer than audio.duration seen whole: the window slid over the clip, the windows' predictions averaged
+    "whole": ("whole", lambda: View(_plain, whole="mean")),
+    "whole_max": ("whole_max", lambda: View(_plain, whole="max")),  # ... or their class-wise maximum, renormalised
 }
 
 

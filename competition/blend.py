@@ -487,8 +487,14 @@ def ensemble(members: list[Member], split: str, method: str, tta: bool, weights:
             shares.append(weight / len(member.folds))
     if not present(preds, names, split):
         return None
-    parts = aligned([pred.take(tta) for pred in preds], names, split)
-    return Probs(parts[0].ids, parts[0].y, METHODS[method].combine(np.stack([p.p for p in parts]), np.array(shares)))
+    return combine_models(preds, names, np.array(shares), method, tta, split)
+
+
+def combine_models(preds: list[ViewPreds], names: list[str], shares: np.ndarray, method: str, tta: bool,
+                   what: str) -> Probs:
+    """Models' predictions on the same clips (each model's views averaged first with tta), combined by the method."""
+    parts = aligned([pred.take(tta) for pred in preds], names, what)
+    return Probs(parts[0].ids, parts[0].y, METHODS[method].combine(np.stack([p.p for p in parts]), shares))
 
 
 def oof_stack(members: list[Member], tta: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

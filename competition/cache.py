@@ -172,6 +172,17 @@ class WaveCache:
         return batch / 32768.0
 
 
+    def windows(self, row: int, length: int) -> np.ndarray:
+        """Every window of `length` samples over one clip, half a window apart, the last one ending at the clip's end
+        (float32, (windows, length)); a clip no longer than one window gives its centred crop."""
+        size = int(self.clips["length"].iat[row])
+        if size <= length:
+            return self.crops(np.array([row]), length)
+        offset = int(self.clips["offset"].iat[row])
+        starts = sorted(set(range(0, size - length + 1, max(1, length // 2))) | {size - length})
+        return np.stack([self.waves[offset + start: offset + start + length] for start in starts]) / np.float32(32768.0)
+
+
 PARTIAL = re.compile(r"\.partial-(?:(?P<host>.+)-)?(?P<pid>\d+)$")  # <cache>.partial-<host>-<pid>, or -<pid>
 
 

@@ -107,7 +107,8 @@ class TrainConfig:
 class TTAConfig:
     """Test-time views: each predicted separately, then averaged (view 'mean')."""
 
-    views: list[str] = field(default_factory=lambda: ["plain"])  # plain, shift:<fraction>, gain:<dB>
+    views: list[str] = field(default_factory=lambda: ["plain"])  # competition.augment.TTA_VIEWS: plain, window:<f>,
+    # shift:<f>, roll:<f>, gain:<dB>, whole (the whole clip, window by window, averaged), whole_max
 
 
 @dataclass

@@ -186,6 +186,8 @@ def predict(model: torch.nn.Module, frontend: Frontend, part: Part, cfg: DictCon
             view: View | None = None) -> np.ndarray:
     """Class probabilities (n, classes) on centred crops, seen through one test-time view."""
     model.eval()
+    if view is not None and view.whole:
+        return _predict_whole(model, frontend, part, cfg, device, view)
     out = []
     crop = crop_samples(cfg)
     move = round(view.move * crop) if view is not None else 0
@@ -195,6 +197,27 @@ def predict(model: torch.nn.Module, frontend: Frontend, part: Part, cfg: DictCon
         with autocast(device, cfg.train.amp):
             out.append(model(x).float().softmax(-1).cpu())
     return torch.cat(out).numpy()
+
+
+def _predict_whole(model: torch.nn.Module, frontend: Frontend, part: Part, cfg: DictConfig, device: torch.device,
+                   view: View) -> np.ndarray:
+    """Each clip seen whole: its windows (WaveCache.windows), a batch of about eval_batch_size windows at a time,
+    pooled per clip by the view's mean or class-wise maximum (renormalised)."""
+    crop, size, pooled = crop_samples(cfg), cfg.train.eval_batch_size, []
+    position = 0
+    while position < len(part):
+        windows = [part.cache.windows(int(part.rows[position]), crop)]
+        while position + len(windows) < len(part) and sum(map(len, windows)) < size:
+            windows.append(part.cache.windows(int(part.rows[position + len(windows)]), crop))
+        position += len(windows)
+        wave = torch.from_numpy(np.concatenate(windows)).to(device, non_blocking=True)
+        with autocast(device, cfg.train.amp):
+            probs = model(frontend(view(wave))).float().softmax(-1).cpu().numpy()
+        starts = np.cumsum([0] + [len(w) for w in windows[:-1]])
+        pool = np.add.reduceat(probs, starts) / np.array([len(w) for w in windows])[:, None] \
+            if view.whole == "mean" else np.maximum.reduceat(probs, starts)
+        pooled.append(pool / pool.sum(1, keepdims=True))
+    return np.concatenate(pooled)
 
 
 def predict_views(model: torch.nn.Module, frontend: Frontend, part: Part, cfg: DictConfig,
@@ -447,12 +470,18 @@ def load_fold_model(path: Path, cfg: DictConfig, device: torch.device) -> tuple[
     """A trained fold's model and frontend (with the statistics it was fitted with, where it has any) from its
     model.pt, tensors only (weights_only: loading never runs code from the file), ready to predict on `device`."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    model = create_model(cfg, len(checkpoint["classes"]), pretrained=False)
-    model.load_state_dict(checkpoint["model"])
+    return build_fold_model(cfg, len(checkpoint["classes"]), checkpoint["model"], checkpoint.get("frontend"), device)
+
+
+def build_fold_model(cfg: DictConfig, n_classes: int, model_state: dict, frontend_state: dict | None,
+                     device: torch.device) -> tuple[torch.nn.Module, Frontend]:
+    """The model and frontend `cfg` describes, holding the given weights (and frontend statistics, where any)."""
+    model = create_model(cfg, n_classes, pretrained=False)
+    model.load_state_dict(model_state)
     frontend = make_frontend(cfg)
-    if "frontend" in checkpoint:  # folds trained before frontends kept statistics have none to load
-        frontend.load_state_dict(checkpoint["frontend"])
-    return model.to(device), frontend.to(device)
+    if frontend_state:  # folds trained before frontends kept statistics have none to load
+        frontend.load_state_dict(frontend_state)
+    return model.to(device).eval(), frontend.to(device)
 
 
 def repredict_fold(exp: Experiment, fold: int, data: DataSet, stale: Staleness, device_name: str = "auto") -> dict:

@@ -581,6 +581,7 @@ def write_tuned(exp: Experiment, study: optuna.Study, name: str) -> Path:
 
 def report(exp: Experiment, study: optuna.Study, name: str, study_dir: Path, storage: str) -> None:
     metric = exp.cfg.train.metric
+    keep_best_checkpoints(study, study_dir, exp.cfg.tune.keep_best)  # workers prune too; this sees every trial
     table = trials_table(study)
     atomic_write(study_dir / "trials.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
     finished = table[table["state"].isin(["COMPLETE", "PRUNED"])]

@@ -14,16 +14,25 @@ from competition.cli import main_guard
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("verb", ["run", "folds", "blend"])
-def test_help_prints_the_usage_and_runs_nothing(verb, tmp_path):
+def test_help_prints_the_usage_and_runs_nothing_in_a_fresh_process(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "COMPETITION_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-m", f"competition.{verb}", "--help"], cwd=tmp_path, env=env,
+    done = subprocess.run([sys.executable, "-m", "competition.run", "--help"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert f"python -m competition.{verb}" in done.stdout
-    assert done.stdout.strip() == importlib.import_module(f"competition.{verb}").__doc__.strip()
+    assert done.stdout.strip() == importlib.import_module("competition.run").__doc__.strip()
     assert list(tmp_path.iterdir()) == []  # no demo data, fold file or cache was made
+
+
+@pytest.mark.parametrize("verb", ["run", "folds", "blend", "tune"])
+def test_every_verb_prints_its_usage_and_runs_nothing(verb, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COMPETITION_CACHE", str(tmp_path / "cache"))
+    module = importlib.import_module(f"competition.{verb}")
+    main_guard(module.main, ["exp=default", "--help"])
+    out = capsys.readouterr().out
+    assert f"python -m competition.{verb}" in out and out.strip() == module.__doc__.strip()
+    assert list(tmp_path.iterdir()) == []  # no demo data, fold file, cache or study was made
 
 
 def test_short_flag_among_other_arguments(capsys):

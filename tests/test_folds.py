@@ -1,10 +1,8 @@
 """Speaker-grouped stratified folds, the fold file contract, and the `python -m competition.folds` command."""
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -17,7 +15,6 @@ from competition.folds import (COLUMNS, check_folds, class_counts, ensure_folds,
                                validate_folds, write_folds)
 from conftest import FSDD_REGEX, fsdd_names, fsdd_zip, make_config, run_verb, tone, write_clip
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -364,9 +361,23 @@ def test_every_class_a_single_clip_is_a_label_rule_mistake():
 
 
 def run_folds(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COMPETITION_CACHE": str(cwd / "cache-env")}
-    return subprocess.run([sys.executable, "-m", "competition.folds", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    """`python -m competition.folds` as its entry point runs it, in this process (the `workdir` fixture has made `cwd`
+    the working directory): its exit code and everything it printed."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from competition import folds
+    from competition.cli import main_guard
+
+    assert Path.cwd() == cwd
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            main_guard(folds.main, list(args))
+            code = 0
+        except SystemExit as exit_info:
+            code = exit_info.code
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -102,7 +102,8 @@ def test_a_killed_study_resumes_and_retries_the_killed_trial(contest: Path, caps
 
 
 def test_two_workers_share_the_default_storage_and_finish_exactly_n_trials(contest: Path) -> None:
-    result = run_cli("competition.tune", "exp=t", "n_trials=3", "workers=2", "train.epochs=1", cwd=contest)
+    result = run_cli("competition.tune", "exp=t", "n_trials=3", "workers=2", "train.epochs=1", "tune.keep_best=1",
+                     cwd=contest)
     assert result.returncode == 0, result.stdout + result.stderr
     states = [t.state for t in trials(contest)]
     assert len(states) == 3 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}, states
@@ -110,6 +111,9 @@ def test_two_workers_share_the_default_storage_and_finish_exactly_n_trials(conte
     assert len(logs) == 2
     for log in logs:  # both joined the one study
         assert "study t (experiments/t/tune/optuna.journal)" in log.read_text()
+    best = optuna.load_study(study_name="t", storage=journal(contest)).best_trial.number
+    kept = sorted((contest / "experiments" / "t" / "tune" / "t").glob("trial_*/fold_0/model.pt"))
+    assert [path.parent.parent.name for path in kept] == [f"trial_{best:04d}"]  # tune.keep_best=1
     assert "3/3 finished" in result.stdout
 
 

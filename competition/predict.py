@@ -1,0 +1,249 @@
+"""Predict any test set with trained folds (or a bundle made by `competition.pack`) and write the answer file.
+
+    python -m competition.predict exps=a,b test=<folder or zip> [name=<test set name>] [test.subdir=test]
+                                  [tta.views=[plain,whole]] [method=soft+tta | blend=<report>] [device=auto|cpu|cuda]
+                                  [skip_bad_audio=true] [overwrite=true]
+    python -m competition.predict bundle=<folder or .zip> test=<folder or zip> ...
+
+Every current finished fold of each experiment (stale ones are refused, as by blend) predicts the test clips through
+the TTA views it was trained with (or `tta.views=`); the models are combined by `method=` (soft by default; +tta
+averages each model's views first) with equal weights per experiment, or by the method and weights a blend fitted on
+OOF and recorded in its report (`blend=<name>` reads submissions/<name>.json). Written: the answer file
+submissions/<name>-<method>.<ext> in the contest's format, and each model's probabilities, named after the test set
+(`name=`, by default the test folder's name) so that several test sets coexist: fold_<k>/test-<name>.csv in the
+experiment folder, or predictions/<name>/<exp>-fold_<k>.csv from a bundle.
+
+Test clips are decoded once into the waveform cache (in parallel, at each model's sample rate) and predicted in
+batches; unreadable clips stop the command with their list, or with skip_bad_audio=true get the class prior of the
+training clips, said per clip.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from competition.blend import (METHODS, ViewPreds, combine_models, load_members, offered, parse_method,
+                               submission_format)
+from competition.cache import load_split
+from competition.cli import main_guard, parse_bool
+from competition.config import Config, parse_cli
+from competition.data import index_test
+from competition.errors import UserError
+from competition.folds import FOLDS_DIR, read_folds
+from competition.submission import SUBMISSIONS_DIR, answer_path, write_answer
+from competition.train import Part, build_fold_model, predict_views, predictions_frame, resolve_device, write_csv
+
+COMMAND_KEYS = {"exps": "", "bundle": "", "test": "", "name": "", "method": "", "blend": "", "device": "auto",
+                "overwrite": "false", "skip_bad_audio": "false"}
+PREDICTIONS_DIR = Path("predictions")
+
+
+@dataclass
+class FoldModel:
+    """One trained fold, ready to predict: the config it was trained with (TTA views possibly replaced), its classes,
+    its weights loaded on demand (tensors only), and where its predictions on the named test set go."""
+
+    experiment: str
+    fold: int
+    cfg: DictConfig
+    classes: list[str]
+    state: Callable[[], tuple[dict, dict | None]]  # (model weights, frontend statistics or None)
+    out: Path
+
+    @property
+    def title(self) -> str:
+        return f"{self.experiment} fold {self.fold}"
+
+
+@dataclass
+class Ensemble:
+    """What predict needs besides the test clips: the models, how to combine them, the answer format, the prior."""
+
+    models: list[FoldModel]
+    method: str
+    weights: dict[str, float]  # per experiment, shared equally by its folds
+    answer_format: DictConfig
+    prior: np.ndarray  # the training clips' class frequencies, for clips that cannot be read
+
+
+def with_views(cfg: DictConfig, views: list[str] | None, test: dict) -> DictConfig:
+    """A fold's config on the schema (older folds lack newer keys), with other TTA views and the named test source."""
+    merged = OmegaConf.merge(OmegaConf.structured(Config), {k: v for k, v in OmegaConf.to_container(cfg).items()
+                                                            if k not in ("base", "recipe", "contest")})
+    merged.data.test = None
+    return OmegaConf.merge(merged, {"data": {"test": {"layout": "files", **test}}},
+                           {"tta": {"views": views}} if views else {})
+
+
+def class_prior(data_name: str, classes: list[str]) -> np.ndarray:
+    labels = read_folds(FOLDS_DIR / f"{data_name}.csv")["label"].astype(str)
+    counts = labels.value_counts().reindex(classes, fill_value=0).to_numpy(float)
+    return counts / counts.sum()
+
+
+def from_experiments(names: list[str], views: list[str] | None, test: dict, name: str, method: str,
+                     blend_report: str) -> Ensemble:
+    """The experiments' current finished folds (stale ones refused, as blend refuses them) and their combination."""
+    members = load_members(names, fail_on_missing=False, skip_stale=False)
+    classes = members[0].folds[0].classes
+    models = []
+    for member in members:
+        for fold in member.folds:
+            trained = OmegaConf.load(fold.dir / "config.yaml")
+            models.append(FoldModel(member.name, fold.number, with_views(trained, views, test), classes,
+                                    _checkpoint_state(fold.dir / "model.pt"), fold.dir / f"test-{name}.csv"))
+    method, weights = choose(method, blend_report, [m.name for m in members], len(classes))
+    return Ensemble(models, method, weights, submission_format(members, []),
+                    class_prior(members[0].cfg.data.name, classes))
+
+
+def _checkpoint_state(path: Path) -> Callable[[], tuple[dict, dict | None]]:
+    def state() -> tuple[dict, dict | None]:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # tensors only: never runs code
+        return checkpoint["model"], checkpoint.get("frontend")
+    return state
+
+
+def choose(method: str, blend_report: str, experiments: list[str], n_classes: int) -> tuple[str, dict[str, float]]:
+    """method= with equal weights, or the method and weights a blend recorded (blend=<name>); soft by default."""
+    if blend_report:
+        if method:
+            raise UserError(f"method={method} together with blend={blend_report}: the blend's report names its method")
+        path = SUBMISSIONS_DIR / f"{blend_report}.json"
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"blend={blend_report}: cannot read {path} ({exc}); run python -m competition.blend "
+                            "first, or give method=") from None
+        blended = [member["experiment"] for member in report["members"]]
+        if sorted(blended) != sorted(experiments):
+            raise UserError(f"blend={blend_report} blended {', '.join(blended)}, not {', '.join(experiments)}; predict "
+                            "with the same exps=")
+        return report["method"], {k: float(v) for k, v in report["weights"].items()}
+    method = method or "soft"
+    name, _ = parse_method(method)
+    if name not in offered(n_classes):
+        raise UserError(f"method={method}: rank averaging on two classes only says whether a clip lies above the "
+                        "median clip; use method=soft")
+    if METHODS[name].fit is not None:
+        raise UserError(f"method={method} has weights fitted on OOF predictions: fit them with python -m "
+                        f"competition.blend exps={','.join(experiments)} method={method}, then predict with "
+                        "blend=<the name it printed>")
+    return method, {experiment: 1.0 / len(experiments) for experiment in experiments}
+
+
+def split_overrides(overrides: list[str]) -> tuple[dict, list[str] | None]:
+    """test.<key>=value (the test source: subdir, extensions...) and tta.views=[...]; nothing else applies here."""
+    test, views = {}, None
+    for item in overrides:
+        key, _, value = item.partition("=")
+        parsed = OmegaConf.from_dotlist([f"v={value}"]).v
+        if key == "tta.views":
+            views = list(parsed) if OmegaConf.is_list(parsed) else [str(parsed)]
+        elif key.startswith("test.") and key.count(".") == 1 and key[5:] not in ("path", "layout"):
+            test[key[5:]] = parsed
+        else:
+            raise UserError(f"{key}: predict takes exps= or bundle=, test=, name=, method= or blend=, device=, "
+                            "test.<source key> (e.g. test.subdir=test) and tta.views=[...]")
+    return test, views
+
+
+def decode_test(models: list[FoldModel], skip_bad: bool) -> dict[int, tuple[pd.DataFrame, Part, list[str]]]:
+    """The test clips decoded once per sample rate the models need: the clips, the Part to predict, and the ids of
+    clips that could not be read (left out with skip_bad_audio=true)."""
+    decoded = {}
+    for model in models:
+        rate = model.cfg.audio.sample_rate
+        if rate in decoded:
+            continue
+        split = index_test(model.cfg)  # a folder without audio is refused there, with the extensions looked for
+        everything = split.clips
+        split, cache = load_split(split, model.cfg, skip_bad)
+        bad = sorted(set(everything["id"]) - set(split.clips["id"]))
+        decoded[rate] = (everything, Part(split.clips["id"].to_numpy(), cache, cache.rows(split.clips["path"]), None),
+                         bad)
+    return decoded
+
+
+def run_models(ensemble: Ensemble, decoded: dict, device: torch.device) -> list[ViewPreds]:
+    """Each model's probabilities on the test clips through its views, written to its own file on the way."""
+    total = sum(len(decoded[m.cfg.audio.sample_rate][1]) for m in ensemble.models)
+    bar = tqdm(total=total, unit="clip", desc="predicting", file=sys.stderr, dynamic_ncols=True, disable=None)
+    preds = []
+    for model in ensemble.models:
+        _, part, _ = decoded[model.cfg.audio.sample_rate]
+        bar.set_postfix_str(model.title)
+        weights, frontend_state = model.state()
+        network, frontend = build_fold_model(model.cfg, len(model.classes), weights, frontend_state, device)
+        views = predict_views(network, frontend, part, model.cfg, device)
+        write_csv(predictions_frame(part, views, model.classes), model.out)  # the format of a fold's test.csv
+        views.pop("mean", None)  # ViewPreds.take averages the views itself
+        preds.append(ViewPreds(part.ids, None, views))
+        bar.update(len(part))
+    bar.close()
+    return preds
+
+
+def predict(ensemble: Ensemble, name: str, device: torch.device, skip_bad: bool, overwrite: bool) -> Path:
+    method, tta = parse_method(ensemble.method)
+    label = ensemble.method
+    path = answer_path(f"{name}-{label}", ensemble.answer_format)
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} exists; pass overwrite=true to replace it, or give another name=")
+    decoded = decode_test(ensemble.models, skip_bad)
+    everything, _, bad = next(iter(decoded.values()))
+    preds = run_models(ensemble, decoded, device)
+    counts = pd.Series([m.experiment for m in ensemble.models]).value_counts()
+    shares = np.array([ensemble.weights[m.experiment] / counts[m.experiment] for m in ensemble.models])
+    combined = combine_models(preds, [m.title for m in ensemble.models], shares, method, tta, f"test set {name}")
+    classes = ensemble.models[0].classes
+    ids, labels = list(combined.ids), [classes[i] for i in combined.p.argmax(1)]
+    prior_label = classes[int(ensemble.prior.argmax())]
+    for clip in bad:
+        print(f"{clip}: unreadable, answered with the training clips' most frequent class ({prior_label})",
+              file=sys.stderr)
+    ids += bad
+    labels += [prior_label] * len(bad)
+    SUBMISSIONS_DIR.mkdir(parents=True, exist_ok=True)
+    write_answer(path, ids, labels, everything["id"].tolist(), classes, ensemble.answer_format)
+    return path
+
+
+def main(argv: list[str]) -> None:
+    options, overrides = parse_cli(argv, COMMAND_KEYS)
+    test_keys, views = split_overrides(overrides)
+    if not options["test"]:
+        raise UserError("test= is missing: give the folder or zip of test clips to predict")
+    if bool(options["exps"]) == bool(options["bundle"]):
+        raise UserError("give exps=<experiments> (trained folds here) or bundle=<folder or zip> (from "
+                        "competition.pack), one of them")
+    test = {"path": options["test"], **test_keys}
+    name = options["name"] or Path(options["test"].rstrip("/")).stem
+    if not name or "/" in name or name.startswith("."):
+        raise UserError(f"name={name}: give the test set a plain name (it names the prediction and answer files)")
+    device = resolve_device(options["device"])
+    skip_bad = parse_bool("skip_bad_audio", options["skip_bad_audio"])
+    if options["bundle"]:
+        from competition.pack import from_bundle
+
+        ensemble = from_bundle(Path(options["bundle"]), views, test, name, options["method"], options["blend"])
+    else:
+        names = [n.strip() for n in options["exps"].split(",") if n.strip()]
+        ensemble = from_experiments(names, views, test, name, options["method"], options["blend"])
+    path = predict(ensemble, name, device, skip_bad, parse_bool("overwrite", options["overwrite"]))
+    experiments = ", ".join(dict.fromkeys(m.experiment for m in ensemble.models))
+    print(f"{len(ensemble.models)} fold models of {experiments}, {ensemble.method}: answer file {path}; each model's "
+          f"probabilities beside it, e.g. {ensemble.models[0].out}")
+
+
+if __name__ == "__main__":
+    main_guard(main)

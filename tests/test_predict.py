@@ -1,0 +1,205 @@
+"""Predicting named test sets with trained folds and with packed bundles, on the tones contest."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from competition import blend, pack, predict
+from competition.augment import parse_tta_view
+from competition.cache import load_split
+from competition.config import load_experiment
+from competition.data import Source, Split
+from competition.train import Part, load_fold_model, predict as predict_part, train_fold
+from conftest import error_line, run_verb as cli, write_clip, write_tone, write_tones_data, write_tones_experiment
+
+VIEWS = {"tta": {"views": ["plain", "gain:-6"]}}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tones contest with every fold of experiment t trained (two epochs, two TTA views)."""
+    root = tmp_path_factory.mktemp("trained")
+    write_tones_data(root)
+    write_tones_experiment(root, "t", train={"epochs": 2, "lr": 0.015}, **VIEWS)
+    rng = np.random.default_rng(1)
+    for i, freq in enumerate([300.0, 800.0, 2000.0, 800.0]):  # a second test set, released later
+        write_tone(root / "later" / f"late_{i}.wav", freq, rng)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        exp = load_experiment("t")
+        for fold in range(exp.cfg.folds.n_splits):
+            train_fold(exp, fold, "cpu")
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+@pytest.fixture
+def project(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "project"
+    shutil.copytree(trained, root, ignore=shutil.ignore_patterns("submissions", "predictions", "test-*.csv"))
+    monkeypatch.chdir(root)
+    return root
+
+
+def test_predict_on_the_configured_test_folder_matches_the_folds_and_blend(project: Path, capsys) -> None:
+    code, out, err = cli(capsys, predict, "exps=t", "test=data/test", "name=again", "method=soft+tta")
+    assert code == 0, err
+    for fold_dir in sorted((project / "experiments" / "t").glob("fold_?")):
+        ours, theirs = pd.read_csv(fold_dir / "test-again.csv"), pd.read_csv(fold_dir / "test.csv")
+        pd.testing.assert_frame_equal(ours, theirs, atol=2e-6)  # same clips, views and probabilities
+    code, _, err = cli(capsys, blend, "exps=t", "method=soft+tta")
+    assert code == 0, err
+    assert (project / "submissions" / "again-soft+tta.csv").read_text() == \
+        (project / "submissions" / "tones-soft+tta.csv").read_text()
+
+
+def test_a_later_test_set_gets_its_own_files_and_a_valid_answer(project: Path, capsys) -> None:
+    code, out, err = cli(capsys, predict, "exps=t", "test=later")
+    assert code == 0, err
+    answer = pd.read_csv(project / "submissions" / "later-soft.csv")
+    assert list(answer.columns) == ["id", "label"]
+    assert sorted(answer["id"]) == [f"late_{i}" for i in range(4)]
+    assert set(answer["label"]) <= {"low", "mid", "high"}
+    assert (project / "experiments" / "t" / "fold_0" / "test-later.csv").is_file()
+    assert (project / "experiments" / "t" / "fold_0" / "test.csv").is_file()  # the configured set's stays
+
+
+def test_a_bundle_moved_away_from_the_experiments_predicts_the_same_answer(project: Path, tmp_path: Path,
+                                                                            capsys, monkeypatch) -> None:
+    code, out, err = cli(capsys, predict, "exps=t", "test=later")
+    assert code == 0, err
+    code, out, err = cli(capsys, pack, "exps=t", "out=bundle.zip")
+    assert code == 0, err
+    elsewhere = tmp_path / "kaggle"
+    elsewhere.mkdir()
+    shutil.move(project / "bundle.zip", elsewhere / "bundle.zip")
+    shutil.copytree(project / "later", elsewhere / "later")
+    shutil.rmtree(project / "experiments")
+    shutil.rmtree(project / "data")
+    monkeypatch.chdir(elsewhere)
+    code, out, err = cli(capsys, predict, "bundle=bundle.zip", "test=later")
+    assert code == 0, err
+    assert (elsewhere / "submissions" / "later-soft.csv").read_text() == \
+        (project / "submissions" / "later-soft.csv").read_text()
+    assert sorted(p.name for p in (elsewhere / "predictions" / "later").iterdir()) == \
+        ["t-fold_0.csv", "t-fold_1.csv", "t-fold_2.csv"]
+
+
+def test_half_precision_bundles_give_the_same_labels(project: Path, capsys) -> None:
+    for out, half in (("full", "false"), ("half", "true")):
+        code, _, err = cli(capsys, pack, "exps=t", f"out={out}", f"half={half}")
+        assert code == 0, err
+    size = {out: (project / out / "models" / "t-fold_0.safetensors").stat().st_size for out in ("full", "half")}
+    assert size["half"] < 0.6 * size["full"]
+    answers = {}
+    for out in ("full", "half"):
+        code, _, err = cli(capsys, predict, f"bundle={out}", "test=later", f"name=later_{out}")
+        assert code == 0, err
+        answers[out] = (project / "submissions" / f"later_{out}-soft.csv").read_text()
+    assert answers["full"] == answers["half"]
+
+
+def tamper(project: Path, data: bytes, fix_checksum: bool) -> None:
+    """Replace fold 0's weights in the packed folder `bundle`, optionally recording the new file's checksum too."""
+    target = project / "bundle" / "models" / "t-fold_0.safetensors"
+    target.write_bytes(data)
+    if fix_checksum:
+        manifest = json.loads((project / "bundle" / "manifest.json").read_text())
+        manifest["files"]["models/t-fold_0.safetensors"] = hashlib.sha256(data).hexdigest()
+        (project / "bundle" / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_an_altered_bundle_is_refused(project: Path, capsys) -> None:
+    assert cli(capsys, pack, "exps=t", "out=bundle")[0] == 0
+    weights = (project / "bundle" / "models" / "t-fold_0.safetensors").read_bytes()
+    tamper(project, weights[:-100], fix_checksum=False)  # truncated in transit
+    code, _, err = cli(capsys, predict, "bundle=bundle", "test=later")
+    assert code == 2 and "models/t-fold_0.safetensors does not match the checksum" in error_line(err)
+
+
+class Payload:
+    """A pickle that would create a file when unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_bundle_holding_a_pickle_never_runs_it(project: Path, capsys) -> None:
+    assert cli(capsys, pack, "exps=t", "out=bundle")[0] == 0
+    marker = project / "pwned"
+    tamper(project, pickle.dumps({"model": Payload(marker)}), fix_checksum=True)  # checksums cannot catch its maker
+    code, _, err = cli(capsys, predict, "bundle=bundle", "test=later")
+    assert code == 2 and "is not a safetensors file" in error_line(err)
+    assert not marker.exists()
+
+
+def test_the_whole_clip_view_is_the_mean_of_its_windows(project: Path) -> None:
+    rng = np.random.default_rng(2)
+    long = project / "long"
+    for i, freq in enumerate([300.0, 2000.0]):  # 2.3 s: several 0.75 s windows
+        t = np.arange(int(8000 * 2.3)) / 8000
+        write_clip(long / f"long_{i}.wav", (0.4 * np.sin(2 * np.pi * freq * t) + 0.02 * rng.standard_normal(len(t)))
+                   .astype(np.float32), 8000)
+    exp = load_experiment("t")
+    model, frontend = load_fold_model(exp.fold_dir(0) / "model.pt", exp.cfg, torch.device("cpu"))
+    split, cache = load_split(Split("test", Source(str(long)), pd.DataFrame(
+        {"id": ["long_0", "long_1"], "path": ["long_0.wav", "long_1.wav"]})), exp.cfg, False)
+    part = Part(split.clips["id"].to_numpy(), cache, cache.rows(split.clips["path"]), None)
+    whole = predict_part(model, frontend, part, exp.cfg, torch.device("cpu"), parse_tta_view("whole"))
+    window = round(exp.cfg.audio.duration * exp.cfg.audio.sample_rate)
+    for i, row in enumerate(part.rows):
+        offset, size = cache.clips["offset"].iat[row], cache.clips["length"].iat[row]
+        wave = cache.waves[offset:offset + size].astype(np.float32) / 32768
+        starts = list(range(0, size - window + 1, window // 2))
+        starts += [size - window] if starts[-1] != size - window else []
+        assert len(starts) >= 4
+        with torch.no_grad():
+            by_hand = torch.stack([model(frontend(torch.from_numpy(wave[s:s + window])[None])).softmax(-1)[0]
+                                   for s in starts]).mean(0).numpy()
+        np.testing.assert_allclose(whole[i], by_hand / by_hand.sum(), atol=1e-5)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["exps=t", "test=empty"], "empty: no audio files (.flac, .wav)"),
+    (["exps=t", "test=later", "method=caruana"], "method=caruana has weights fitted on OOF predictions"),
+    (["exps=t"], "test= is missing"),
+    (["exps=t", "bundle=b", "test=later"], "give exps=<experiments>"),
+    (["exps=t", "test=later", "blend=nothing"], "blend=nothing: cannot read submissions/nothing.json"),
+    (["exps=t", "test=later", "data.name=x"], "data.name: predict takes"),
+])
+def test_bad_predict_commands_are_one_line(project: Path, capsys, args: list[str], expected: str) -> None:
+    (project / "empty").mkdir()
+    code, _, err = cli(capsys, predict, *args)
+    assert code == 2 and expected in error_line(err), err
+
+
+def test_unreadable_test_clips_are_named_or_answered_with_the_prior(project: Path, capsys) -> None:
+    (project / "later" / "broken.wav").write_bytes(b"RIFF not really a wav")
+    code, _, err = cli(capsys, predict, "exps=t", "test=later")
+    assert code == 2 and "broken" in error_line(err), err
+    code, _, err = cli(capsys, predict, "exps=t", "test=later", "skip_bad_audio=true")
+    assert code == 0, err
+    answer = pd.read_csv(project / "submissions" / "later-soft.csv")
+    assert len(answer) == 5 and "broken: unreadable, answered with the training clips' most frequent class" in err
+
+
+def test_a_bundle_of_another_layout_version_is_refused(project: Path, capsys) -> None:
+    assert cli(capsys, pack, "exps=t", "out=bundle")[0] == 0
+    manifest = json.loads((project / "bundle" / "manifest.json").read_text())
+    (project / "bundle" / "manifest.json").write_text(json.dumps({**manifest, "version": 99}))
+    code, _, err = cli(capsys, predict, "bundle=bundle", "test=later")
+    assert code == 2 and "layout version 99" in error_line(err)
