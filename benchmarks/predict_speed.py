@@ -15,6 +15,7 @@ untrained models (flat, close probabilities) is the harder case for reduced prec
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from contextlib import nullcontext
 
 import numpy as np
@@ -45,15 +46,16 @@ def main() -> None:
     from competition.models import create_model
     from competition.train import Part, crop_samples, predict_views
 
-    with temporary_project("competition-predict-speed-", keep=False):
-        exp = load_experiment("default", [f"tta.views=[{','.join(VIEWS)}]", "data.workers=2"])
+    with temporary_project("competition-predict-speed-", keep=False) as root:
+        exp = load_experiment("default", [f"tta.views=[{','.join(VIEWS)}]", "data.workers=2",
+                                          f"data.cache_dir={root / 'cache'}"])  # a fresh cache: its decoding is timed
         cfg = exp.cfg
         split = index_test(cfg)
         split.clips = split.clips.head(args.clips)
         with Stopwatch() as decoding:
             split, cache = load_split(split, cfg, False)
         part = Part(split.clips["id"].to_numpy(), cache, cache.rows(split.clips["path"]), None)
-        paths = [split.source.path + "/" + path for path in split.clips["path"]]
+        paths = [str(Path(split.source.path) / path) for path in split.clips["path"]]
         models = []
         for fold in range(args.folds):
             torch.manual_seed(fold)

@@ -1,6 +1,6 @@
 """What offline W&B tracking costs a fold of the default experiment on the built-in demo.
 
-    python benchmarks/tracking_overhead.py [--fold 0] [--epochs 12] [--rounds 2] [--device cpu] [--keep]
+    python benchmarks/tracking_overhead.py [--fold 0] [--epochs 12] [--rounds 1] [--device cpu] [--keep]
 
 Trains the same fold 2 x rounds times in one run, in a temporary project root, alternating tracking off and on in
 ABBA order (off, offline, offline, off, ...) so that a drift in the machine's speed falls on both alike, and prints
@@ -23,7 +23,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=12, help="epochs per fold (the recipe's 12 by default)")
-    parser.add_argument("--rounds", type=int, default=2, help="ABBA rounds: 2 x rounds folds per mode")
+    parser.add_argument("--rounds", type=int, default=1, help="ABBA rounds: 2 x rounds folds per mode")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--keep", action="store_true", help="keep the temporary project root (printed)")
     args = parser.parse_args()

@@ -67,6 +67,13 @@ def test_predict_on_the_configured_test_folder_matches_the_folds_and_blend(proje
 def test_a_later_test_set_gets_its_own_files_and_a_valid_answer(project: Path, capsys) -> None:
     code, out, err = cli(capsys, predict, "exps=t", "test=later")
     assert code == 0, err
+    code, out, err = cli(capsys, predict, "exps=t", "test=later", "name=later_bf16", "precision=bf16")
+    assert code == 0, err
+    fp32 = pd.read_csv(project / "experiments" / "t" / "fold_0" / "test-later.csv")
+    bf16 = pd.read_csv(project / "experiments" / "t" / "fold_0" / "test-later_bf16.csv")
+    np.testing.assert_allclose(bf16[["low", "mid", "high"]], fp32[["low", "mid", "high"]], atol=0.02)
+    assert (project / "submissions" / "later_bf16-soft.csv").read_text() == \
+        (project / "submissions" / "later-soft.csv").read_text()
     answer = pd.read_csv(project / "submissions" / "later-soft.csv")
     assert list(answer.columns) == ["id", "label"]
     assert sorted(answer["id"]) == [f"late_{i}" for i in range(4)]
