@@ -32,7 +32,8 @@ def main() -> None:
 
     from competition.config import load_experiment
     from competition.tracking import fold_tracking
-    from competition.train import FoldObserver, train_fold
+    from competition.observe import FoldObserver
+    from competition.train import train_fold
 
     class Timed(FoldObserver):
         """Passes every event on to the real observer and adds up the time it took."""

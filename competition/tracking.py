@@ -14,14 +14,16 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from competition.train import FoldObserver
+from competition.observe import FoldObserver
+
+if TYPE_CHECKING:
+    import torch
 
 INIT_TIMEOUT = 60  # seconds wandb may take to start its local service before the run is given up
 

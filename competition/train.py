@@ -38,6 +38,7 @@ from competition.folds import ensure_folds, fold_path
 from competition.frontend import Frontend, make_frontend
 from competition.metrics import METRICS
 from competition.models import check_backbone, create_model
+from competition.observe import FoldObserver
 
 RESERVED_COLUMNS = {"id", "label", "view"}
 
@@ -295,21 +296,6 @@ def train_batches(part: Part, cfg: DictConfig, rng: np.random.Generator,
                                          num_workers=cfg.train.workers, drop_last=len(part) % cfg.train.batch_size == 1)
     for start, wave in zip(range(0, len(order), cfg.train.batch_size), loader):
         yield order[start:start + len(wave)], wave
-
-
-class FoldObserver:
-    """Told about a fold as it trains, without the training loop knowing who listens: the tuner's observer reports each
-    epoch to Optuna and may stop the fold by raising (pruned), a tracker mirrors rows to a dashboard. Override what
-    you need; an exception raised here stops the fold like any other (an interrupted fold stays resumable)."""
-
-    def inputs(self, x: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> None:
-        """The first training batch of each epoch as the model sees it: augmented features, (soft) targets."""
-
-    def epoch(self, row: dict) -> None:
-        """After each epoch: epoch, train_loss, lr, seconds, val_loss, val_<metric>, val_accuracy."""
-
-    def finished(self, summary: dict) -> None:
-        """Once the fold is published: its DONE summary."""
 
 
 @dataclass

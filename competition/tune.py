@@ -56,7 +56,8 @@ from competition.metrics import METRICS
 from competition.models import check_backbone
 from competition.queue import GRACE_SECONDS, Slot, Stopper, job_env, local_slots
 from competition.tracking import FoldMirror, Runs, mirror_study
-from competition.train import DataSet, FoldObserver, load_data, train_fold
+from competition.observe import FoldObserver
+from competition.train import DataSet, load_data, train_fold
 
 COMMAND_KEYS = {"exp": "default", "n_trials": "20", "timeout": "", "study": "", "storage": "", "gpus": "",
                 "workers": "", "device": "auto"}

@@ -177,7 +177,7 @@ def processes_in(folder: Path) -> list[int]:
     return found
 
 
-EPOCHS = 25  # a fold long enough to be stopped in the middle
+EPOCHS = 12  # a fold long enough to be stopped in the middle
 
 
 def test_ctrl_c_stops_the_jobs_leaves_no_finished_looking_fold_and_resume_completes(
@@ -245,13 +245,13 @@ def test_ray_runs_the_same_jobs_into_the_same_files(grid: tuple[Path, subprocess
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2, log_to_driver=False)
     try:  # a cluster the user already runs; the queue connects to it by address
         address = ray.get_runtime_context().gcs_address
-        result = run_cli("competition.run", "exp=a,b", "fold=0,1", "launcher=ray", f"ray.address={address}",
-                         "device=cpu", cwd=root)
+        result = run_cli("competition.run", "exp=a", "fold=0,1", "launcher=ray", f"ray.address={address}",
+                         "device=cpu", cwd=root)  # two jobs at once on the two CPUs Ray was given
     finally:
         ray.shutdown()
     assert result.returncode == 0, result.stdout + result.stderr
     rows = summary(root)
-    for exp, fold in JOBS:
+    for exp, fold in JOBS[:2]:
         ours, theirs = root / "experiments" / exp / f"fold_{fold}", local / "experiments" / exp / f"fold_{fold}"
         assert sorted(p.name for p in ours.iterdir()) == sorted(p.name for p in theirs.iterdir())
         mine, reference = done(root, exp, fold), done(local, exp, fold)
