@@ -47,22 +47,33 @@ def tensors_bytes(model_state: dict, frontend_state: dict | None, half: bool) ->
 
 
 def pack(names: list[str], out: Path, method: str, blend_report: str, half: bool, overwrite: bool) -> dict:
+    """The named experiments' current folds as a bundle at `out`; returns its manifest."""
     members = load_members(names, fail_on_missing=False, skip_stale=False)
     classes = members[0].folds[0].classes
     method, weights = choose(method, blend_report, [m.name for m in members], len(classes))
-    files: dict[str, bytes] = {}
     models = []
     for member in members:
         for fold in member.folds:
             checkpoint = torch.load(fold.dir / "model.pt", map_location="cpu", weights_only=True)
-            name = f"models/{member.name}-fold_{fold.number}.safetensors"
-            files[name] = tensors_bytes(checkpoint["model"], checkpoint.get("frontend"), half)
-            models.append({"experiment": member.name, "fold": fold.number, "file": name,
-                           "config": OmegaConf.to_container(OmegaConf.load(fold.dir / "config.yaml"))})
+            config = OmegaConf.to_container(OmegaConf.load(fold.dir / "config.yaml"))
+            models.append((member.name, fold.number, config, checkpoint["model"], checkpoint.get("frontend")))
+    return write_bundle(out, models, method, weights, classes, class_prior(members[0].cfg.data.name, classes),
+                        OmegaConf.to_container(submission_format(members, [])), half, overwrite)
+
+
+def write_bundle(out: Path, models: list[tuple[str, int, dict, dict, dict | None]], method: str,
+                 weights: dict[str, float], classes: list[str], prior: np.ndarray, answer_format: dict, half: bool,
+                 overwrite: bool) -> dict:
+    """A bundle from (experiment, fold, training config, model weights, frontend statistics) per model."""
+    files: dict[str, bytes] = {}
+    entries = []
+    for experiment, fold, config, model_state, frontend_state in models:
+        name = f"models/{experiment}-fold_{fold}.safetensors"
+        files[name] = tensors_bytes(model_state, frontend_state, half)
+        entries.append({"experiment": experiment, "fold": fold, "file": name, "config": config})
     manifest = {"kind": KIND, "version": VERSION, "created": timestamp(), "method": method, "weights": weights,
-                "classes": classes, "prior": class_prior(members[0].cfg.data.name, classes).tolist(),
-                "answer_format": OmegaConf.to_container(submission_format(members, [])),
-                "half": half, "models": models,
+                "classes": classes, "prior": np.asarray(prior, float).tolist(), "answer_format": answer_format,
+                "half": half, "models": entries,
                 "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}
     files[MANIFEST] = json.dumps(manifest, indent=1).encode()
     if out.exists() and not overwrite:

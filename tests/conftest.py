@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -89,6 +90,29 @@ def run_verb(capsys: pytest.CaptureFixture, module, *args: str) -> tuple[int, st
         code = exit_info.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def run_here(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m <module> args` as its entry point runs it, but in this process (no interpreter and torch start-up per
+    call), in `cwd`: its exit code and everything it printed. Tests that need a process of its own (signals, a kill,
+    the entry point itself) start one instead."""
+    import importlib
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    out, err = io.StringIO(), io.StringIO()
+    before = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                main_guard(importlib.import_module(module).main, list(args))
+                code = 0
+            except SystemExit as exit_info:
+                code = exit_info.code
+    finally:
+        os.chdir(before)
+    return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
 
 
 def error_line(err: str) -> str:

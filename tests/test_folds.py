@@ -13,7 +13,7 @@ from competition.data import index_train
 from competition.errors import UserError
 from competition.folds import (COLUMNS, check_folds, class_counts, ensure_folds, fold_path, make_folds, read_folds,
                                validate_folds, write_folds)
-from conftest import FSDD_REGEX, fsdd_names, fsdd_zip, make_config, run_verb, tone, write_clip
+from conftest import FSDD_REGEX, fsdd_names, fsdd_zip, make_config, run_here, run_verb, tone, write_clip
 
 
 
@@ -361,23 +361,7 @@ def test_every_class_a_single_clip_is_a_label_rule_mistake():
 
 
 def run_folds(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    """`python -m competition.folds` as its entry point runs it, in this process (the `workdir` fixture has made `cwd`
-    the working directory): its exit code and everything it printed."""
-    import io
-    from contextlib import redirect_stderr, redirect_stdout
-
-    from competition import folds
-    from competition.cli import main_guard
-
-    assert Path.cwd() == cwd
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            main_guard(folds.main, list(args))
-            code = 0
-        except SystemExit as exit_info:
-            code = exit_info.code
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+    return run_here("competition.folds", *args, cwd=cwd)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -216,8 +216,8 @@ def test_command_line_values_are_blamed_on_the_command_line(quick: Path) -> None
 
 
 def test_fold_prints_its_holdout_score_and_no_bar_in_a_log(quick: Path) -> None:
-    from test_train import run_cli
+    from conftest import run_here
 
-    result = run_cli("competition.run", "exp=tones", "fold=1", "device=cpu", cwd=quick)
+    result = run_here("competition.run", "exp=tones", "fold=1", "device=cpu", cwd=quick)
     assert result.returncode == 0, result.stderr
     assert "locked holdout accuracy" in result.stdout and "\r" not in result.stderr

@@ -80,7 +80,7 @@ def test_a_study_prunes_a_hopeless_trial_and_its_tuned_config_trains(contest: Pa
 
 def test_a_killed_study_resumes_and_retries_the_killed_trial(contest: Path, capsys) -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    args = [sys.executable, "-m", "competition.tune", "exp=t", "n_trials=1", "device=cpu", "train.epochs=4"]
+    args = [sys.executable, "-m", "competition.tune", "exp=t", "n_trials=1", "device=cpu", "train.epochs=3"]
     process = subprocess.Popen(args, cwd=contest, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     checkpoint = contest / "experiments" / "t" / "tune" / "t" / "trial_0000" / "fold_0.partial" / "last.pt"
@@ -91,7 +91,7 @@ def test_a_killed_study_resumes_and_retries_the_killed_trial(contest: Path, caps
     process.wait()
     assert checkpoint.is_file()
     assert [t.state for t in trials(contest)] == [TrialState.RUNNING]
-    code, out, err = cli(capsys, tune, "exp=t", "n_trials=1", "device=cpu", "train.epochs=4")
+    code, out, err = cli(capsys, tune, "exp=t", "n_trials=1", "device=cpu", "train.epochs=3")
     assert code == 0, err
     assert "trial 0: its worker is gone; queued again with the same values" in out
     assert "resuming after epoch" in out + err  # the retry continued the killed trial's fold
