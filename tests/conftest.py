@@ -72,6 +72,20 @@ def fsdd_zip(target: Path, names: list[str], prefix: str = "") -> Path:
     return target
 
 
+def require_extra(*modules: str, what: str) -> list:
+    """The optional dependencies `modules` (requirements-extra.txt), imported; without them the test is skipped, saying
+    why, except where COMPETITION_REQUIRE_EXTRAS=1 (set by CI, which installs them) turns the skip into a failure."""
+    import importlib
+
+    try:
+        return [importlib.import_module(name) for name in modules]
+    except ImportError:
+        message = f"needs {what}: pip install -r requirements-extra.txt"
+        if os.environ.get("COMPETITION_REQUIRE_EXTRAS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 def make_config(tmp_path: Path, data: dict, name: str = "exp", **sections: dict):
     """Write experiments/<name>/config.yaml the way a user would and load it through the real loader."""
     body = {"data": {"name": "t", "cache_dir": str(tmp_path / "cache"), **data}, **sections}

@@ -22,7 +22,7 @@ import pytest
 from competition import run
 from competition.foldrun import can_resume, fold_lock, is_finished
 from competition.queue import FAKE_GPUS_ENV, GRACE_SECONDS, cpu_cores
-from conftest import error_line, run_verb as cli, write_tones_data, write_tones_experiment
+from conftest import error_line, require_extra, run_verb as cli, write_tones_data, write_tones_experiment
 from test_train import REPO, run_cli
 
 FAST = dict(audio={"duration": 0.3}, frontend={"n_mels": 16, "hop_length": 128}, train={"epochs": 1})
@@ -31,16 +31,7 @@ WHERE_AND_WHEN = {"started_at", "finished_at", "host", "pid", "visible_devices",
 
 
 def require_ray():
-    """Ray is an optional dependency: without it the Ray tests are skipped, saying why, except where
-    COMPETITION_REQUIRE_EXTRAS=1 (set by CI, which installs requirements-extra.txt) turns the skip into a failure."""
-    try:
-        import ray
-    except ImportError:
-        message = "needs Ray: pip install -r requirements-extra.txt"
-        if os.environ.get("COMPETITION_REQUIRE_EXTRAS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return ray
+    return require_extra("ray", what="Ray")[0]
 
 
 def write_contest(root: Path) -> None:

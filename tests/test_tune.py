@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from competition import run, tune
 from competition.config import CHOICES
-from conftest import error_line, run_verb as cli, write_tones_data, write_tones_experiment
+from conftest import error_line, require_extra, run_verb as cli, write_tones_data, write_tones_experiment
 from test_train import run_cli
 
 # Two epochs of resnet10t on the tones; lr 0.015 learns them, lr 1e-7 learns nothing (chance is 1/3).
@@ -120,14 +120,8 @@ def test_two_workers_share_the_default_storage_and_finish_exactly_n_trials(conte
 @pytest.fixture
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A PostgreSQL server of our own (pgserver's binaries), torn down afterwards; its URL."""
-    try:
-        import pgserver
-        import psycopg  # noqa: F401  (the driver SQLAlchemy uses for postgresql:// URLs)
-    except ImportError:
-        message = "needs a PostgreSQL server package and driver: pip install -r requirements-extra.txt"
-        if os.environ.get("COMPETITION_REQUIRE_EXTRAS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+    pgserver, _ = require_extra("pgserver", "psycopg", what="a PostgreSQL server package and driver (psycopg, which "
+                                "SQLAlchemy uses for postgresql:// URLs)")
     server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
     yield server.get_uri()
     server.cleanup()
