@@ -426,11 +426,14 @@ def best_line(study: optuna.Study, metric: str) -> str:
     return f"best {metric} {best.value:.4f} (trial {best.number})"
 
 
-def progress_line(study: optuna.Study, n_trials: int, metric: str, started: float) -> str:
+def study_state(study: optuna.Study, n_trials: int, metric: str) -> str:
     c = counts(study)
     return (f"trials: {c['finished']}/{n_trials} finished ({c['pruned']} pruned), {c['running']} running"
-            + (f", {c['failed']} failed" if c["failed"] else "") + f" | {best_line(study, metric)} | "
-            + format_seconds(time.time() - started))
+            + (f", {c['failed']} failed" if c["failed"] else "") + f" | {best_line(study, metric)}")
+
+
+def progress_line(study: optuna.Study, n_trials: int, metric: str, started: float) -> str:
+    return f"{study_state(study, n_trials, metric)} | {format_seconds(time.time() - started)}"
 
 
 def run_worker(study: optuna.Study, objective: Objective, n_trials: int, timeout: float | None) -> None:
@@ -456,7 +459,8 @@ def run_worker(study: optuna.Study, objective: Objective, n_trials: int, timeout
         keep_best_checkpoints(study, objective.study_dir, objective.exp.cfg.tune.keep_best)
         print(progress_line(study, n_trials, metric, started), flush=True)
 
-    if counts(study)["finished"] + counts(study)["running"] >= n_trials:
+    now = counts(study)
+    if now["finished"] + now["running"] >= n_trials:
         return
     study.optimize(objective, timeout=timeout, gc_after_trial=True, catch=(Surplus, TrialFailed),
                    callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=COUNTED + UNDER_WAY), after_trial])
@@ -496,7 +500,7 @@ def run_workers(slots: list[Slot], args: list[str], study: optuna.Study, study_d
                     del processes[index]
                     if process.returncode != 0 and stopper.signal is None:
                         failed.append(f"worker {index} exited with {process.returncode}: {last_error(log)} (log {log})")
-            line = progress_line(study, n_trials, metric, started).rsplit(" | ", 1)[0]
+            line = study_state(study, n_trials, metric)  # printed when the study changes, not every second
             if line != shown:
                 print(f"{line} | {format_seconds(time.time() - started)}", flush=True)
                 shown = line
