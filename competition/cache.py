@@ -32,8 +32,9 @@ CACHE_FORMAT = 3
 _worker_source: Source | None = None
 
 
-def decode(data: bytes, sample_rate: int) -> np.ndarray:
-    """Any soundfile-readable clip as mono float32 at `sample_rate`: channels averaged, then resampled."""
+def decode(data: bytes, sample_rate: int) -> tuple[np.ndarray, int]:
+    """Any soundfile-readable clip as mono float32 at `sample_rate` (channels averaged, then resampled), and the rate
+    it was stored at."""
     import soundfile
 
     wave, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
@@ -44,7 +45,7 @@ def decode(data: bytes, sample_rate: int) -> np.ndarray:
         import librosa
 
         wave = librosa.resample(wave, orig_sr=rate, target_sr=sample_rate, res_type="soxr_hq")
-    return wave.astype(np.float32)
+    return wave.astype(np.float32), rate
 
 
 def to_int16(wave: np.ndarray) -> np.ndarray:
@@ -96,12 +97,13 @@ def _missing_bytes(data: bytes) -> int:
 
 
 class Decoded(NamedTuple):
-    """One clip's outcome in a decoding worker: its waveform, or why it could not be decoded."""
+    """One clip's outcome in a decoding worker: its waveform and stored sample rate, or why it could not be decoded."""
 
     rel: str
     wave: np.ndarray | None
     error: str
     truncated: bool
+    rate: int = 0
 
 
 def _decode_one(job: tuple[str, int]) -> Decoded:
@@ -110,7 +112,8 @@ def _decode_one(job: tuple[str, int]) -> Decoded:
         data = _worker_source.read(rel)
         if not data:  # libsndfile would call it "Format not recognised"
             return Decoded(rel, None, "empty file (0 bytes)", False)
-        return Decoded(rel, to_int16(decode(data, sample_rate)), "", _missing_bytes(data) > 0)
+        wave, rate = decode(data, sample_rate)
+        return Decoded(rel, to_int16(wave), "", _missing_bytes(data) > 0, rate)
     except Exception as exc:  # corrupt audio is the user's data problem: reported per file, not raised
         reason = str(exc).splitlines()[0] if str(exc) else "unreadable"
         return Decoded(rel, None, f"{type(exc).__name__}: {reason}", False)
@@ -217,6 +220,7 @@ def build_cache(split: Split, sample_rate: int, cache_dir: Path, workers: int, d
     workers = 1 if len(paths) < 500 else workers or os.cpu_count() or 1  # starting workers costs seconds
     jobs = [(rel, sample_rate) for rel in paths]
     records, bad, truncated, offset = [], [], [], 0
+    resampled: dict[int, int] = {}  # stored sample rate -> clips decoded from it
     fingerprint = hashlib.sha256()  # in path order, each clip's path and length before its samples
     with open(partial / "waves.int16", "wb") as out, tqdm(total=len(jobs), desc=f"decoding {split.name} clips",
                                                          unit="clip", file=sys.stderr, leave=False,
@@ -229,7 +233,7 @@ def build_cache(split: Split, sample_rate: int, cache_dir: Path, workers: int, d
             pool = _decoding_pool(workers, split.source)
             results = pool.imap(_decode_one, jobs, chunksize=64)
         try:
-            for rel, wave, error, short in results:
+            for rel, wave, error, short, rate in results:
                 bar.update()
                 if wave is None:
                     bad.append((rel, error))
@@ -237,6 +241,8 @@ def build_cache(split: Split, sample_rate: int, cache_dir: Path, workers: int, d
                     continue
                 if short:
                     truncated.append(rel)
+                if rate != sample_rate:
+                    resampled[rate] = resampled.get(rate, 0) + 1
                 samples = wave.tobytes()
                 out.write(samples)
                 fingerprint.update(json.dumps([rel, len(wave)]).encode())
@@ -257,6 +263,10 @@ def build_cache(split: Split, sample_rate: int, cache_dir: Path, workers: int, d
     if truncated:
         print(f"warning: {split.source}: {len(truncated)} truncated audio files, used as far as they go: "
               f"{_examples(truncated)}", file=sys.stderr)
+    if resampled:  # said once, when the cache is built; the cache holds every clip at the configured rate
+        rates = ", ".join(f"{count} at {rate} Hz" for rate, count in sorted(resampled.items()))
+        print(f"{split.source}: {sum(resampled.values())} of {len(records)} {split.name} clips resampled to "
+              f"audio.sample_rate={sample_rate} Hz ({rates})", file=sys.stderr)
     print(f"cached {len(records)} {split.name} clips in {folder}", file=sys.stderr)
     return WaveCache.open(folder)
 

@@ -204,13 +204,19 @@ def test_flac_and_wav_decode_alike_and_stereo_is_mixed_to_mono(workdir):
 
 
 @pytest.mark.parametrize("source_rate, target_rate", [(8000, 16000), (16000, 8000)])
-def test_resampling_keeps_duration_and_frequency(workdir, source_rate, target_rate):
+def test_resampling_keeps_duration_and_frequency(workdir, source_rate, target_rate, capsys):
     for label, freq in (("low", 440.0), ("high", 1500.0)):
         write_clip(workdir / "train" / label / "x.wav", tone(freq, source_rate, 0.5), source_rate)
+    write_clip(workdir / "train" / "low" / "native.wav", tone(440.0, target_rate, 0.5), target_rate)
     cfg = make_config(workdir, {"train": {"path": "train", "layout": "class_folders"}},
                       audio={"sample_rate": target_rate})
     split, cache = load_split(index_train(cfg), cfg, skip_bad=False)
-    assert cache.clips["length"].tolist() == [target_rate // 2] * 2
+    assert cache.clips["length"].tolist() == [target_rate // 2] * 3
+    said = [line for line in capsys.readouterr().err.splitlines() if "resampled" in line]
+    assert len(said) == 1 and f"2 of 3 train clips resampled to audio.sample_rate={target_rate} Hz " \
+        f"(2 at {source_rate} Hz)" in said[0]
+    load_split(index_train(cfg), cfg, skip_bad=False)  # the cache is reused: said once, when it was built
+    assert "resampled" not in capsys.readouterr().err
     for path, freq in (("low/x.wav", 440.0), ("high/x.wav", 1500.0)):
         offset, length = cache.clips.loc[cache.rows([path])[0], ["offset", "length"]]
         assert peak_hz(cache.waves[offset: offset + length] / 32768, target_rate) == pytest.approx(freq, abs=4)
