@@ -1,7 +1,8 @@
 """Blend finished folds into ensembles, score each one the way a leaderboard would, and write the answer file.
 
     python -m competition.blend [exps=a,b] [method=auto] [name=<data.name>-<method>] [metric=accuracy]
-                                [missing=skip|fail] [stale=fail|skip] [overwrite=true] [submission.<key>=value ...]
+                                [missing=skip|fail] [stale=fail|skip] [test=<test set name>] [overwrite=true]
+                                [submission.<key>=value ...]
 
 Only folds made from the current inputs are blended: a fold whose config, fold file or training clips changed since
 it was trained (or whose predictions predate a change of TTA views or test clips) stops the blend with the reasons and
@@ -14,6 +15,11 @@ each member's weight split equally among its folds. Weights are equal, or for th
 members' OOF predictions. A method name with `+tta` first averages each model's test-time views. Every method is
 scored on OOF (fitted weights also by nested cross-validation over the folds, which in-sample OOF flatters) and on
 the locked holdout, the local stand-in for the leaderboard.
+
+The answer covers the configured test set (data.test), or with test=<name> a test set that competition.predict
+predicted under that name: its folds' test-<name>.csv, checked against the clips its record (experiments/<exp>/
+test-<name>.json) lists and against what its source holds now; its unreadable clips get the training clips' most
+frequent class, as predict gave them.
 
 The method written to submissions/<name>.<ext> is `method=` when given, otherwise (`auto`, the default) the one the
 OOF predictions support. Taking the best-scoring row would mostly pick noise among a dozen close scores, so auto
@@ -43,7 +49,8 @@ from scipy.stats import binomtest, rankdata
 
 from competition.cli import main_guard, parse_bool
 from competition.config import EXPERIMENTS_DIR, SubmissionConfig, load_experiment, parse_cli, parse_overrides
-from competition.data import index_test
+from competition.cache import load_split
+from competition.data import index_test, with_test_source
 from competition.errors import UserError
 from competition.files import atomic_write, atomic_write_text
 from competition.tracking import mirror_blend
@@ -53,7 +60,7 @@ from competition.metrics import METRICS, Metric
 from competition.submission import SUBMISSIONS_DIR, answer_path, write_answer
 
 COMMAND_KEYS = {"exps": "", "method": "auto", "name": "", "metric": "", "missing": "skip", "stale": "fail",
-                "overwrite": "false"}
+                "test": "", "overwrite": "false"}
 TTA = "+tta"
 ALPHA = 0.05  # auto departs from the simpler method only on a paired test's p-value below this
 RESAMPLES = 1000  # paired bootstrap resamples: p to 0.002, ample against ALPHA, and half the time of 2000 on ROC AUC
@@ -220,6 +227,15 @@ class ViewPreds:
 
 
 @dataclass
+class TestSet:
+    """The clips an answer file must cover: the configured test set (name ""), or one that predict named."""
+
+    name: str
+    ids: list[str]
+    unreadable: list[str]  # answered with the training clips' most frequent class
+
+
+@dataclass
 class FoldRun:
     """A finished fold: its model's predictions on its validation clips, the locked holdout and the test set."""
 
@@ -249,8 +265,9 @@ class Member:
                      np.concatenate([part.p for part in parts])), folds
 
 
-def read_preds(path: Path, classes: list[str], views: list[str]) -> ViewPreds:
-    """A long-format prediction file (id, view, [label,] one column per class) as one array per view."""
+def read_preds(path: Path, classes: list[str], views: list[str] | None) -> ViewPreds:
+    """A long-format prediction file (id, view, [label,] one column per class) as one array per view (`views`, or
+    those in the file, in its order)."""
     try:
         frame = pd.read_csv(path, dtype={"id": str, "view": str, "label": str}, keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
@@ -260,7 +277,8 @@ def read_preds(path: Path, classes: list[str], views: list[str]) -> ViewPreds:
         raise UserError(f"{path}: lacks the columns {', '.join(lacking)} that DONE promises; retrain the fold "
                         "with overwrite=true")
     if "view" not in frame.columns:  # written before test-time views existed: one, plain, view
-        frame["view"] = views[0]
+        frame["view"] = (views or ["plain"])[0]
+    views = views or list(dict.fromkeys(frame["view"]))
     values = frame[classes].apply(pd.to_numeric, errors="coerce").to_numpy(np.float32)  # half of float64 on big tests
     bad = ~(np.isfinite(values) & (values >= 0)).all(1)
     if bad.any():
@@ -290,8 +308,9 @@ def read_preds(path: Path, classes: list[str], views: list[str]) -> ViewPreds:
     return ViewPreds(ids, y, arrays)
 
 
-def load_fold(fold_dir: Path, number: int, classes: list[str] | None, reference: str) -> FoldRun:
-    """A finished fold, its class columns read in the order `classes` (the first fold's) when given."""
+def load_fold(fold_dir: Path, number: int, classes: list[str] | None, reference: str, test: str = "") -> FoldRun:
+    """A finished fold, its class columns read in the order `classes` (the first fold's) when given; its test
+    predictions are those of the test set predict named `test`, when given."""
     try:
         done = json.loads((fold_dir / DONE).read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -309,6 +328,12 @@ def load_fold(fold_dir: Path, number: int, classes: list[str] | None, reference:
         path = fold_dir / f"{split}.csv"
         preds = read_preds(path, classes, views) if path.is_file() else None
         splits[split] = preds if preds is not None and len(preds.ids) else None
+    if test:
+        path = fold_dir / f"test-{test}.csv"
+        if not path.is_file():
+            raise UserError(f"{path} is missing: this fold was trained after test set {test} was predicted; predict "
+                            f"it again with python -m competition.predict exps=... test=<its folder> name={test}")
+        splits["test"] = read_preds(path, classes, None)  # the views predict used, which tta.views= may have changed
     if splits["oof"] is None or splits["oof"].y is None:
         raise UserError(f"{fold_dir}: no labelled oof.csv; retrain the fold with overwrite=true")
     return FoldRun(number, fold_dir, classes, **splits)
@@ -352,9 +377,9 @@ def stale_message(stale: dict[str, dict[int, tuple[str, str]]]) -> str:
     return f"{'; '.join(reasons)}. Bring them up to date with {' and '.join(commands)}"
 
 
-def load_members(names: list[str], fail_on_missing: bool, skip_stale: bool) -> list[Member]:
+def load_members(names: list[str], fail_on_missing: bool, skip_stale: bool, test: str = "") -> list[Member]:
     """The named experiments (all with a finished fold when none are named), each fold checked against the current
-    inputs and read once."""
+    inputs and read once (with the named test set's predictions, when `test` is given)."""
     if not names:
         names = sorted(path.name for path in EXPERIMENTS_DIR.glob("*") if finished_folds(path))
         if not names:
@@ -372,13 +397,16 @@ def load_members(names: list[str], fail_on_missing: bool, skip_stale: bool) -> l
         if not done:
             raise UserError(f"exps: {name} has no finished fold in {exp_dir}; train it with "
                             f"python -m competition.run exp={name} fold=all")
+        if test and not test_record(name, test).is_file():
+            raise UserError(f"test={test}: {name} has not predicted a test set of that name ({test_record(name, test)} "
+                            f"is missing); run python -m competition.predict exps={name} test=<its folder> name={test}")
         cfg, n_train, done, stale[name] = current_folds(name, done)
         if not done:
             print(f"{name}: every finished fold is stale, left out")
             continue
         folds = []
         for number in sorted(done):
-            folds.append(load_fold(done[number], number, classes, reference))
+            folds.append(load_fold(done[number], number, classes, reference, test))
             if classes is None:  # the first fold read fixes the class order every other fold is read in
                 classes, reference = folds[-1].classes, str(folds[-1].dir)
         left_out, unfinished = [], []
@@ -401,6 +429,48 @@ def load_members(names: list[str], fail_on_missing: bool, skip_stale: bool) -> l
     if not members:
         raise UserError(f"no fold is current: {stale_message(stale)}")
     return members
+
+
+def test_record(experiment: str, name: str) -> Path:
+    """Where predict records the test set it predicted under `name` for an experiment: its source, clips, content."""
+    return EXPERIMENTS_DIR / experiment / f"test-{name}.json"
+
+
+def class_prior(data_name: str, classes: list[str]) -> np.ndarray:
+    """The training clips' class frequencies: the answer for clips that cannot be read."""
+    labels = read_folds(FOLDS_DIR / f"{data_name}.csv")["label"].astype(str)
+    counts = labels.value_counts().reindex(classes, fill_value=0).to_numpy(float)
+    return counts / counts.sum()
+
+
+def configured_test_set(members: list[Member]) -> TestSet:
+    return TestSet("", index_test(members[0].cfg).clips["id"].tolist(), [])
+
+
+def named_test_set(members: list[Member], name: str) -> TestSet:
+    """The test set predict recorded as `name` for every member: one set of clips, still what its source holds."""
+    records = {}
+    command = (f"python -m competition.predict exps={','.join(m.name for m in members)} test=<its folder> "
+               f"name={name} overwrite=true")
+    for member in members:
+        path = test_record(member.name, name)
+        try:
+            records[member.name] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"{path}: unreadable ({exc}); run {command}") from None
+    first_name, first = next(iter(records.items()))
+    for member in members:
+        record = records[member.name]
+        if (record["source"], record["ids"]) != (first["source"], first["ids"]):
+            raise UserError(f"test={name}: {member.name} and {first_name} predicted different clips under this name; "
+                            f"run {command}")
+        cfg = with_test_source(member.cfg, record["source"])
+        split = index_test(cfg)  # a source that is gone is refused there, naming it
+        _, cache = load_split(split, cfg, skip_bad=True)
+        if sorted(split.clips["id"]) != sorted(record["ids"]) or cache.fingerprint != record["fingerprint"]:
+            raise UserError(f"test={name}: {record['source']['path']} changed since {member.name} predicted it "
+                            f"({test_record(member.name, name)}); run {command}")
+    return TestSet(name, list(first["ids"]), list(first["unreadable"]))
 
 
 # Checks across members
@@ -742,17 +812,26 @@ def describe(method: str) -> str:
     return " ".join(" ".join(part.split()) for part in parts)
 
 
-def submit(members: list[Member], label: str, weights: np.ndarray, fmt: DictConfig, path: Path) -> int:
-    """The method's labels for the test clips, checked against the test set's own file list, written atomically."""
+def submit(members: list[Member], label: str, weights: np.ndarray, fmt: DictConfig, path: Path,
+           test_set: TestSet) -> int:
+    """The method's labels for the test clips, checked against the test set's own file list, written atomically;
+    its unreadable clips (named, one line each) get the training clips' most frequent class."""
     method, tta = parse_method(label)
     test = ensemble(members, "test", method, tta, weights)
     if test is None:
         raise UserError(f"{members[0].folds[0].dir} has no test.csv though data.test is set; retrain the folds "
                         "with overwrite=true")
     classes = members[0].folds[0].classes
-    test_ids = index_test(members[0].cfg).clips["id"].tolist()
-    write_answer(path, test.ids, [classes[i] for i in test.p.argmax(1)], test_ids, classes, fmt)
-    return len(test.ids)
+    ids, labels = list(test.ids), [classes[i] for i in test.p.argmax(1)]
+    if test_set.unreadable:
+        prior_label = classes[int(class_prior(members[0].cfg.data.name, classes).argmax())]
+        for clip in test_set.unreadable:
+            print(f"{clip}: unreadable, answered with the training clips' most frequent class ({prior_label})",
+                  file=sys.stderr)
+        ids += test_set.unreadable
+        labels += [prior_label] * len(test_set.unreadable)
+    write_answer(path, ids, labels, test_set.ids, classes, fmt)
+    return len(ids)
 
 
 AUTO = (f"method=auto, on OOF only: paired tests on the same clips (difference + when the candidate is better), "
@@ -833,7 +912,11 @@ def main(argv: list[str]) -> None:
         raise UserError(f"name={options['name']}: give a plain file name; the answer goes to "
                         f"{SUBMISSIONS_DIR}/<name>.<ext>")
     names = list(dict.fromkeys(name.strip() for name in options["exps"].split(",") if name.strip()))
-    members = load_members(names, options["missing"] == "fail", options["stale"] == "skip")
+    test_name = options["test"]
+    if "/" in test_name or test_name.startswith("."):
+        raise UserError(f"test={test_name}: give the name predict gave the test set (name=), not a path")
+    members = load_members(names, options["missing"] == "fail", options["stale"] == "skip", test_name)
+    named = named_test_set(members, test_name) if test_name else None  # checked before any scoring
     data_name = check_fold_files(members)
     warning = per_clip_warning(read_folds(FOLDS_DIR / f"{data_name}.csv"), FOLDS_DIR / f"{data_name}.csv")
     if warning:
@@ -845,8 +928,8 @@ def main(argv: list[str]) -> None:
         raise UserError(f"method={method}: rank averaging on two classes only says whether a clip lies above the "
                         "median clip (the classes' ranks mirror each other); use method=soft")
     label, decision = choose_method(members, metric) if method == "auto" else (method, None)
-    name = options["name"] or f"{data_name}-{label}"
-    has_test = members[0].cfg.data.test is not None and bool(members[0].cfg.data.test.path)
+    name = options["name"] or f"{test_name or data_name}-{label}"
+    has_test = bool(test_name) or (members[0].cfg.data.test is not None and bool(members[0].cfg.data.test.path))
     answer = answer_path(name, fmt)
     target = answer if has_test else SUBMISSIONS_DIR / f"{name}.md"
     if target.exists() and not overwrite:
@@ -876,7 +959,8 @@ def main(argv: list[str]) -> None:
 
     SUBMISSIONS_DIR.mkdir(parents=True, exist_ok=True)
     if has_test:
-        n_rows = submit(members, label, np.array(list(chosen.weights.values())), fmt, answer)
+        n_rows = submit(members, label, np.array(list(chosen.weights.values())), fmt, answer,
+                        named or configured_test_set(members))
         written = f"{answer} ({n_rows} rows)"
     else:
         written = f"none (no test set: data.test is not set for {data_name})"

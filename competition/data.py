@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from competition.errors import UserError
 
@@ -293,3 +293,12 @@ def index_test(cfg: DictConfig) -> Split | None:
     source = Source(spec.path, spec.subdir)
     files = _audio_files(source, cfg.data.extensions)
     return Split("test", source, pd.DataFrame({"id": [_stem_id(f) for f in files], "path": files}))
+
+
+def with_test_source(cfg: DictConfig, source: dict) -> DictConfig:
+    """`cfg` with its test set replaced by `source` (a path and source keys such as subdir: every audio file under it,
+    ids from file names), the way predict and blend read a named test set."""
+    cfg = cfg.copy()
+    OmegaConf.set_readonly(cfg, False)  # experiments are loaded read-only
+    cfg.data.test = None
+    return OmegaConf.merge(cfg, {"data": {"test": {"layout": "files", **source}}})

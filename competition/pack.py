@@ -158,7 +158,8 @@ def from_bundle(path: Path, views: list[str] | None, test: dict, name: str, meth
         cfg = with_views(OmegaConf.create(entry["config"]), views, test)
         models.append(FoldModel(entry["experiment"], entry["fold"], cfg, classes, _bundle_state(read, entry["file"]),
                                 PREDICTIONS_DIR / name / f"{entry['experiment']}-fold_{entry['fold']}.csv"))
-    return Ensemble(models, chosen, weights, OmegaConf.create(manifest["answer_format"]), np.array(manifest["prior"]))
+    return Ensemble(models, chosen, weights, OmegaConf.create(manifest["answer_format"]), np.array(manifest["prior"]),
+                    {})  # no experiments here: nothing to blend the test set with later
 
 
 def _bundle_state(read: Callable[[str], bytes], name: str) -> Callable[[], tuple[dict, dict | None]]:

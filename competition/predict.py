@@ -11,7 +11,9 @@ averages each model's views first) with equal weights per experiment, or by the 
 OOF and recorded in its report (`blend=<name>` reads submissions/<name>.json). Written: the answer file
 submissions/<name>-<method>.<ext> in the contest's format, and each model's probabilities, named after the test set
 (`name=`, by default the test folder's name) so that several test sets coexist: fold_<k>/test-<name>.csv in the
-experiment folder, or predictions/<name>/<exp>-fold_<k>.csv from a bundle.
+experiment folder, or predictions/<name>/<exp>-fold_<k>.csv from a bundle. With exps=, the test set is recorded
+last in experiments/<exp>/test-<name>.json (its source, clips, unreadable clips and decoded content), so that
+`competition.blend test=<name>` can blend it with weights fitted on OOF.
 
 Test clips are decoded once into the waveform cache (in parallel, at each model's sample rate) and predicted in
 batches; unreadable clips stop the command with their list, or with skip_bad_audio=true get the class prior of the
@@ -33,14 +35,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from competition.blend import (METHODS, ViewPreds, combine_models, load_members, offered, parse_method,
-                               submission_format)
+from competition.blend import (METHODS, ViewPreds, class_prior, combine_models, load_members, offered, parse_method,
+                               submission_format, test_record)
 from competition.cache import load_split
 from competition.cli import main_guard, parse_bool
 from competition.config import Config, parse_cli
-from competition.data import index_test
+from competition.data import index_test, with_test_source
 from competition.errors import UserError
-from competition.folds import FOLDS_DIR, read_folds
+from competition.files import atomic_write_text
 from competition.submission import SUBMISSIONS_DIR, answer_path, write_answer
 from competition.train import Part, build_fold_model, predict_views, predictions_frame, resolve_device, write_csv
 
@@ -75,21 +77,14 @@ class Ensemble:
     weights: dict[str, float]  # per experiment, shared equally by its folds
     answer_format: DictConfig
     prior: np.ndarray  # the training clips' class frequencies, for clips that cannot be read
+    records: dict[str, Path]  # per experiment, where to record the test set (none from a bundle)
 
 
 def with_views(cfg: DictConfig, views: list[str] | None, test: dict) -> DictConfig:
     """A fold's config on the schema (older folds lack newer keys), with other TTA views and the named test source."""
     merged = OmegaConf.merge(OmegaConf.structured(Config), {k: v for k, v in OmegaConf.to_container(cfg).items()
                                                             if k not in ("base", "recipe", "contest")})
-    merged.data.test = None
-    return OmegaConf.merge(merged, {"data": {"test": {"layout": "files", **test}}},
-                           {"tta": {"views": views}} if views else {})
-
-
-def class_prior(data_name: str, classes: list[str]) -> np.ndarray:
-    labels = read_folds(FOLDS_DIR / f"{data_name}.csv")["label"].astype(str)
-    counts = labels.value_counts().reindex(classes, fill_value=0).to_numpy(float)
-    return counts / counts.sum()
+    return OmegaConf.merge(with_test_source(merged, test), {"tta": {"views": views}} if views else {})
 
 
 def from_experiments(names: list[str], views: list[str] | None, test: dict, name: str, method: str,
@@ -105,7 +100,7 @@ def from_experiments(names: list[str], views: list[str] | None, test: dict, name
                                     _checkpoint_state(fold.dir / "model.pt"), fold.dir / f"test-{name}.csv"))
     method, weights = choose(method, blend_report, [m.name for m in members], len(classes))
     return Ensemble(models, method, weights, submission_format(members, []),
-                    class_prior(members[0].cfg.data.name, classes))
+                    class_prior(members[0].cfg.data.name, classes), {m.name: test_record(m.name, name) for m in members})
 
 
 def _checkpoint_state(path: Path) -> Callable[[], tuple[dict, dict | None]]:
@@ -149,6 +144,7 @@ def split_overrides(overrides: list[str]) -> tuple[dict, list[str] | None]:
     for item in overrides:
         key, _, value = item.partition("=")
         parsed = OmegaConf.from_dotlist([f"v={value}"]).v
+        parsed = OmegaConf.to_container(parsed) if OmegaConf.is_config(parsed) else parsed  # recorded as JSON
         if key == "tta.views":
             views = list(parsed) if OmegaConf.is_list(parsed) else [str(parsed)]
         elif key.startswith("test.") and key.count(".") == 1 and key[5:] not in ("path", "layout"):
@@ -206,7 +202,7 @@ def run_models(ensemble: Ensemble, decoded: dict, device: torch.device, precisio
     return preds
 
 
-def predict(ensemble: Ensemble, name: str, device: torch.device, precision: str, skip_bad: bool,
+def predict(ensemble: Ensemble, name: str, test: dict, device: torch.device, precision: str, skip_bad: bool,
             overwrite: bool) -> Path:
     method, tta = parse_method(ensemble.method)
     label = ensemble.method
@@ -229,7 +225,20 @@ def predict(ensemble: Ensemble, name: str, device: torch.device, precision: str,
     labels += [prior_label] * len(bad)
     SUBMISSIONS_DIR.mkdir(parents=True, exist_ok=True)
     write_answer(path, ids, labels, everything["id"].tolist(), classes, ensemble.answer_format)
+    record_test_set(ensemble, decoded, test)
     return path
+
+
+def record_test_set(ensemble: Ensemble, decoded: dict, test: dict) -> None:
+    """What each experiment's test-<name>.csv files were predicted on, written after them: what blend test=<name>
+    checks its clips and freshness against."""
+    for experiment, path in ensemble.records.items():
+        model = next(m for m in ensemble.models if m.experiment == experiment)
+        everything, part, bad = decoded[model.cfg.audio.sample_rate]
+        atomic_write_text(path, json.dumps({"source": test, "ids": everything["id"].tolist(), "unreadable": bad,
+                                            "fingerprint": part.cache.fingerprint,
+                                            "folds": [m.fold for m in ensemble.models if m.experiment == experiment],
+                                            "views": list(model.cfg.tta.views)}, indent=1) + "\n")
 
 
 def main(argv: list[str]) -> None:
@@ -254,7 +263,8 @@ def main(argv: list[str]) -> None:
     else:
         names = [n.strip() for n in options["exps"].split(",") if n.strip()]
         ensemble = from_experiments(names, views, test, name, options["method"], options["blend"])
-    path = predict(ensemble, name, device, options["precision"], skip_bad, parse_bool("overwrite", options["overwrite"]))
+    path = predict(ensemble, name, test, device, options["precision"], skip_bad,
+                   parse_bool("overwrite", options["overwrite"]))
     experiments = ", ".join(dict.fromkeys(m.experiment for m in ensemble.models))
     print(f"{len(ensemble.models)} fold models of {experiments}, {ensemble.method}: answer file {path}; each model's "
           f"probabilities beside it, e.g. {ensemble.models[0].out}")

@@ -210,3 +210,28 @@ def test_a_bundle_of_another_layout_version_is_refused(project: Path, capsys) ->
     (project / "bundle" / "manifest.json").write_text(json.dumps({**manifest, "version": 99}))
     code, _, err = cli(capsys, predict, "bundle=bundle", "test=later")
     assert code == 2 and "layout version 99" in error_line(err)
+
+
+def test_blend_answers_a_test_set_that_predict_named(project: Path, capsys) -> None:
+    (project / "later" / "broken.wav").write_bytes(b"RIFF not really a wav")
+    write_tone(project / "later" / "late_hifi.wav", 800.0, np.random.default_rng(3), rate=16000)
+    code, _, err = cli(capsys, predict, "exps=t", "test=later", "method=soft+tta", "skip_bad_audio=true")
+    assert code == 0, err
+    assert "1 of 5 test clips resampled to audio.sample_rate=8000 Hz (1 at 16000 Hz)" in err
+    record = json.loads((project / "experiments" / "t" / "test-later.json").read_text())
+    assert record["unreadable"] == ["broken"] and len(record["ids"]) == 6 and record["folds"] == [0, 1, 2]
+    code, out, err = cli(capsys, blend, "exps=t", "test=later", "method=soft+tta", "name=blended")
+    assert code == 0, err
+    assert (project / "submissions" / "blended.csv").read_text() == \
+        (project / "submissions" / "later-soft+tta.csv").read_text()
+    assert "broken: unreadable, answered with the training clips' most frequent class" in err
+
+    write_tone(project / "later" / "late_extra.wav", 300.0, np.random.default_rng(4))  # the set was re-released
+    code, _, err = cli(capsys, blend, "exps=t", "test=later", "method=soft", "name=again")
+    assert code == 2 and "later changed since t predicted it" in error_line(err), err
+    (project / "later" / "late_extra.wav").unlink()
+    (project / "experiments" / "t" / "fold_1" / "test-later.csv").unlink()  # as if fold 1 were retrained since
+    code, _, err = cli(capsys, blend, "exps=t", "test=later", "method=soft", "name=again")
+    assert code == 2 and "fold_1/test-later.csv is missing" in error_line(err), err
+    code, _, err = cli(capsys, blend, "exps=t", "test=never", "method=soft", "name=again")
+    assert code == 2 and "t has not predicted a test set of that name" in error_line(err), err
