@@ -2,7 +2,7 @@
 
     python -m competition.predict exps=a,b test=<folder or zip> [name=<test set name>] [test.subdir=test]
                                   [tta.views=[plain,whole]] [method=soft+tta | blend=<report>] [device=auto|cpu|cuda]
-                                  [precision=fp32|bf16] [skip_bad_audio=true] [overwrite=true]
+                                  [precision=fp32|bf16] [models_per_pass=0] [skip_bad_audio=true] [overwrite=true]
     python -m competition.predict bundle=<folder or .zip> test=<folder or zip> ...
 
 Every current finished fold of each experiment (stale ones are refused, as by blend) predicts the test clips through
@@ -15,9 +15,10 @@ experiment folder, or predictions/<name>/<exp>-fold_<k>.csv from a bundle. With 
 last in experiments/<exp>/test-<name>.json (its source, clips, unreadable clips and decoded content), so that
 `competition.blend test=<name>` can blend it with weights fitted on OOF.
 
-Test clips are decoded once into the waveform cache (in parallel, at each model's sample rate) and predicted in
-batches; unreadable clips stop the command with their list, or with skip_bad_audio=true get the class prior of the
-training clips, said per clip. precision=bf16 runs the models under bf16 autocast on the CPU: 1.3x faster on a CPU
+Test clips are decoded once into the waveform cache (in parallel, at each model's sample rate); all fold models go
+over them in one pass of batches (models_per_pass=N holds N at a time instead), sharing each batch's crops, views and,
+where their frontends match, log-mels. Unreadable clips stop the command with their list, or with skip_bad_audio=true
+get the class prior of the training clips, said per clip. precision=bf16 runs the models under bf16 autocast on the CPU: 1.3x faster on a CPU
 with AMX (benchmarks/predict_speed.py), with probabilities within about 1e-4 of fp32 (on CUDA, train.amp decides).
 """
 from __future__ import annotations
@@ -44,10 +45,11 @@ from competition.data import index_test, with_test_source
 from competition.errors import UserError
 from competition.files import atomic_write_text
 from competition.submission import SUBMISSIONS_DIR, answer_path, write_answer
-from competition.train import Part, build_fold_model, predict_views, predictions_frame, resolve_device, write_csv
+from competition.train import (Part, Predictor, build_fold_model, crop_samples, predict_together, predictions_frame,
+                               resolve_device, with_mean, write_csv)
 
 COMMAND_KEYS = {"exps": "", "bundle": "", "test": "", "name": "", "method": "", "blend": "", "device": "auto",
-                "precision": "fp32", "overwrite": "false", "skip_bad_audio": "false"}
+                "precision": "fp32", "overwrite": "false", "skip_bad_audio": "false", "models_per_pass": "0"}
 PREDICTIONS_DIR = Path("predictions")
 
 
@@ -182,28 +184,40 @@ def precision_context(precision: str, device: torch.device):
     return nullcontext()
 
 
-def run_models(ensemble: Ensemble, decoded: dict, device: torch.device, precision: str) -> list[ViewPreds]:
-    """Each model's probabilities on the test clips through its views, written to its own file on the way."""
+def run_models(ensemble: Ensemble, decoded: dict, device: torch.device, precision: str,
+               models_per_pass: int) -> list[ViewPreds]:
+    """Each model's probabilities on the test clips through its views, written to its own file on the way. Models of
+    one sample rate and window go over the clips together (models_per_pass at a time, 0: all), sharing each batch's
+    crops, views and, where their frontends match, log-mels."""
     total = sum(len(decoded[m.cfg.audio.sample_rate][1]) for m in ensemble.models)
     bar = tqdm(total=total, unit="clip", desc="predicting", file=sys.stderr, dynamic_ncols=True, disable=None)
-    preds = []
-    for model in ensemble.models:
-        _, part, _ = decoded[model.cfg.audio.sample_rate]
-        bar.set_postfix_str(model.title)
-        weights, frontend_state = model.state()
-        network, frontend = build_fold_model(model.cfg, len(model.classes), weights, frontend_state, device)
-        with precision_context(precision, device):
-            views = predict_views(network, frontend, part, model.cfg, device)
-        write_csv(predictions_frame(part, views, model.classes), model.out)  # the format of a fold's test.csv
-        views.pop("mean", None)  # ViewPreds.take averages the views itself
-        preds.append(ViewPreds(part.ids, None, views))
-        bar.update(len(part))
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, model in enumerate(ensemble.models):
+        groups.setdefault((model.cfg.audio.sample_rate, crop_samples(model.cfg)), []).append(i)
+    preds: dict[int, ViewPreds] = {}
+    for (rate, _), members in groups.items():
+        _, part, _ = decoded[rate]
+        size = models_per_pass or len(members)
+        for start in range(0, len(members), size):
+            chosen = [ensemble.models[i] for i in members[start:start + size]]
+            bar.set_postfix_str(", ".join(m.title for m in chosen) if len(chosen) < 3 else f"{len(chosen)} models")
+            predictors = []
+            for model in chosen:
+                weights, frontend_state = model.state()
+                network, frontend = build_fold_model(model.cfg, len(model.classes), weights, frontend_state, device)
+                predictors.append(Predictor(network, frontend, model.cfg, list(model.cfg.tta.views)))
+            with precision_context(precision, device):
+                results = predict_together(predictors, part, device, lambda n: bar.update(n * len(chosen)))
+            for i, model, views in zip(members[start:start + size], chosen, results):
+                write_csv(predictions_frame(part, with_mean(views), model.classes), model.out)  # as a fold's test.csv
+                preds[i] = ViewPreds(part.ids, None, views)
     bar.close()
-    return preds
+    return [preds[i] for i in range(len(ensemble.models))]
 
 
-def predict(ensemble: Ensemble, name: str, test: dict, device: torch.device, precision: str, skip_bad: bool,
-            overwrite: bool) -> Path:
+def predict(ensemble: Ensemble, name: str, test: dict, *, device: torch.device, precision: str = "fp32",
+            skip_bad: bool = False, overwrite: bool = False, models_per_pass: int = 0) -> Path:
+    """The answer file for test set `name` (and each model's predictions and the set's record): what main runs."""
     method, tta = parse_method(ensemble.method)
     label = ensemble.method
     path = answer_path(f"{name}-{label}", ensemble.answer_format)
@@ -211,7 +225,7 @@ def predict(ensemble: Ensemble, name: str, test: dict, device: torch.device, pre
         raise UserError(f"{path} exists; pass overwrite=true to replace it, or give another name=")
     decoded = decode_test(ensemble.models, skip_bad)
     everything, _, bad = next(iter(decoded.values()))
-    preds = run_models(ensemble, decoded, device, precision)
+    preds = run_models(ensemble, decoded, device, precision, models_per_pass)
     counts = pd.Series([m.experiment for m in ensemble.models]).value_counts()
     shares = np.array([ensemble.weights[m.experiment] / counts[m.experiment] for m in ensemble.models])
     combined = combine_models(preds, [m.title for m in ensemble.models], shares, method, tta, f"test set {name}")
@@ -256,6 +270,11 @@ def main(argv: list[str]) -> None:
     device = resolve_device(options["device"])
     precision_context(options["precision"], device)  # a bad value is refused before any work
     skip_bad = parse_bool("skip_bad_audio", options["skip_bad_audio"])
+    models_per_pass = options["models_per_pass"]
+    if not models_per_pass.isdigit():
+        raise UserError(f"models_per_pass={models_per_pass}: give how many fold models share one pass over the test "
+                        "clips (0: all of them, the default; fewer holds fewer models in memory at once)")
+    models_per_pass = int(models_per_pass)
     if options["bundle"]:
         from competition.pack import from_bundle
 
@@ -263,8 +282,8 @@ def main(argv: list[str]) -> None:
     else:
         names = [n.strip() for n in options["exps"].split(",") if n.strip()]
         ensemble = from_experiments(names, views, test, name, options["method"], options["blend"])
-    path = predict(ensemble, name, test, device, options["precision"], skip_bad,
-                   parse_bool("overwrite", options["overwrite"]))
+    path = predict(ensemble, name, test, device=device, precision=options["precision"], skip_bad=skip_bad,
+                   overwrite=parse_bool("overwrite", options["overwrite"]), models_per_pass=models_per_pass)
     experiments = ", ".join(dict.fromkeys(m.experiment for m in ensemble.models))
     print(f"{len(ensemble.models)} fold models of {experiments}, {ensemble.method}: answer file {path}; each model's "
           f"probabilities beside it, e.g. {ensemble.models[0].out}")

@@ -5,6 +5,7 @@ competition.foldrun; this module loads the data, runs the fit loop and predicts 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -14,7 +15,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
-from competition.augment import Augmenter, HeavyAugment, View, heavy_enabled, parse_tta_view
+from competition.augment import Augmenter, HeavyAugment, heavy_enabled, parse_tta_view
 from competition.cache import WaveCache, load_split
 from competition.cli import format_seconds
 from competition.config import Experiment
@@ -182,52 +183,110 @@ def batches(part: Part, size: int, crop: int, rng: np.random.Generator | None,
         yield index, part.cache.crops(part.rows[index], crop, rng, move)
 
 
+@dataclass
+class Predictor:
+    """A fold model ready to predict: its network and frontend, the config it was trained with (window, batch size,
+    sample rate) and the TTA views to predict through."""
+
+    model: torch.nn.Module
+    frontend: Frontend
+    cfg: DictConfig
+    views: list[str]
+
+    def frontend_key(self) -> str:
+        """Equal for frontends that compute the same input: same settings, rate and statistics."""
+        state = hashlib.sha256()
+        for name, tensor in sorted(self.frontend.state_dict().items()):
+            state.update(name.encode() + tensor.detach().cpu().numpy().tobytes())
+        return json.dumps([self.cfg.audio.sample_rate, OmegaConf.to_container(self.cfg.frontend), state.hexdigest()])
+
+
+def window_counts(part: Part, crop: int) -> np.ndarray:
+    """How many windows WaveCache.windows cuts from each clip: half a window apart, the last one at the clip's end."""
+    lengths = part.cache.clips["length"].to_numpy()[part.rows]
+    beyond, step = np.maximum(lengths - crop, 0), max(1, crop // 2)
+    return beyond // step + 1 + (beyond % step > 0)
+
+
+def clip_batches(part: Part, size: int, windows: np.ndarray | None) -> Iterator[np.ndarray]:
+    """Positions of `size` clips at a time, or with whole-clip views (`windows` per clip) as many clips as hold about
+    `size` windows (at least one clip), so that long clips do not make huge batches."""
+    if windows is None:
+        yield from (np.arange(start, min(start + size, len(part))) for start in range(0, len(part), size))
+        return
+    start = 0
+    while start < len(part):
+        end = start + 1 + int(np.searchsorted(np.cumsum(windows[start + 1:]), size - windows[start], side="right"))
+        yield np.arange(start, min(end, len(part)))
+        start = end
+
+
 @torch.inference_mode()
-def predict(model: torch.nn.Module, frontend: Frontend, part: Part, cfg: DictConfig, device: torch.device,
-            view: View | None = None) -> np.ndarray:
-    """Class probabilities (n, classes) on centred crops, seen through one test-time view."""
-    model.eval()
-    if view is not None and view.whole:
-        return _predict_whole(model, frontend, part, cfg, device, view)
-    out = []
-    crop = crop_samples(cfg)
-    move = round(view.move * crop) if view is not None else 0
-    for _, wave in batches(part, cfg.train.eval_batch_size, crop, None, move):
-        wave = torch.from_numpy(wave).to(device, non_blocking=True)
-        x = frontend(view(wave) if view is not None else wave)
-        with autocast(device, cfg.train.amp):
-            out.append(model(x).float().softmax(-1).cpu())
-    return torch.cat(out).numpy()
+def predict_together(predictors: Sequence[Predictor], part: Part, device: torch.device,
+                     progress: Callable[[int], None] | None = None) -> list[dict[str, np.ndarray]]:
+    """Class probabilities (clips, classes) of every predictor through each of its views, over one pass of the clips.
+
+    Each batch of clips is cut once per window position and seen through each view once, and predictors whose
+    frontends compute the same input share one log-mel per view: an ensemble's folds pay for one frontend, not one
+    each. Plain views take the centred crop (moved for window views); whole-clip views slide the window over the clip
+    (WaveCache.windows) and pool the windows' probabilities per clip (mean, or class-wise max renormalised). The
+    predictors must share the sample rate and the window length; `progress` hears how many clips each batch held."""
+    crop = crop_samples(predictors[0].cfg)
+    if any(crop_samples(p.cfg) != crop or p.cfg.audio.sample_rate != predictors[0].cfg.audio.sample_rate
+           for p in predictors):
+        raise ValueError("predictors of one pass must share the sample rate and the window length")
+    views = {name: parse_tta_view(name) for p in predictors for name in p.views}
+    keys = [p.frontend_key() for p in predictors]
+    for p in predictors:
+        p.model.eval()
+    whole = any(view.whole for view in views.values())
+    windows = window_counts(part, crop) if whole else None
+    size = min(p.cfg.train.eval_batch_size for p in predictors)
+    out: list[dict[str, list[np.ndarray]]] = [{name: [] for name in p.views} for p in predictors]
+    for index in clip_batches(part, size, windows):
+        rows = part.rows[index]
+        waves: dict[object, torch.Tensor] = {}  # one batch per window position: a move in samples, or "whole"
+        for view in views.values():
+            where = "whole" if view.whole else round(view.move * crop)
+            if where not in waves:
+                batch = np.concatenate([part.cache.windows(int(row), crop) for row in rows]) if view.whole \
+                    else part.cache.crops(rows, crop, None, where)
+                waves[where] = torch.from_numpy(batch).to(device, non_blocking=True)
+        seen = {name: view(waves["whole" if view.whole else round(view.move * crop)]) for name, view in views.items()}
+        inputs: dict[tuple[str, str], torch.Tensor] = {}
+        for p, key, probs in zip(predictors, keys, out):
+            for name in p.views:
+                if (name, key) not in inputs:
+                    inputs[name, key] = p.frontend(seen[name])
+                with autocast(device, p.cfg.train.amp):
+                    result = p.model(inputs[name, key]).float().softmax(-1).cpu().numpy()
+                if views[name].whole:
+                    counts = windows[index]
+                    starts = np.concatenate([[0], np.cumsum(counts[:-1])])
+                    result = np.add.reduceat(result, starts) / counts[:, None] if views[name].whole == "mean" \
+                        else np.maximum.reduceat(result, starts)
+                    result = result / result.sum(1, keepdims=True)
+                probs[name].append(result)
+        if progress is not None:
+            progress(len(index))
+    return [{name: np.concatenate(chunks) for name, chunks in probs.items()} for probs in out]
 
 
-def _predict_whole(model: torch.nn.Module, frontend: Frontend, part: Part, cfg: DictConfig, device: torch.device,
-                   view: View) -> np.ndarray:
-    """Each clip seen whole: its windows (WaveCache.windows), a batch of about eval_batch_size windows at a time,
-    pooled per clip by the view's mean or class-wise maximum (renormalised)."""
-    crop, size, pooled = crop_samples(cfg), cfg.train.eval_batch_size, []
-    position = 0
-    while position < len(part):
-        windows = [part.cache.windows(int(part.rows[position]), crop)]
-        while position + len(windows) < len(part) and sum(map(len, windows)) < size:
-            windows.append(part.cache.windows(int(part.rows[position + len(windows)]), crop))
-        position += len(windows)
-        wave = torch.from_numpy(np.concatenate(windows)).to(device, non_blocking=True)
-        with autocast(device, cfg.train.amp):
-            probs = model(frontend(view(wave))).float().softmax(-1).cpu().numpy()
-        starts = np.cumsum([0] + [len(w) for w in windows[:-1]])
-        pool = np.add.reduceat(probs, starts) / np.array([len(w) for w in windows])[:, None] \
-            if view.whole == "mean" else np.maximum.reduceat(probs, starts)
-        pooled.append(pool / pool.sum(1, keepdims=True))
-    return np.concatenate(pooled)
+def predict(model: torch.nn.Module, frontend: Frontend, part: Part, cfg: DictConfig,
+            device: torch.device) -> np.ndarray:
+    """Class probabilities (clips, classes) on centred crops: what validation scores each epoch."""
+    return predict_together([Predictor(model, frontend, cfg, ["plain"])], part, device)[0]["plain"]
 
 
 def predict_views(model: torch.nn.Module, frontend: Frontend, part: Part, cfg: DictConfig,
                   device: torch.device) -> dict[str, np.ndarray]:
     """One prediction per configured TTA view, plus their mean ('mean') when there are several."""
-    probs = {name: predict(model, frontend, part, cfg, device, parse_tta_view(name)) for name in cfg.tta.views}
-    if len(probs) > 1:
-        probs["mean"] = np.mean(list(probs.values()), axis=0)
-    return probs
+    return with_mean(predict_together([Predictor(model, frontend, cfg, list(cfg.tta.views))], part, device)[0])
+
+
+def with_mean(views: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The views' predictions plus their mean ('mean') when there are several: what a fold's prediction files hold."""
+    return {**views, "mean": np.mean(list(views.values()), axis=0)} if len(views) > 1 else views
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:

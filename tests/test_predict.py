@@ -14,11 +14,10 @@ import pytest
 import torch
 
 from competition import blend, pack, predict
-from competition.augment import parse_tta_view
 from competition.cache import load_split
 from competition.config import load_experiment
 from competition.data import Source, Split
-from competition.train import Part, load_fold_model, predict as predict_part, train_fold
+from competition.train import Part, Predictor, load_fold_model, predict_together, train_fold
 from conftest import error_line, run_verb as cli, write_clip, write_tone, write_tones_data, write_tones_experiment
 
 VIEWS = {"tta": {"views": ["plain", "gain:-6"]}}
@@ -166,7 +165,7 @@ def test_the_whole_clip_view_is_the_mean_of_its_windows(project: Path) -> None:
     split, cache = load_split(Split("test", Source(str(long)), pd.DataFrame(
         {"id": ["long_0", "long_1"], "path": ["long_0.wav", "long_1.wav"]})), exp.cfg, False)
     part = Part(split.clips["id"].to_numpy(), cache, cache.rows(split.clips["path"]), None)
-    whole = predict_part(model, frontend, part, exp.cfg, torch.device("cpu"), parse_tta_view("whole"))
+    whole = predict_together([Predictor(model, frontend, exp.cfg, ["whole"])], part, torch.device("cpu"))[0]["whole"]
     window = round(exp.cfg.audio.duration * exp.cfg.audio.sample_rate)
     for i, row in enumerate(part.rows):
         offset, size = cache.clips["offset"].iat[row], cache.clips["length"].iat[row]
@@ -235,3 +234,31 @@ def test_blend_answers_a_test_set_that_predict_named(project: Path, capsys) -> N
     assert code == 2 and "fold_1/test-later.csv is missing" in error_line(err), err
     code, _, err = cli(capsys, blend, "exps=t", "test=never", "method=soft", "name=again")
     assert code == 2 and "t has not predicted a test set of that name" in error_line(err), err
+
+
+def test_one_pass_equals_each_model_alone(project: Path, capsys) -> None:
+    """Models over one pass share log-mels only where their frontends compute the same thing: a frontend with other
+    statistics gets its own, and every model's probabilities equal those it gives alone."""
+    exp = load_experiment("t", ["frontend.normalize=dataset"])
+    cpu = torch.device("cpu")
+    split, cache = load_split(Split("test", Source("later"), pd.DataFrame(
+        {"id": [f"late_{i}" for i in range(4)], "path": [f"late_{i}.wav" for i in range(4)]})), exp.cfg, False)
+    part = Part(split.clips["id"].to_numpy(), cache, cache.rows(split.clips["path"]), None)
+    predictors = []
+    for fold, tilt in ((0, 0.0), (1, 0.0), (1, 40.0)):
+        model, frontend = load_fold_model(exp.fold_dir(fold) / "model.pt", exp.cfg, cpu)
+        frontend.band_mean.copy_(torch.linspace(-tilt, tilt, len(frontend.band_mean))[:, None])  # the third's differ
+        predictors.append(Predictor(model, frontend, exp.cfg, ["plain", "whole", "gain:-6"]))
+    together = predict_together(predictors, part, cpu)
+    alone = [predict_together([p], part, cpu)[0] for p in predictors]
+    for ours, theirs in zip(together, alone):
+        for view in theirs:
+            np.testing.assert_allclose(ours[view], theirs[view], atol=1e-6)
+    assert np.abs(np.log(together[2]["plain"]) - np.log(together[1]["plain"])).max() > 1  # not the second's log-mel
+    code, _, err = cli(capsys, predict, "exps=t", "test=later", "name=by_one", "models_per_pass=1")
+    assert code == 0, err
+    code, _, err = cli(capsys, predict, "exps=t", "test=later")
+    assert code == 0, err
+    for fold_dir in sorted((project / "experiments" / "t").glob("fold_?")):
+        pd.testing.assert_frame_equal(pd.read_csv(fold_dir / "test-by_one.csv"), pd.read_csv(fold_dir / "test-later.csv"),
+                                      atol=2e-6)
