@@ -1,77 +1,109 @@
 """Inference speed on the CPU: a 5-fold resnet18 ensemble with 4 TTA views over the demo's test clips.
 
-    python benchmarks/predict_speed.py [--folds 5] [--clips 360] [--repeats 3] [--compile]
+    python benchmarks/predict_speed.py [--folds 5] [--repeats 3] [--compile]
 
 Side by side in one run, clips per second of
 - the naive loop a competitor writes first: per clip, librosa decodes and makes the log-mel, then one model call per
   fold per view;
-- ours: the waveform cache (decoded once, in parallel; its one-off time is printed apart), batched log-mel on the
-  device and batched model calls, as `competition.predict` runs them (train.predict_views);
-- ours with channels_last memory format, with bf16 autocast on the CPU, and (--compile) with torch.compile;
-with, for each variant, how far its predictions are from ours in fp32 (argmax agreement, largest probability
-difference). The models are resnet18s with seeded random weights: speed does not depend on training, and agreement on
-untrained models (flat, close probabilities) is the harder case for reduced precision.
+- ours, model by model: the waveform cache (decoded once, in parallel; its one-off time is printed apart), batched
+  log-mel and batched model calls, one fold model after the other;
+- ours in one pass (train.predict_together, as `competition.predict` runs it): every fold model over each batch, one
+  log-mel per view for all of them;
+- the one pass with channels_last memory format, bf16 autocast, TorchScript (traced and frozen), ONNX Runtime (when
+  installed) and, with --compile, torch.compile;
+- the whole pack-and-predict path: the models written as a bundle (competition.pack's format), then
+  `python -m competition.predict bundle=... test=...` run as a user runs it (loading, predicting, writing files);
+with, for each variant, how far its predictions are from the model-by-model fp32 ones (argmax agreement, largest
+probability difference). The models are resnet18s with seeded random weights: speed does not depend on training, and
+agreement on untrained models (flat, close probabilities) is the harder case for reduced precision.
 """
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import io
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 
 from accuracy_fsdd import temporary_project
-from common import Stopwatch, exit_cleanly_on_sigterm, hardware_line, log, markdown_table, median, rate
+from common import Stopwatch, cores, exit_cleanly_on_sigterm, hardware_line, log, markdown_table, median, rate
 
 VIEWS = ["plain", "shift:-0.1", "shift:0.1", "gain:-6"]
+
+
+def onnx_model(net, example):
+    """The network exported to ONNX and run by ONNX Runtime on the CPU, behind the nn.Module call predict makes."""
+    import onnxruntime
+    import torch
+
+    buffer = io.BytesIO()
+    torch.onnx.export(net, (example,), buffer, input_names=["x"], output_names=["logits"],
+                      dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = cores()
+    session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    class OnnxRuntime(torch.nn.Module):
+        def forward(self, x):
+            return torch.from_numpy(session.run(None, {"x": x.float().numpy()})[0])
+
+    return OnnxRuntime()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--clips", type=int, default=360, help="test clips (the demo has 360)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per variant (median reported)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile on a CPU)")
     args = parser.parse_args()
     exit_cleanly_on_sigterm()
 
     import librosa
+    import pandas as pd
     import torch
+    from omegaconf import OmegaConf
 
+    from competition import predict as predict_command
     from competition.augment import parse_tta_view
     from competition.cache import load_split
-    from competition.config import load_experiment
-    from competition.data import index_test
+    from competition.config import SubmissionConfig, load_experiment
+    from competition.data import index_test, index_train
     from competition.frontend import make_frontend
     from competition.models import create_model
-    from competition.train import Part, crop_samples, predict_views
+    from competition.pack import write_bundle
+    from competition.train import Part, Predictor, crop_samples, predict_together, predict_views
 
     with temporary_project("competition-predict-speed-", keep=False) as root:
         exp = load_experiment("default", [f"tta.views=[{','.join(VIEWS)}]", "data.workers=2",
                                           f"data.cache_dir={root / 'cache'}"])  # a fresh cache: its decoding is timed
         cfg = exp.cfg
-        split = index_test(cfg)
-        split.clips = split.clips.head(args.clips)
+        split = index_test(cfg)  # every test clip: the pack-and-predict variant predicts the whole folder
         with Stopwatch() as decoding:
             split, cache = load_split(split, cfg, False)
         part = Part(split.clips["id"].to_numpy(), cache, cache.rows(split.clips["path"]), None)
         paths = [str(Path(split.source.path) / path) for path in split.clips["path"]]
+        classes = sorted(index_train(cfg).clips["label"].unique())
         models = []
         for fold in range(args.folds):
             torch.manual_seed(fold)
-            models.append(create_model(cfg, 30, pretrained=False).eval())
+            models.append(create_model(cfg, len(classes), pretrained=False).eval())
         frontend = make_frontend(cfg)
         device = torch.device("cpu")
 
-        def ours(nets: list, context=nullcontext) -> np.ndarray:
+        def one_pass(nets: list, context=nullcontext) -> np.ndarray:
             with context():
-                return np.stack([np.stack([v for k, v in predict_views(net, frontend, part, cfg, device).items()
-                                           if k != "mean"]) for net in nets])
+                results = predict_together([Predictor(net, frontend, cfg, VIEWS) for net in nets], part, device)
+            return np.stack([np.stack([views[v] for v in VIEWS]) for views in results])
+
+        def model_by_model() -> np.ndarray:
+            return np.stack([np.stack([v for k, v in predict_views(net, frontend, part, cfg, device).items()
+                                       if k != "mean"]) for net in models])
 
         def naive() -> np.ndarray:
             crop = crop_samples(cfg)
             views = [parse_tta_view(v) for v in VIEWS]
-            out = np.zeros((len(models), len(VIEWS), len(paths), 30), np.float32)
+            out = np.zeros((len(models), len(VIEWS), len(paths), len(classes)), np.float32)
             with torch.inference_mode():
                 for i, path in enumerate(paths):
                     wave, _ = librosa.load(path, sr=cfg.audio.sample_rate)
@@ -87,22 +119,51 @@ def main() -> None:
                             out[m, v, i] = net(image).softmax(-1)[0].numpy()
             return out
 
-        variants = {"naive loop: librosa per clip, one call per clip, fold and view": lambda: naive(),
-                    "ours: cache + batched log-mel and models (fp32)": lambda: ours(models)}
+        bundle = root / "bundle.zip"
+        write_bundle(bundle, [("speed", fold, OmegaConf.to_container(cfg), net.state_dict(), None)
+                              for fold, net in enumerate(models)], "soft", {"speed": 1.0}, classes,
+                     np.full(len(classes), 1 / len(classes)),
+                     OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(SubmissionConfig), cfg.submission)),
+                     half=False, overwrite=True)
+        test_args = [f"test={split.source.path}", "name=speed", "overwrite=true", "device=cpu"]
+
+        def pack_and_predict() -> np.ndarray:
+            predict_command.main([f"bundle={bundle}", *test_args])
+            out = []
+            for fold in range(len(models)):
+                frame = pd.read_csv(root / "predictions" / "speed" / f"speed-fold_{fold}.csv", dtype={"id": str})
+                frame = frame.set_index(["view", "id"])
+                out.append(np.stack([frame.loc[v].loc[part.ids, classes].to_numpy(np.float32) for v in VIEWS]))
+            return np.stack(out)
+
+        example = frontend(torch.from_numpy(cache.crops(part.rows[:2], crop_samples(cfg))))
+        variants = {"naive loop: librosa per clip, one call per clip, fold and view": naive,
+                    "ours, model by model: cache + batched log-mel and model calls (fp32)": model_by_model,
+                    "ours, one pass: every fold model over each batch (fp32)": lambda: one_pass(models)}
         channels_last = []
         for net in models:
-            copy = create_model(cfg, 30, pretrained=False).eval()
+            copy = create_model(cfg, len(classes), pretrained=False).eval()
             copy.load_state_dict(net.state_dict())
             channels_last.append(copy.to(memory_format=torch.channels_last))
-        variants["ours + channels_last"] = lambda: ours(channels_last)
-        variants["ours + bf16 autocast"] = lambda: ours(models, lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+        variants["one pass + channels_last"] = lambda: one_pass(channels_last)
+        variants["one pass + bf16 autocast"] = lambda: one_pass(models, lambda: torch.autocast("cpu",
+                                                                                              dtype=torch.bfloat16))
+        with torch.inference_mode():
+            scripted = [torch.jit.freeze(torch.jit.trace(net, example)) for net in models]
+        variants["one pass + TorchScript (traced, frozen)"] = lambda: one_pass(scripted)
+        try:
+            runtimes = [onnx_model(net, example) for net in models]
+            variants["one pass + ONNX Runtime"] = lambda: one_pass(runtimes)
+        except ImportError as exc:
+            log(f"ONNX Runtime not timed: {exc} (pip install onnxruntime onnx)")
         if args.compile:
-            compiled = [torch.compile(net) for net in models]
+            compiled = [torch.compile(net, dynamic=True) for net in models]
             with Stopwatch() as compiling:
-                ours(compiled)
+                one_pass(compiled)
             log(f"torch.compile: first pass (compiling) {compiling.seconds:.1f}s")
-            variants["ours + torch.compile"] = lambda: ours(compiled)
-        reference = ours(models)
+            variants["one pass + torch.compile"] = lambda: one_pass(compiled)
+        variants["pack-and-predict: bundle.zip -> competition.predict (end to end)"] = pack_and_predict
+        reference = model_by_model()
         rows = []
         naive_rate = None
         for name, run in variants.items():

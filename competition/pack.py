@@ -24,13 +24,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from competition.blend import load_members, submission_format
+from competition.blend import class_prior, load_members, submission_format
 from competition.cli import main_guard, parse_bool
 from competition.config import parse_cli
 from competition.errors import UserError
 from competition.files import atomic_write
 from competition.foldrun import timestamp
-from competition.predict import PREDICTIONS_DIR, Ensemble, FoldModel, choose, class_prior, with_views
+from competition.predict import PREDICTIONS_DIR, Ensemble, FoldModel, choose, with_views
 
 COMMAND_KEYS = {"exps": "", "out": "", "method": "", "blend": "", "half": "false", "overwrite": "false"}
 KIND = "competition-bundle"
