@@ -18,8 +18,9 @@ last in experiments/<exp>/test-<name>.json (its source, clips, unreadable clips 
 Test clips are decoded once into the waveform cache (in parallel, at each model's sample rate); all fold models go
 over them in one pass of batches (models_per_pass=N holds N at a time instead), sharing each batch's crops, views and,
 where their frontends match, log-mels. Unreadable clips stop the command with their list, or with skip_bad_audio=true
-get the class prior of the training clips, said per clip. precision=bf16 runs the models under bf16 autocast on the CPU: 1.3x faster on a CPU
-with AMX (benchmarks/predict_speed.py), with probabilities within about 1e-4 of fp32 (on CUDA, train.amp decides).
+get the class prior of the training clips, said per clip. precision=bf16 runs the models under bf16 autocast on the CPU: 1.3-1.6x faster on CPUs
+with bf16 instructions (benchmarks/predict_speed.py), probabilities within about 1e-4 of fp32 (on CUDA, train.amp
+decides).
 """
 from __future__ import annotations
 

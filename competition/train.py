@@ -520,13 +520,15 @@ def load_fold_model(path: Path, cfg: DictConfig, device: torch.device) -> tuple[
 
 def build_fold_model(cfg: DictConfig, n_classes: int, model_state: dict, frontend_state: dict | None,
                      device: torch.device) -> tuple[torch.nn.Module, Frontend]:
-    """The model and frontend `cfg` describes, holding the given weights (and frontend statistics, where any)."""
+    """The model and frontend `cfg` describes, holding the given weights (and frontend statistics, where any). The
+    model is in channels_last memory format: 1.1-1.25x faster on the CPU with the same predictions to 1e-8
+    (benchmarks/predict_speed.py)."""
     model = create_model(cfg, n_classes, pretrained=False)
     model.load_state_dict(model_state)
     frontend = make_frontend(cfg)
     if frontend_state:  # folds trained before frontends kept statistics have none to load
         frontend.load_state_dict(frontend_state)
-    return model.to(device).eval(), frontend.to(device)
+    return model.to(device, memory_format=torch.channels_last).eval(), frontend.to(device)
 
 
 def repredict_fold(exp: Experiment, fold: int, data: DataSet, stale: Staleness, device_name: str = "auto") -> dict:
