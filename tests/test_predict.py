@@ -17,7 +17,8 @@ from competition import blend, pack, predict
 from competition.cache import load_split
 from competition.config import load_experiment
 from competition.data import Source, Split
-from competition.train import Part, Predictor, load_fold_model, predict_together, train_fold
+from competition.train import (Part, Predictor, clip_batches, crop_samples, load_fold_model, predict_together,
+                               train_fold, window_counts)
 from conftest import error_line, run_verb as cli, write_clip, write_tone, write_tones_data, write_tones_experiment
 
 VIEWS = {"tta": {"views": ["plain", "gain:-6"]}}
@@ -251,9 +252,17 @@ def test_one_pass_equals_each_model_alone(project: Path, capsys) -> None:
         predictors.append(Predictor(model, frontend, exp.cfg, ["plain", "whole", "gain:-6"]))
     together = predict_together(predictors, part, cpu)
     alone = [predict_together([p], part, cpu)[0] for p in predictors]
-    for ours, theirs in zip(together, alone):
+    small = load_experiment("t", ["frontend.normalize=dataset", "train.eval_batch_size=3"]).cfg  # batches split clips
+    counts = window_counts(part, crop_samples(small))
+    assert counts.tolist() == [len(cache.windows(row, crop_samples(small))) for row in part.rows]
+    batches = list(clip_batches(part, 3, counts))
+    assert np.concatenate(batches).tolist() == list(range(len(part))) and len(batches) > 1
+    assert all(len(batch) == 1 or counts[batch].sum() <= 3 for batch in batches)
+    in_small_batches = predict_together([Predictor(p.model, p.frontend, small, p.views) for p in predictors], part, cpu)
+    for ours, theirs, smaller in zip(together, alone, in_small_batches):
         for view in theirs:
             np.testing.assert_allclose(ours[view], theirs[view], atol=1e-6)
+            np.testing.assert_allclose(smaller[view], theirs[view], atol=1e-6)
     assert np.abs(np.log(together[2]["plain"]) - np.log(together[1]["plain"])).max() > 1  # not the second's log-mel
     code, _, err = cli(capsys, predict, "exps=t", "test=later", "name=by_one", "models_per_pass=1")
     assert code == 0, err
