@@ -18,9 +18,9 @@ last in experiments/<exp>/test-<name>.json (its source, clips, unreadable clips 
 Test clips are decoded once into the waveform cache (in parallel, at each model's sample rate); all fold models go
 over them in one pass of batches (models_per_pass=N holds N at a time instead), sharing each batch's crops, views and,
 where their frontends match, log-mels. Unreadable clips stop the command with their list, or with skip_bad_audio=true
-get the class prior of the training clips, said per clip. precision=bf16 runs the models under bf16 autocast on the CPU: 1.3-1.6x faster on CPUs
-with bf16 instructions (benchmarks/predict_speed.py), probabilities within about 1e-4 of fp32 (on CUDA, train.amp
-decides).
+get the class prior of the training clips, said per clip. precision=bf16 runs the models under bf16 autocast on the
+CPU: 1.3-1.6x faster on CPUs with bf16 instructions (benchmarks/predict_speed.py), probabilities within about 1e-4 of
+fp32 (on CUDA, train.amp decides).
 """
 from __future__ import annotations
 
@@ -102,8 +102,9 @@ def from_experiments(names: list[str], views: list[str] | None, test: dict, name
             models.append(FoldModel(member.name, fold.number, with_views(trained, views, test), classes,
                                     _checkpoint_state(fold.dir / "model.pt"), fold.dir / f"test-{name}.csv"))
     method, weights = choose(method, blend_report, [m.name for m in members], len(classes))
+    records = {member.name: test_record(member.name, name) for member in members}
     return Ensemble(models, method, weights, submission_format(members, []),
-                    class_prior(members[0].cfg.data.name, classes), {m.name: test_record(m.name, name) for m in members})
+                    class_prior(members[0].cfg.data.name, classes), records)
 
 
 def _checkpoint_state(path: Path) -> Callable[[], tuple[dict, dict | None]]:

@@ -269,5 +269,5 @@ def test_one_pass_equals_each_model_alone(project: Path, capsys) -> None:
     code, _, err = cli(capsys, predict, "exps=t", "test=later")
     assert code == 0, err
     for fold_dir in sorted((project / "experiments" / "t").glob("fold_?")):
-        pd.testing.assert_frame_equal(pd.read_csv(fold_dir / "test-by_one.csv"), pd.read_csv(fold_dir / "test-later.csv"),
-                                      atol=2e-6)
+        by_one, together = pd.read_csv(fold_dir / "test-by_one.csv"), pd.read_csv(fold_dir / "test-later.csv")
+        pd.testing.assert_frame_equal(by_one, together, atol=2e-6)
