@@ -228,9 +228,8 @@ class ViewPreds:
 
 @dataclass
 class TestSet:
-    """The clips an answer file must cover: the configured test set (name ""), or one that predict named."""
+    """The clips an answer file must cover: the configured test set, or one that predict named."""
 
-    name: str
     ids: list[str]
     unreadable: list[str]  # answered with the training clips' most frequent class
 
@@ -444,7 +443,7 @@ def class_prior(data_name: str, classes: list[str]) -> np.ndarray:
 
 
 def configured_test_set(members: list[Member]) -> TestSet:
-    return TestSet("", index_test(members[0].cfg).clips["id"].tolist(), [])
+    return TestSet(index_test(members[0].cfg).clips["id"].tolist(), [])
 
 
 def named_test_set(members: list[Member], name: str) -> TestSet:
@@ -470,7 +469,7 @@ def named_test_set(members: list[Member], name: str) -> TestSet:
         if sorted(split.clips["id"]) != sorted(record["ids"]) or cache.fingerprint != record["fingerprint"]:
             raise UserError(f"test={name}: {record['source']['path']} changed since {member.name} predicted it "
                             f"({test_record(member.name, name)}); run {command}")
-    return TestSet(name, list(first["ids"]), list(first["unreadable"]))
+    return TestSet(list(first["ids"]), list(first["unreadable"]))
 
 
 # Checks across members
