@@ -47,7 +47,8 @@ from competition.foldrun import (DONE, FoldBusy, can_resume, fold_list, fold_loc
 FAKE_GPUS_ENV = "COMPETITION_FAKE_GPUS"
 JOB_ENV = "COMPETITION_QUEUE_JOB"  # set in a job's environment: `run` then reports a busy fold by EXIT_BUSY
 EXIT_BUSY = 75  # a job's exit code when its fold is locked by another process (EX_TEMPFAIL)
-GRACE_SECONDS = 10.0  # after Ctrl-C, how long jobs get to stop cleanly before they are killed
+GRACE_SECONDS = 30.0  # after Ctrl-C, how long jobs get to stop cleanly before they are killed (a second Ctrl-C kills
+# at once): a job's clean stop takes about 4 s on 2 idle cores, and measured over 10 s on a loaded machine
 POLL_SECONDS = 0.2
 TAIL_LINES = 20
 RAY_INSTALL = "pip install -r requirements-extra.txt (or pip install 'ray[default]>=2.40')"
