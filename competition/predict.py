@@ -150,7 +150,7 @@ def split_overrides(overrides: list[str]) -> tuple[dict, list[str] | None]:
         parsed = OmegaConf.from_dotlist([f"v={value}"]).v
         parsed = OmegaConf.to_container(parsed) if OmegaConf.is_config(parsed) else parsed  # recorded as JSON
         if key == "tta.views":
-            views = list(parsed) if OmegaConf.is_list(parsed) else [str(parsed)]
+            views = [str(view) for view in parsed] if isinstance(parsed, list) else [str(parsed)]
         elif key.startswith("test.") and key.count(".") == 1 and key[5:] not in ("path", "layout"):
             test[key[5:]] = parsed
         else:
@@ -227,6 +227,8 @@ def predict(ensemble: Ensemble, name: str, test: dict, *, device: torch.device, 
         raise UserError(f"{path} exists; pass overwrite=true to replace it, or give another name=")
     decoded = decode_test(ensemble.models, skip_bad)
     everything, _, bad = next(iter(decoded.values()))
+    for record in ensemble.records.values():  # written again last: a run stopped half-way leaves no record to trust
+        record.unlink(missing_ok=True)
     preds = run_models(ensemble, decoded, device, precision, models_per_pass)
     counts = pd.Series([m.experiment for m in ensemble.models]).value_counts()
     shares = np.array([ensemble.weights[m.experiment] / counts[m.experiment] for m in ensemble.models])

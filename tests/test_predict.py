@@ -212,7 +212,7 @@ def test_a_bundle_of_another_layout_version_is_refused(project: Path, capsys) ->
     assert code == 2 and "layout version 99" in error_line(err)
 
 
-def test_blend_answers_a_test_set_that_predict_named(project: Path, capsys) -> None:
+def test_blend_answers_a_test_set_that_predict_named(project: Path, capsys, monkeypatch) -> None:
     (project / "later" / "broken.wav").write_bytes(b"RIFF not really a wav")
     write_tone(project / "later" / "late_hifi.wav", 800.0, np.random.default_rng(3), rate=16000)
     code, _, err = cli(capsys, predict, "exps=t", "test=later", "method=soft+tta", "skip_bad_audio=true")
@@ -234,6 +234,16 @@ def test_blend_answers_a_test_set_that_predict_named(project: Path, capsys) -> N
     code, _, err = cli(capsys, blend, "exps=t", "test=later", "method=soft", "name=again")
     assert code == 2 and "fold_1/test-later.csv is missing" in error_line(err), err
     code, _, err = cli(capsys, blend, "exps=t", "test=never", "method=soft", "name=again")
+    assert code == 2 and "t has not predicted a test set of that name" in error_line(err), err
+
+    def stopped(*args, **kwargs) -> None:
+        raise KeyboardInterrupt  # Ctrl-C after the models' files were rewritten, before the answer and the record
+
+    monkeypatch.setattr(predict, "write_answer", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        predict.main(["exps=t", "test=later", "tta.views=[plain]", "skip_bad_audio=true", "overwrite=true"])
+    assert set(pd.read_csv(project / "experiments" / "t" / "fold_0" / "test-later.csv")["view"]) == {"plain"}
+    code, _, err = cli(capsys, blend, "exps=t", "test=later", "method=soft", "name=again")
     assert code == 2 and "t has not predicted a test set of that name" in error_line(err), err
 
 
