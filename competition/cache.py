@@ -182,8 +182,16 @@ class WaveCache:
         if size <= length:
             return self.crops(np.array([row]), length)
         offset = int(self.clips["offset"].iat[row])
-        starts = sorted(set(range(0, size - length + 1, max(1, length // 2))) | {size - length})
+        starts = window_starts(size, length)
         return np.stack([self.waves[offset + start: offset + start + length] for start in starts]) / np.float32(32768.0)
+
+
+def window_starts(size: int, length: int) -> list[int]:
+    """Where the windows of `length` samples over a clip of `size` samples start: half a window apart, the last one
+    ending at the clip's end; a clip no longer than one window has one (its centred crop)."""
+    if size <= length:
+        return [0]
+    return sorted(set(range(0, size - length + 1, max(1, length // 2))) | {size - length})
 
 
 PARTIAL = re.compile(r"\.partial-(?:(?P<host>.+)-)?(?P<pid>\d+)$")  # <cache>.partial-<host>-<pid>, or -<pid>

@@ -26,7 +26,7 @@ from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from competition.augment import Augmenter, HeavyAugment, heavy_enabled, parse_tta_view
-from competition.cache import WaveCache, load_split
+from competition.cache import WaveCache, load_split, window_starts
 from competition.cli import format_seconds
 from competition.config import Experiment
 from competition.data import index_test, index_train
@@ -171,16 +171,16 @@ def crop_samples(cfg: DictConfig) -> int:
     return round(cfg.audio.duration * cfg.audio.sample_rate)
 
 
-def batches(part: Part, size: int, crop: int, rng: np.random.Generator | None,
-            move: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def batches(part: Part, size: int, crop: int,
+            rng: np.random.Generator | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Positions and waveform crops; shuffled, randomly cropped, and without a last batch of one when training
-    (BatchNorm cannot normalise a single sample), in order and centred (or moved by `move` samples) otherwise."""
+    (BatchNorm cannot normalise a single sample), in order and centred otherwise."""
     order = rng.permutation(len(part)) if rng is not None else np.arange(len(part))
     for start in range(0, len(order), size):
         index = order[start:start + size]
         if rng is not None and len(index) < 2:
             break
-        yield index, part.cache.crops(part.rows[index], crop, rng, move)
+        yield index, part.cache.crops(part.rows[index], crop, rng)
 
 
 @dataclass
@@ -202,10 +202,9 @@ class Predictor:
 
 
 def window_counts(part: Part, crop: int) -> np.ndarray:
-    """How many windows WaveCache.windows cuts from each clip: half a window apart, the last one at the clip's end."""
+    """How many windows WaveCache.windows cuts from each clip."""
     lengths = part.cache.clips["length"].to_numpy()[part.rows]
-    beyond, step = np.maximum(lengths - crop, 0), max(1, crop // 2)
-    return beyond // step + 1 + (beyond % step > 0)
+    return np.array([len(window_starts(int(size), crop)) for size in lengths], dtype=int)
 
 
 def clip_batches(part: Part, size: int, windows: np.ndarray | None) -> Iterator[np.ndarray]:
@@ -236,6 +235,7 @@ def predict_together(predictors: Sequence[Predictor], part: Part, device: torch.
            for p in predictors):
         raise ValueError("predictors of one pass must share the sample rate and the window length")
     views = {name: parse_tta_view(name) for p in predictors for name in p.views}
+    positions = {name: "whole" if view.whole else round(view.move * crop) for name, view in views.items()}  # a move
     keys = [p.frontend_key() for p in predictors]
     for p in predictors:
         p.model.eval()
@@ -245,14 +245,13 @@ def predict_together(predictors: Sequence[Predictor], part: Part, device: torch.
     out: list[dict[str, list[np.ndarray]]] = [{name: [] for name in p.views} for p in predictors]
     for index in clip_batches(part, size, windows):
         rows = part.rows[index]
-        waves: dict[object, torch.Tensor] = {}  # one batch per window position: a move in samples, or "whole"
-        for view in views.values():
-            where = "whole" if view.whole else round(view.move * crop)
-            if where not in waves:
+        waves: dict[object, torch.Tensor] = {}  # one batch per window position
+        for name, view in views.items():
+            if positions[name] not in waves:
                 batch = np.concatenate([part.cache.windows(int(row), crop) for row in rows]) if view.whole \
-                    else part.cache.crops(rows, crop, None, where)
-                waves[where] = torch.from_numpy(batch).to(device, non_blocking=True)
-        seen = {name: view(waves["whole" if view.whole else round(view.move * crop)]) for name, view in views.items()}
+                    else part.cache.crops(rows, crop, None, positions[name])
+                waves[positions[name]] = torch.from_numpy(batch).to(device, non_blocking=True)
+        seen = {name: view(waves[positions[name]]) for name, view in views.items()}
         inputs: dict[tuple[str, str], torch.Tensor] = {}
         for p, key, probs in zip(predictors, keys, out):
             for name in p.views:
