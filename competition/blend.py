@@ -821,16 +821,24 @@ def submit(members: list[Member], label: str, weights: np.ndarray, fmt: DictConf
         raise UserError(f"{members[0].folds[0].dir} has no test.csv though data.test is set; retrain the folds "
                         "with overwrite=true")
     classes = members[0].folds[0].classes
-    ids, labels = list(test.ids), [classes[i] for i in test.p.argmax(1)]
-    if test_set.unreadable:
-        prior_label = classes[int(class_prior(members[0].cfg.data.name, classes).argmax())]
-        for clip in test_set.unreadable:
-            print(f"{clip}: unreadable, answered with the training clips' most frequent class ({prior_label})",
-                  file=sys.stderr)
-        ids += test_set.unreadable
-        labels += [prior_label] * len(test_set.unreadable)
+    ids, labels = answered(test, classes, test_set.unreadable,
+                           lambda: class_prior(members[0].cfg.data.name, classes))
     write_answer(path, ids, labels, test_set.ids, classes, fmt)
     return len(ids)
+
+
+def answered(combined: Probs, classes: list[str], unreadable: list[str],
+             prior: Callable[[], np.ndarray]) -> tuple[list[str], list[str]]:
+    """Each clip's label: the combined probabilities' most likely class, and for clips that could not be read (named,
+    one line each) the training clips' most frequent class (`prior`, read only when there are such clips)."""
+    ids, labels = list(combined.ids), [classes[i] for i in combined.p.argmax(1)]
+    if not unreadable:
+        return ids, labels
+    prior_label = classes[int(prior().argmax())]
+    for clip in unreadable:
+        print(f"{clip}: unreadable, answered with the training clips' most frequent class ({prior_label})",
+              file=sys.stderr)
+    return ids + list(unreadable), labels + [prior_label] * len(unreadable)
 
 
 AUTO = (f"method=auto, on OOF only: paired tests on the same clips (difference + when the candidate is better), "

@@ -37,8 +37,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from competition.blend import (METHODS, ViewPreds, class_prior, combine_models, load_members, offered, parse_method,
-                               submission_format, test_record)
+from competition.blend import (METHODS, ViewPreds, answered, class_prior, combine_models, load_members, offered,
+                               parse_method, submission_format, test_record)
 from competition.cache import load_split
 from competition.cli import main_guard, parse_bool
 from competition.config import Config, parse_cli
@@ -234,13 +234,7 @@ def predict(ensemble: Ensemble, name: str, test: dict, *, device: torch.device, 
     shares = np.array([ensemble.weights[m.experiment] / counts[m.experiment] for m in ensemble.models])
     combined = combine_models(preds, [m.title for m in ensemble.models], shares, method, tta, f"test set {name}")
     classes = ensemble.models[0].classes
-    ids, labels = list(combined.ids), [classes[i] for i in combined.p.argmax(1)]
-    prior_label = classes[int(ensemble.prior.argmax())]
-    for clip in bad:
-        print(f"{clip}: unreadable, answered with the training clips' most frequent class ({prior_label})",
-              file=sys.stderr)
-    ids += bad
-    labels += [prior_label] * len(bad)
+    ids, labels = answered(combined, classes, bad, lambda: ensemble.prior)
     SUBMISSIONS_DIR.mkdir(parents=True, exist_ok=True)
     write_answer(path, ids, labels, everything["id"].tolist(), classes, ensemble.answer_format)
     record_test_set(ensemble, decoded, test)
