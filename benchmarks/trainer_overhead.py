@@ -1,13 +1,15 @@
 """Overhead of the real training loop against a bare timm loop on precomputed tensors, in samples per second.
 
     python benchmarks/trainer_overhead.py [--steps 20] [--repeats 5] [--device cpu|cuda|auto] [--threads N]
+                                          [--root <project folder>] [--exp <experiment>]
 
 ours  competition.train._train_epoch, the loop competition.run trains with, on the default experiment's real fold-0
       data (load_data) whose training part is cut to steps x batch clips: waveform-cache crops, the
       experiment's batched augmentation (none in experiments/default), torch log-mel, one-hot targets, the model,
       soft cross-entropy, backward, AdamW, the one-cycle schedule, the loss read back every step, the tqdm bar.
 bare  the same timm model (competition.models.create_model: resnet18, in_chans=1), the same batch and input size
-      (64 mels x 101 frames), torch.randn inputs made beforehand: model(x), cross_entropy, backward, AdamW step.
+      (64 mels x 101 frames), torch.randn inputs made beforehand: model(x) under the same autocast as ours (mixed
+      precision on CUDA per train.amp, none on the CPU), cross_entropy, backward, AdamW step.
 Both run in this one process with the same torch thread count; after one untimed warm-up epoch each, they
 alternate (ours first on odd repeats, bare first on even ones). Reported: median samples/s of each and the median
 of the per-repeat ratios ours / bare. Validation is not part of either (the fold's per-epoch evaluation is
@@ -34,10 +36,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for both loops (0: torch's default)")
     parser.add_argument("--exp", default="default", help="experiment whose recipe and fold 0 are used")
+    parser.add_argument("--root", default=str(REPO), help="the project folder holding experiments/ (and folds/)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    os.chdir(REPO)  # the experiment and its fold file are found relative to the repository root
+    os.chdir(args.root)  # the experiment and its fold file are found relative to the project root
 
     from timm.utils import ModelEmaV3
 
@@ -45,7 +48,8 @@ def main() -> None:
     from competition.config import load_experiment
     from competition.frontend import LogMel
     from competition.models import create_model
-    from competition.train import Part, TrainState, _train_epoch, crop_samples, load_data, make_scheduler, resolve_device
+    from competition.train import (Part, TrainState, _train_epoch, autocast, crop_samples, load_data, make_scheduler,
+                                   resolve_device)
 
     device = resolve_device(args.device)
     # enough scheduled epochs that the one-cycle schedule never runs out of steps during the benchmark
@@ -86,7 +90,7 @@ def main() -> None:
     def ours() -> float:
         sync()
         started = time.perf_counter()
-        _train_epoch(cfg, state, data, frontend, augmenter, heavy, next(epoch_counter), steps, device, 0)
+        _train_epoch(cfg, state, data, frontend, augmenter, heavy, next(epoch_counter), steps, device, 0, [])
         sync()
         return steps * t.batch_size / (time.perf_counter() - started)
 
@@ -101,7 +105,9 @@ def main() -> None:
         sync()
         started = time.perf_counter()
         for x, y in zip(xs, ys):
-            loss = F.cross_entropy(bare_model(x), y)
+            with autocast(device, t.amp):
+                logits = bare_model(x)
+            loss = F.cross_entropy(logits, y)
             bare_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             bare_optimizer.step()
