@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -240,9 +240,30 @@ def _merge(base: DictConfig, layer: DictConfig, origin: str) -> DictConfig:
         raise UserError(f"{origin}: unknown config key '{key}'{_suggest(key)}") from None
     except ValidationError as exc:
         if exc.full_key is None:  # a whole section given a plain value, e.g. `train: 5`; omegaconf names no key
-            detail = str(exc).splitlines()[0]
-            raise UserError(f"{origin}: a section is not a mapping of keys to values ({detail})") from None
+            found = _section_given_a_value(OmegaConf.to_container(base), OmegaConf.to_container(layer))
+            if found is None:
+                raise UserError(f"{origin}: a section is not a mapping of keys to values "
+                                f"({str(exc).splitlines()[0]})") from None
+            key, value, keys = found
+            example = f"{key}.{keys[0]}=..." if origin == "command line" else f"{key}: {{{keys[0]}: ...}}"
+            raise UserError(f"{origin}: '{key}' is a section (keys {', '.join(keys[:3])}...), not a single value (got "
+                            f"{value!r}); set its keys instead, e.g. {example}") from None
         raise UserError(f"{origin}: bad value {exc.value!r} for '{exc.full_key}': {exc.msg.splitlines()[0]}") from None
+
+
+def _section_given_a_value(schema: Any, layer: Any, prefix: str = "") -> tuple[str, Any, list[str]] | None:
+    """The first key where `layer` gives a plain value for a section of `schema` (its dotted name, the value, and the
+    section's keys): the merge refuses it without naming the key."""
+    for key, value in layer.items():
+        section = schema.get(key) if isinstance(schema, dict) else None
+        if not isinstance(section, dict):
+            continue
+        if not isinstance(value, dict):
+            return f"{prefix}{key}", value, [str(k) for k in section] or ["<key>"]
+        found = _section_given_a_value(section, value, f"{prefix}{key}.")
+        if found:
+            return found
+    return None
 
 
 def _read_yaml(path: Path) -> DictConfig:
@@ -332,14 +353,69 @@ def find_experiment(exp: str) -> Path:
     raise UserError(f"experiment '{exp}' not found (looked for {EXPERIMENTS_DIR / exp / 'config.yaml'}); {hint}")
 
 
-def parse_overrides(overrides: list[str]) -> DictConfig:
-    for item in overrides:
-        if "=" not in item or item.startswith("="):
-            raise UserError(f"command-line argument '{item}' is not key=value (e.g. train.epochs=10)")
+SPACE_PREFIX = "tune.space."
+
+
+def parse_value(item: str) -> Any:
+    """The value of one `key=value` argument, read as YAML (as OmegaConf reads a dot list): a list or mapping comes back
+    as plain Python. A value YAML cannot read (`tta.views=[plain`) is one line naming the argument."""
+    if "=" not in item or item.startswith("="):
+        raise UserError(f"command-line argument '{item}' is not key=value (e.g. train.epochs=10)")
     try:
-        return OmegaConf.from_dotlist(overrides)
-    except (OmegaConfBaseException, yaml.YAMLError) as exc:  # values are parsed as YAML: `a=[1` is a YAML error
-        raise UserError(f"command line: cannot parse overrides: {str(exc).splitlines()[0]}") from None
+        value = OmegaConf.from_dotlist([f"value={item.partition('=')[2]}"]).value
+    except (OmegaConfBaseException, yaml.YAMLError) as exc:
+        problem = exc.problem if isinstance(exc, yaml.MarkedYAMLError) and exc.problem else str(exc).splitlines()[0]
+        raise UserError(f"command-line argument '{item}' cannot be read ({problem}); close every bracket and quote, "
+                        "and quote the whole argument for the shell, e.g. 'tta.views=[plain,whole]'") from None
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def parse_overrides(overrides: list[str]) -> DictConfig:
+    """The command line's config keys as one layer. `tune.space.<key>=<choices or range>` (or `...<key>.choices=[...]`)
+    sets one searched key: a space's keys are dotted config keys, which a plain dot list would split apart."""
+    parsed = OmegaConf.create()
+    for item in overrides:
+        value = parse_value(item)
+        key = item.partition("=")[0]
+        if key.startswith(SPACE_PREFIX):
+            name = key[len(SPACE_PREFIX):]
+            searched, _, entry = name.rpartition(".")
+            if searched and entry in SPACE_KEYS:  # tune.space.train.lr.low=1e-4: one entry of the key's range
+                name, value = searched, {entry: value}
+            layer = OmegaConf.create({"tune": {"space": {name: value}}})
+        else:
+            try:
+                layer = OmegaConf.from_dotlist([item])
+            except OmegaConfBaseException as exc:  # a key OmegaConf cannot take apart, e.g. `a..b=1`
+                raise UserError(f"command-line argument '{item}' cannot be read ({str(exc).splitlines()[0]})") from None
+        parsed = OmegaConf.merge(parsed, layer)
+    return parsed
+
+
+def set_by(config_file: Path, overrides: list[str], *keys: str) -> str:
+    """Where a setting's value comes from: 'command line' when an argument sets it (or replaces the whole tune.space
+    it is in), else the last of the experiment's files that sets it (a base, contest, recipe or the file itself), so
+    a message blames the place to edit. `keys` is the path to it, e.g. ("tune", "space", "train.lr")."""
+
+    def holds(node: Any) -> bool:
+        for key in keys:
+            if not isinstance(node, dict) or key not in node:
+                return False
+            node = node[key]
+        return True
+
+    if holds(OmegaConf.to_container(parse_overrides(overrides))) or (
+            keys[:2] == ("tune", "space") and "tune.space" in command_line_keys(overrides)):
+        return "command line"
+    for layer, origin in reversed(_load_layers(config_file)):
+        if holds(OmegaConf.to_container(layer)):
+            return origin
+    return str(config_file)
+
+
+def command_line_keys(overrides: list[str]) -> set[str]:
+    """The keys the arguments name, as given (`tune.space={}` names tune.space)."""
+    return {item.partition("=")[0] for item in overrides}
 
 
 def validate(cfg: DictConfig, origin: str, command_line: set[str] = frozenset()) -> None:
@@ -365,7 +441,15 @@ def validate(cfg: DictConfig, origin: str, command_line: set[str] = frozenset())
             raise UserError(f"{where(key)}: '{key}' must be positive, got {OmegaConf.select(cfg, key)}")
     if cfg.folds.n_splits < 2:
         raise UserError(f"{where('folds.n_splits')}: 'folds.n_splits' must be at least 2, got {cfg.folds.n_splits}")
-    for key in ("folds.holdout", "train.label_smoothing", "train.ema"):
+    for key in ("data.train.path", "data.test.path"):  # one from a file is checked where it is read (data.Source)
+        path = OmegaConf.select(cfg, key)
+        if path and where(key) == "command line" and not Path(path).expanduser().exists():
+            raise UserError(f"command line: '{key}' is '{path}': no such folder or zip; give the folder or .zip of "
+                            "the clips (relative to the folder you run the command from)")
+    if not 0.0 <= cfg.folds.holdout <= 0.5:  # folds hold out one group in round(1 / holdout), at least 2
+        raise UserError(f"{where('folds.holdout')}: 'folds.holdout' is {cfg.folds.holdout}, but it works from 0 (no "
+                        "holdout) to 0.5 (half the groups; a larger fraction would hold out half anyway); give e.g. 0.1")
+    for key in ("train.label_smoothing", "train.ema"):
         if not 0.0 <= OmegaConf.select(cfg, key) < 1.0:
             raise UserError(f"{where(key)}: '{key}' is a fraction in [0, 1), got {OmegaConf.select(cfg, key)}")
     if not 0.0 < cfg.train.ohem <= 1.0:
@@ -387,14 +471,21 @@ def validate(cfg: DictConfig, origin: str, command_line: set[str] = frozenset())
     for key in ("tune.keep_best", "tune.heartbeat"):
         if OmegaConf.select(cfg, key) < 1:
             raise UserError(f"{where(key)}: '{key}' must be at least 1, got {OmegaConf.select(cfg, key)}")
-    _check_space(cfg, where("tune"))
+    if cfg.tune.pruner == "wilcoxon" and len(cfg.tune.folds) == 1:
+        given = [where(key) for key in ("tune.pruner", "tune.folds")]
+        raise UserError(f"{'command line' if 'command line' in given else origin}: 'tune.pruner' is wilcoxon, which "
+                        f"compares trials fold by fold, but tune.folds has one fold ({cfg.tune.folds[0]}), so it could "
+                        "never prune; use tune.pruner=median (or auto), or score trials on several folds, e.g. "
+                        "tune.folds=[0,1,2]")
+    _check_space(cfg, where)
 
 
-def _check_space(cfg: DictConfig, origin: str) -> None:
+def _check_space(cfg: DictConfig, where: Callable[[str], str]) -> None:
     """Each `tune.space` entry names a recipe key of the schema and gives a non-empty list of choices, or low <= high
     (log: low > 0), every value of the key's type. Trials change only recipe keys: data, audio, folds and the answer
     format are what every trial shares (one decoding, one fold file)."""
     leaves = {key for key in valid_keys() if not isinstance(OmegaConf.select(cfg, key), DictConfig)}
+    origin = where("tune.folds")
     for position, fold in enumerate(cfg.tune.folds):
         if not 0 <= fold < cfg.folds.n_splits:
             raise UserError(f"{origin}: 'tune.folds' lists fold {fold}, but the folds are 0..{cfg.folds.n_splits - 1}")
@@ -404,6 +495,7 @@ def _check_space(cfg: DictConfig, origin: str) -> None:
         raise UserError(f"{origin}: 'tune.folds' is empty; name the folds a trial is scored on, e.g. [0]")
     for key, spec in cfg.tune.space.items():
         name = f"tune.space.{key}"
+        origin = where(name)
         if key not in leaves:
             raise UserError(f"{origin}: '{name}' names no config key{_suggest(key)}")
         if key.split(".")[0] not in RECIPE_SECTIONS or key.startswith("tune."):
@@ -461,6 +553,8 @@ def load_config(config_file: Path, overrides: list[str] = ()) -> DictConfig:
     for layer, origin in _load_layers(config_file):
         cfg = _merge(cfg, layer, origin)
     command_line = parse_overrides(list(overrides))
+    if "tune.space" in command_line_keys(list(overrides)):  # a whole space given replaces the files' space
+        cfg.tune.space = {}
     cfg = _merge(cfg, command_line, "command line")
     try:
         OmegaConf.resolve(cfg)

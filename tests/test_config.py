@@ -73,9 +73,10 @@ def test_chain_of_two_bases_and_a_list_of_bases(experiments):
 
 
 def test_dotted_overrides_win_over_the_file(experiments):
-    cfg = load_experiment("small", ["train.epochs=3", "data.train.path=/tmp/other data.zip",
+    other = write(experiments.parent / "other data.zip", "")  # a path given on the command line must exist
+    cfg = load_experiment("small", ["train.epochs=3", f"data.train.path={other}",
                                     "frontend.f_max=4000", "data.extensions=[.wav]"]).cfg
-    assert cfg.train.epochs == 3 and cfg.data.train.path == "/tmp/other data.zip"
+    assert cfg.train.epochs == 3 and cfg.data.train.path == str(other)
     assert cfg.frontend.f_max == 4000.0 and list(cfg.data.extensions) == [".wav"]
     assert cfg.train.lr == 0.003
 
@@ -117,16 +118,70 @@ def test_mistyped_values(experiments):
         load_experiment("small", ["train.epochs=abc"])
     with pytest.raises(UserError, match=r"command line: bad value 'maybe' for 'model\.pretrained'"):
         load_experiment("small", ["model.pretrained=maybe"])
-    write(experiments / "scalar" / "config.yaml", "base: ../_base/voices.yaml\ntrain: 5\n")
-    with pytest.raises(UserError, match=r"scalar/config\.yaml: a section is not a mapping of keys to values"):
+
+
+@pytest.mark.parametrize("text, override, key", [("train: 5", "train=5", "train"),
+                                                  ("augment: {mixup: 0.5}", "augment.mixup=0.5", "augment.mixup")])
+def test_a_section_given_a_value_names_the_section(experiments, text: str, override: str, key: str):
+    keys = list(OmegaConf.select(OmegaConf.structured(Config), key))
+    write(experiments / "scalar" / "config.yaml", f"base: ../_base/voices.yaml\n{text}\n")
+    with pytest.raises(UserError) as refused:
         load_experiment("scalar")
+    value = text.rsplit(": ", 1)[1].rstrip("}")
+    assert str(refused.value).endswith(f"scalar/config.yaml: '{key}' is a section (keys {', '.join(keys[:3])}...), "
+                                       f"not a single value (got {value}); set its keys instead, e.g. "
+                                       f"{key}: {{{keys[0]}: ...}}"), refused.value
+    with pytest.raises(UserError) as refused:
+        load_experiment("small", [override])
+    assert str(refused.value) == (f"command line: '{key}' is a section (keys {', '.join(keys[:3])}...), not a single "
+                                  f"value (got {value}); set its keys instead, e.g. {key}.{keys[0]}=...")
 
 
 def test_override_that_is_not_key_value_or_not_yaml(experiments):
     with pytest.raises(UserError, match=r"command-line argument 'train\.epochs' is not key=value"):
         load_experiment("small", ["train.epochs"])
-    with pytest.raises(UserError, match=r"command line: cannot parse overrides"):
-        load_experiment("small", ["data.extensions=[.wav"])
+    for argument in ("data.extensions=[.wav", "tta.views=[plain"):  # the argument is named, with what to do
+        with pytest.raises(UserError) as refused:
+            load_experiment("small", ["train.epochs=2", argument])
+        assert str(refused.value) == (f"command-line argument '{argument}' cannot be read (did not find expected ',' "
+                                      "or ']'); close every bracket and quote, and quote the whole argument for the "
+                                      "shell, e.g. 'tta.views=[plain,whole]'")
+
+
+def test_a_data_path_given_on_the_command_line_is_blamed_there(experiments):
+    for key in ("data.train.path", "data.test.path"):
+        with pytest.raises(UserError) as refused:
+            load_experiment("small", [f"{key}=nowhere"])
+        assert str(refused.value) == (f"command line: '{key}' is 'nowhere': no such folder or zip; give the folder or "
+                                      ".zip of the clips (relative to the folder you run the command from)")
+    (experiments.parent / "elsewhere").mkdir()
+    assert load_experiment("small", ["data.train.path=elsewhere"]).cfg.data.train.path == "elsewhere"
+    assert load_experiment("small").cfg.data.train.path == "data/train"  # a file's path is checked where it is read
+
+
+def test_search_space_keys_on_the_command_line(experiments):
+    """A space's keys are dotted config keys: tune.space.frontend.n_mels=... names one, not a section 'frontend'."""
+    write(experiments / "small" / "config.yaml", "base: ../_base/voices.yaml\ntune:\n  space:\n"
+          "    train.lr: {low: 0.001, high: 0.01}\n")
+    cfg = load_experiment("small", ["tune.space.frontend.n_mels={choices: [32, 64]}", "tune.space.train.lr.low=0.002",
+                                    "tune.space.train.lr.log=true"]).cfg
+    assert OmegaConf.to_container(cfg.tune.space) == {"train.lr": {"low": 0.002, "high": 0.01, "log": True},
+                                                      "frontend.n_mels": {"choices": [32, 64]}}
+    whole = load_experiment("small", ["tune.space={frontend.n_mels: {choices: [32]}}"]).cfg  # replaces the file's
+    assert OmegaConf.to_container(whole.tune.space) == {"frontend.n_mels": {"choices": [32]}}
+    assert OmegaConf.to_container(load_experiment("small", ["tune.space={}"]).cfg.tune.space) == {}
+    with pytest.raises(UserError, match=r"^command line: 'tune\.space\.frontend\.n_mel' names no config key; did you "
+                                        r"mean frontend\.n_mels"):
+        load_experiment("small", ["tune.space.frontend.n_mel={choices: [32]}"])
+
+
+def test_a_bad_search_space_in_the_file_is_blamed_on_the_file(experiments):
+    write(experiments / "small" / "config.yaml", "base: ../_base/voices.yaml\ntune:\n  space:\n"
+          "    frontend.n_mels: {choices: [32, many]}\n")
+    with pytest.raises(UserError) as refused:  # another tune key on the command line does not move the blame
+        load_experiment("small", ["tune.pruner=median", "tune.folds=[1]"])
+    assert str(refused.value).startswith("experiments/small/config.yaml: 'tune.space.frontend.n_mels': bad value "
+                                         "'many' for 'frontend.n_mels'"), refused.value
 
 
 @pytest.mark.parametrize("override, message", [
@@ -136,7 +191,12 @@ def test_override_that_is_not_key_value_or_not_yaml(experiments):
     ("data.test.layout=table", r"'data\.test\.layout' must be 'files'"),
     ("train.epochs=0", r"'train\.epochs' must be positive, got 0"),
     ("folds.n_splits=1", r"'folds\.n_splits' must be at least 2"),
-    ("folds.holdout=1.5", r"'folds\.holdout' is a fraction in \[0, 1\)"),
+    ("folds.holdout=1.5", r"'folds\.holdout' is 1\.5, but it works from 0 \(no holdout\) to 0\.5 \(half the groups"),
+    ("folds.holdout=0.9", r"'folds\.holdout' is 0\.9, but it works from 0 \(no holdout\) to 0\.5 \(half the groups"),
+    ("folds.holdout=-0.1", r"'folds\.holdout' is -0\.1, but it works from 0"),
+    ("tune.pruner=wilcoxon", r"'tune\.pruner' is wilcoxon, which compares trials fold by fold, but tune\.folds has one "
+                             r"fold \(0\), so it could never prune; use tune\.pruner=median \(or auto\), or score "
+                             r"trials on several folds, e\.g\. tune\.folds=\[0,1,2\]$"),
     ("data.name=''", r"'data\.name' is empty"),
     ("frontend.normalize=global", r"'frontend\.normalize' is 'global'; choose one of clip, dataset, none"),
     ("frontend.kind=stats", r"'frontend\.kind' is 'stats'; did you mean 'clip_stats'\?"),
