@@ -40,20 +40,29 @@ def _hidden(rel: str) -> bool:
     return any(part.startswith(".") for part in PurePosixPath(rel).parts)
 
 
+def _setting(setting: str, key: str) -> str:
+    """Where to fix a source's path or subdir: the config key, or the command-line argument (setting 'test')."""
+    if setting.startswith("data."):
+        return f"{setting}.{key} in the experiment config"
+    return f"{setting}= on the command line" if key == "path" else f"{setting}.{key}= on the command line"
+
+
 class Source:
     """The files under a folder, or under a folder inside a zip kept open (reopening per file is ~50x slower)."""
 
-    def __init__(self, path: str, subdir: str = "") -> None:
+    def __init__(self, path: str, subdir: str = "", setting: str = "data.*") -> None:
+        """`setting` names what gave the path and subdir, for the message when they are wrong: a config section
+        (data.train, data.test: the experiment config) or a command-line argument (test: test= and test.subdir=)."""
         self.path = Path(path).expanduser()
         self.subdir = subdir.strip("/")
         self._zip: zipfile.ZipFile | None = None
         if not self.path.exists():
-            raise UserError(f"{self.path}: no such folder or zip; check data.*.path in the experiment config")
+            raise UserError(f"{self.path}: no such folder or zip; check {_setting(setting, 'path')}")
         self.is_zip = self.path.is_file()
         if self.is_zip and not zipfile.is_zipfile(self.path):
-            raise UserError(f"{self.path}: not a folder or a readable .zip")
+            raise UserError(f"{self.path}: not a folder or a readable .zip; check {_setting(setting, 'path')}")
         if not self.is_zip and self.subdir and not (self.path / self.subdir).is_dir():
-            raise UserError(f"{self.path / self.subdir}: no such folder; check data.*.subdir")
+            raise UserError(f"{self.path / self.subdir}: no such folder; check {_setting(setting, 'subdir')}")
 
     def __str__(self) -> str:
         return str(self.path / self.subdir) if self.subdir else str(self.path)
@@ -78,6 +87,10 @@ class Source:
             prefix = f"{self.subdir}/" if self.subdir else ""
             names = [n[len(prefix):] for n in self.zip.namelist() if n.startswith(prefix) and not n.endswith("/")]
             names = [n for n in names if not n.startswith("__MACOSX/")]
+            escaping = [self._member(n) for n in names if n.startswith("/") or ".." in PurePosixPath(n).parts]
+            if escaping:  # such a name is no file of the folder it claims to be in; never skip it as a dot folder
+                raise UserError(f"{self.path}: the zip has members whose path has '..' or a leading '/' "
+                                f"({_examples([repr(n) for n in escaping])}); rename them inside the zip")
         else:
             root = self.path / self.subdir
             names = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
@@ -251,7 +264,7 @@ def _filename_fields(files: list[str], pattern: str, source: Source) -> pd.DataF
 def index_train(cfg: DictConfig) -> Split:
     """The labelled clips, with a group per clip (the clip itself when no group rule is configured)."""
     spec = cfg.data.train
-    source = Source(spec.path, spec.subdir)
+    source = Source(spec.path, spec.subdir, "data.train")
     files = _audio_files(source, cfg.data.extensions)
     regex_fields = _filename_fields(files, spec.filename_regex, source) if spec.filename_regex else None
     if spec.layout == "table":
@@ -290,14 +303,16 @@ def index_test(cfg: DictConfig) -> Split | None:
     spec = cfg.data.test
     if spec is None or not spec.path:
         return None
-    source = Source(spec.path, spec.subdir)
+    source = Source(spec.path, spec.subdir, "data.test")
     files = _audio_files(source, cfg.data.extensions)
     return Split("test", source, pd.DataFrame({"id": [_stem_id(f) for f in files], "path": files}))
 
 
 def with_test_source(cfg: DictConfig, source: dict) -> DictConfig:
     """`cfg` with its test set replaced by `source` (a path and source keys such as subdir: every audio file under it,
-    ids from file names), the way predict and blend read a named test set."""
+    ids from file names), the way predict and blend read a named test set. The source came from test= (and test.<key>=)
+    on the command line, not from the config, so a path or subdir that is not there is refused here, naming those."""
+    Source(str(source["path"]), str(source.get("subdir") or ""), "test")
     cfg = cfg.copy()
     OmegaConf.set_readonly(cfg, False)  # experiments are loaded read-only
     cfg.data.test = None

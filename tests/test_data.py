@@ -10,7 +10,7 @@ import pytest
 import soundfile
 
 from competition.cache import load_split
-from competition.data import index_test, index_train
+from competition.data import index_test, index_train, with_test_source
 from competition.errors import UserError
 from conftest import (FSDD, FSDD_REGEX, SPEAKERS, fsdd_names, fsdd_zip, make_config, shared_data, tone, write_clip,
                       zip_folder)
@@ -288,21 +288,23 @@ def _table_config(workdir: Path, table: str, name: str = "targets.tsv", ids=("a"
 
 def test_missing_folder(workdir):
     cfg = make_config(workdir, {"train": {"path": "nowhere", "table": "targets.tsv"}})
-    with pytest.raises(UserError, match=r"nowhere: no such folder or zip; check data\.\*\.path"):
+    with pytest.raises(UserError, match=r"nowhere: no such folder or zip; check data\.train\.path in the experiment "
+                                        r"config$"):
         index_train(cfg)
 
 
 def test_a_file_that_is_not_a_zip(workdir):
     (workdir / "data.zip").write_bytes(b"not a zip at all")
     cfg = make_config(workdir, {"train": {"path": "data.zip", "table": "targets.tsv"}})
-    with pytest.raises(UserError, match=r"data\.zip: not a folder or a readable \.zip"):
+    with pytest.raises(UserError, match=r"data\.zip: not a folder or a readable \.zip; check data\.train\.path in the "
+                                        r"experiment config$"):
         index_train(cfg)
 
 
 def test_missing_subdir(workdir):
     voice_gender(workdir / "data")
     cfg = make_config(workdir, {"train": {"path": "data", "subdir": "trian", "table": "targets.tsv"}})
-    with pytest.raises(UserError, match=r"trian: no such folder; check data\.\*\.subdir"):
+    with pytest.raises(UserError, match=r"trian: no such folder; check data\.train\.subdir in the experiment config$"):
         index_train(cfg)
 
 
@@ -519,3 +521,29 @@ def test_zip_names_are_read_as_utf8_without_the_flag(workdir):
     test, cache = load_split(index_test(cfg), cfg, skip_bad=False)
     assert "café" in set(test.clips["id"])  # not cp437's 'caf├⌐'
     assert cache.clips["path"].tolist() == sorted(test.clips["path"])
+
+
+def test_a_test_set_named_on_the_command_line_is_blamed_there(workdir):
+    """predict's test= (and test.subdir=) replace the config's test set: a wrong one names those, not the config."""
+    voice_gender(workdir / "data")
+    cfg = make_config(workdir, {"train": {"path": "data/train", "table": "targets.tsv"}, "test": {"path": "data/test"}})
+    with pytest.raises(UserError, match=r"^nowhere: no such folder or zip; check test= on the command line$"):
+        with_test_source(cfg, {"path": "nowhere"})
+    with pytest.raises(UserError, match=r"^data/tset: no such folder; check test\.subdir= on the command line$"):
+        with_test_source(cfg, {"path": "data", "subdir": "tset"})
+    assert index_test(with_test_source(cfg, {"path": "data", "subdir": "test"})).clips["id"].tolist() == ["t0", "t1", "t2"]
+
+
+@pytest.mark.parametrize("name, subdir", [("test/../../x.wav", "test"), ("../x.wav", ""), ("/x.wav", "")])
+def test_a_zip_member_outside_its_folder_is_refused_not_dropped(workdir, name: str, subdir: str):
+    """A member named test/../../x.wav was taken for a dot folder and left out: 3 answers for 4 clips."""
+    voice_gender(workdir / "src")
+    archive = zip_folder(workdir / "src" / "test", workdir / "test.zip", prefix=subdir)
+    with zipfile.ZipFile(archive, "a") as z:  # a ZipInfo keeps the name as given; ZipFile.write would normalise it
+        z.writestr(zipfile.ZipInfo(name), (workdir / "src" / "test" / "t0.wav").read_bytes())
+    cfg = make_config(workdir, {"train": {"path": "src/train", "table": "targets.tsv"},
+                                "test": {"path": "test.zip", "subdir": subdir}})
+    with pytest.raises(UserError) as refused:
+        index_test(cfg)
+    assert str(refused.value) == (f"test.zip: the zip has members whose path has '..' or a leading '/' ('{name}'); "
+                                  "rename them inside the zip")
