@@ -8,7 +8,6 @@ trained on and stands in for the leaderboard. Every experiment and trial reads t
 """
 from __future__ import annotations
 
-import math
 import sys
 import warnings
 from pathlib import Path
@@ -37,9 +36,17 @@ def _remake(exp: str) -> str:
     return f"python -m competition.folds exp={exp} overwrite=true"
 
 
-def _at_least(n: int) -> str:
-    """The smallest two-decimal folds.holdout that holds out one part in at most n (rounding never asks for more)."""
-    return f"{math.ceil(100 / n) / 100:.2f}"
+def _parts(holdout: float) -> int:
+    """The holdout is one part of a grouped, stratified split of every clip into this many parts."""
+    return max(2, round(1 / holdout))
+
+
+class _Refused(UserError):
+    """Folds these settings cannot make; `why` is the reason in a few words, to say why no other setting works."""
+
+    def __init__(self, message: str, why: str) -> None:
+        super().__init__(message)
+        self.why = why
 
 
 def _largest_class(clips: pd.DataFrame) -> tuple[str, int]:
@@ -52,8 +59,9 @@ def _stratified_group_split(clips: pd.DataFrame, n_splits: int, seed: int) -> np
     """Fold number per clip; at least n_splits distinct groups are needed to put one in every fold."""
     n_groups = clips["group"].nunique()
     if n_groups < n_splits:
-        raise UserError(f"only {n_groups} groups (speakers) for {n_splits} folds; lower folds.n_splits "
-                        "or check the group rule (data.train.group_column / filename_regex)")
+        raise _Refused(f"only {n_groups} groups (speakers) for {n_splits} folds; lower folds.n_splits "
+                       "or check the group rule (data.train.group_column / filename_regex)",
+                       f"leaves fewer than {n_splits} groups to split")
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     folds = np.full(len(clips), -1)
     # a class smaller than n_splits just misses some folds; sklearn's multi-line warning about it gives way to
@@ -66,39 +74,121 @@ def _stratified_group_split(clips: pd.DataFrame, n_splits: int, seed: int) -> np
     return folds
 
 
+def _wholly_held(folds: pd.DataFrame) -> pd.Series:
+    """Clips per class of the classes the holdout (fold -1) holds every clip of: no fold could learn them."""
+    return folds["label"].value_counts().drop(folds.loc[folds["fold"] >= 0, "label"].unique())
+
+
 def make_folds(clips: pd.DataFrame, n_splits: int, seed: int, holdout: float = 0.0) -> pd.DataFrame:
     """Assign every clip a fold in 0..n_splits-1, or -1 for the locked holdout (a `holdout` fraction of groups).
 
-    The limits scikit-learn would fail on with a traceback are checked first, to name the key to change.
+    The limits scikit-learn would fail on with a traceback are checked first, to name the key to change. A holdout
+    these clips do not allow is refused with a setting that was tried and works (other holdouts and seeds, fewer
+    folds), or with why none does: a suggestion that only passes the first check sends the user round in circles.
     """
     label, largest = _largest_class(clips)
     if largest < 2:
         raise UserError(f"every class has a single clip (e.g. '{label}'), so none can be both trained on and "
                         "validated; check the label rule (data.train.label_column / filename_regex)")
+    try:
+        return _split(clips, n_splits, seed, holdout)
+    except _Refused as refused:
+        if holdout == 0:
+            raise UserError(str(refused)) from None
+        raise UserError(f"{refused}; {_what_works(clips, n_splits, seed, holdout)}") from None
+
+
+def _holdout_limits(clips: pd.DataFrame, holdout: float) -> None:
+    """Refuse at once a holdout that needs more groups, or more clips in a class, than there are."""
+    parts, (label, largest) = _parts(holdout), _largest_class(clips)
+    n_groups = clips["group"].nunique()
+    if n_groups < parts:  # holding out one group in `parts` needs that many groups, whatever n_splits is
+        raise _Refused(f"folds.holdout={holdout} holds out one group in {parts}, but there are only {n_groups} "
+                       "groups", f"needs more than the {n_groups} groups")
+    if largest < parts:
+        raise _Refused(f"folds.holdout={holdout} splits each class into {parts} parts to hold one out, but no "
+                       f"class has {parts} clips (the largest, '{label}', has {largest})",
+                       f"needs more than the {largest} clips of the largest class")
+
+
+def _split(clips: pd.DataFrame, n_splits: int, seed: int, holdout: float) -> pd.DataFrame:
+    """make_folds for one setting, refusing (with why) what it cannot make; no suggestions."""
     folds = pd.DataFrame({"id": clips["id"], "label": clips["label"], "group": clips["group"], "fold": -1})
     train = np.ones(len(clips), bool)
     if holdout > 0:
-        parts = max(2, round(1 / holdout))
-        n_groups = clips["group"].nunique()
-        if n_groups < parts:  # holding out one group in `parts` needs that many groups, whatever n_splits is
-            raise UserError(f"folds.holdout={holdout} holds out one group in {parts}, but there are only {n_groups} "
-                            f"groups; set folds.holdout to at least {_at_least(n_groups)}, or 0 for no holdout")
-        if largest < parts:
-            raise UserError(f"folds.holdout={holdout} splits each class into {parts} parts to hold one out, but no "
-                            f"class has {parts} clips (the largest, '{label}', has {largest}); set folds.holdout to at "
-                            f"least {_at_least(largest)}, or 0 for no holdout")
-        held = _stratified_group_split(clips, parts, seed) == 0
+        _holdout_limits(clips, holdout)
+        held = _stratified_group_split(clips, _parts(holdout), seed) == 0
         if held.all() or not held.any():
-            raise UserError(f"folds.holdout={holdout} leaves nothing to train or hold out; choose a fraction like 0.1")
+            raise _Refused(f"folds.holdout={holdout} leaves nothing to train or hold out", "leaves nothing to hold out")
         train = ~held
     pool = clips[train].reset_index(drop=True)
     label, largest = _largest_class(pool)
     if largest < n_splits:
-        where, also = (" outside the holdout", ", or a smaller folds.holdout") if holdout > 0 else ("", "")
-        raise UserError(f"folds.n_splits={n_splits} but no class has {n_splits} clips{where} (the largest, "
-                        f"'{label}', has {largest}); set folds.n_splits to at most {largest}{also}")
+        if holdout == 0:
+            raise _Refused(f"folds.n_splits={n_splits} but no class has {n_splits} clips (the largest, '{label}', "
+                           f"has {largest}); set folds.n_splits to at most {largest}", "")
+        raise _Refused(f"folds.n_splits={n_splits} but no class has {n_splits} clips outside the holdout (the largest, "
+                       f"'{label}', has {largest})", f"leaves no class {n_splits} clips outside the holdout")
     folds.loc[train, "fold"] = _stratified_group_split(pool, n_splits, seed)
+    held_classes = _wholly_held(folds)
+    if len(held_classes):
+        listing = _examples([f"'{c}' ({n} clips)" for c, n in held_classes.items()])
+        raise _Refused(f"folds.holdout={holdout} holds out every clip of class {listing}, so no fold could learn it",
+                       "holds out every clip of some class")
     return folds
+
+
+SEEDS_TRIED = 5  # folds.seed and the next ones
+SPLITS_TRIED = 40  # settings tried by splitting: one split of 20,000 one-clip groups takes seconds
+
+
+def _near_holdouts(holdout: float) -> list[float]:
+    """One two-decimal fraction per distinct holdout (the one nearest its part: 0.2 for one in five; `holdout` for
+    its own), nearest to `holdout` first."""
+    candidates: dict[int, float] = {}
+    for hundredths in range(1, 51):
+        fraction = hundredths / 100
+        parts = _parts(fraction)
+        if parts not in candidates or abs(fraction - 1 / parts) < abs(candidates[parts] - 1 / parts):
+            candidates[parts] = fraction
+    candidates[_parts(holdout)] = holdout
+    return sorted(candidates.values(), key=lambda h: (abs(h - holdout), h))
+
+
+def _what_works(clips: pd.DataFrame, n_splits: int, seed: int, holdout: float) -> str:
+    """Settings near the refused ones that make valid folds, each tried: other holdouts (nearest first) with this seed
+    and the next few, and fewer folds; or, when none does, why."""
+    near = _near_holdouts(holdout)
+    budget = SPLITS_TRIED
+    reasons: list[str] = []
+
+    def first_that_works(settings: list[tuple[int, float, int]], why: list[str]) -> tuple[int, float, int] | None:
+        nonlocal budget
+        for k, other, other_seed in settings:
+            try:
+                _holdout_limits(clips, other)
+                if budget == 0:
+                    return None
+                budget -= 1
+                _split(clips, k, other_seed, other)
+            except _Refused as refused:
+                why.append(refused.why)
+                continue
+            return k, other, other_seed
+        return None
+
+    same = first_that_works([(n_splits, h, s) for h in near for s in range(seed, seed + SEEDS_TRIED)
+                             if (h, s) != (holdout, seed)], reasons)
+    if same:
+        return (f"folds.holdout={same[1]}" + (f" with folds.seed={same[2]}" if same[2] != seed else "")
+                + " works (tried: it makes valid folds), or 0 for no holdout")
+    none = (f"no folds.holdout tried (near {holdout}, folds.seed {seed} to {seed + SEEDS_TRIED - 1}) works with "
+            f"folds.n_splits={n_splits}: each {' or '.join(dict.fromkeys(reasons))}")
+    fewer = first_that_works([(k, h, seed) for k in range(n_splits - 1, 1, -1) for h in near], [])
+    if fewer is None:
+        return f"{none}; use folds.holdout=0 (no holdout)"
+    return (f"{none}; folds.n_splits={fewer[0]}" + (f" with folds.holdout={fewer[1]}" if fewer[1] != holdout else "")
+            + " works (tried: it makes valid folds), or folds.holdout=0 for no holdout")
 
 
 def class_counts(folds: pd.DataFrame) -> pd.DataFrame:
@@ -167,7 +257,7 @@ def validate_folds(folds: pd.DataFrame, n_splits: int, path: Path, exp: str) -> 
         raise UserError(f"{path}: every group (speaker) must be in one fold, or validation scores voices the model "
                         f"trained on, but it has {listing}; fix the file or remake it with {remake}")
     in_training = folds[folds["fold"] >= 0]
-    held = folds["label"].value_counts().drop(in_training["label"].unique())
+    held = _wholly_held(folds)
     if len(held):
         listing = _examples([f"'{c}' ({n} clips)" for c, n in held.items()])
         raise UserError(f"{path}: the holdout (fold -1) has every clip of class {listing}, so no fold can learn it; "

@@ -283,10 +283,12 @@ def test_holdout_that_takes_a_whole_class_is_refused_before_any_file_is_written(
     cfg = make_config(workdir, {"train": {"path": "unused"}}, folds={"n_splits": 5, "holdout": 0.25})
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # scikit-learn's own multi-line warning about 'solo' must not escape either
-        with pytest.raises(UserError, match=r"^folds/t\.csv: the holdout \(fold -1\) has every clip of class 'solo' "
-                                            r"\(3 clips\), so no fold can learn it; .*exp=exp overwrite=true$"):
+        with pytest.raises(UserError, match=r"^folds\.holdout=0\.25 holds out every clip of class 'solo' \(3 clips\), "
+                                            r"so no fold could learn it; folds\.holdout=[\d.]+( with folds\.seed=\d+)? "
+                                            r"works \(tried: it makes valid folds\), or 0 for no holdout$") as refused:
             ensure_folds(cfg, clips, "exp")
     assert not fold_path(cfg).exists()
+    assert_works(clips, 5, 42, str(refused.value))
 
 
 def test_a_class_smaller_than_n_splits_gives_one_warning_line(workdir, capsys):
@@ -308,16 +310,31 @@ def followed(message: str, key: str) -> float:
     return float(re.search(rf"set {re.escape(key)} to at (?:least|most) ([\d.]+)", message).group(1))
 
 
+def suggested(message: str) -> dict[str, float]:
+    """The settings a refused holdout's message says work: `folds.holdout=0.2 with folds.seed=43 works (tried...`."""
+    clause = re.search(r"((?:folds\.\w+=[\d.]+(?: with )?)+) works \(tried", message)
+    assert clause, message
+    return {key: float(value) for key, value in re.findall(r"(folds\.\w+)=([\d.]+)", clause.group(1))}
+
+
+def assert_works(clips: pd.DataFrame, n_splits: int, seed: int, message: str) -> pd.DataFrame:
+    """Following a refusal's suggestion makes valid folds with a holdout, in one step."""
+    settings = {"folds.n_splits": n_splits, "folds.seed": seed, **suggested(message)}
+    folds = make_folds(clips, n_splits=int(settings["folds.n_splits"]), seed=int(settings["folds.seed"]),
+                       holdout=settings["folds.holdout"] if "folds.holdout" in settings else 0.0)
+    validate_folds(folds, int(settings["folds.n_splits"]), Path("folds/t.csv"), "exp")
+    assert (folds["fold"] == -1).any()
+    return folds
+
+
 def test_holdout_finer_than_every_class():
     clips = per_clip_table()  # scikit-learn: "n_splits=10 cannot be greater than the number of members in each class"
     with pytest.raises(UserError) as refused:
         make_folds(clips, n_splits=5, seed=0, holdout=0.1)
     assert str(refused.value) == ("folds.holdout=0.1 splits each class into 10 parts to hold one out, but no class "
-                                  "has 10 clips (the largest, 'f', has 9); set folds.holdout to at least 0.12, "
-                                  "or 0 for no holdout")
-    folds = make_folds(clips, n_splits=5, seed=0, holdout=followed(str(refused.value), "folds.holdout"))
-    validate_folds(folds, 5, Path("folds/t.csv"), "exp")
-    assert (folds["fold"] == -1).sum() > 0
+                                  "has 10 clips (the largest, 'f', has 9); folds.holdout=0.11 works (tried: it makes "
+                                  "valid folds), or 0 for no holdout")
+    assert_works(clips, 5, 0, str(refused.value))
 
 
 def test_more_folds_than_clips_in_every_class():
@@ -333,21 +350,63 @@ def test_more_folds_than_clips_in_every_class():
 def test_more_folds_than_clips_left_in_every_class_after_the_holdout():
     clips = per_clip_table()
     with pytest.raises(UserError, match=r"^folds\.n_splits=8 but no class has 8 clips outside the holdout \(the "
-                                        r"largest, '\w', has [67]\); set folds\.n_splits to at most [67], or a "
-                                        r"smaller folds\.holdout$") as refused:
+                                        r"largest, '\w', has [67]\); folds\.holdout=0\.\d+( with folds\.seed=\d)? "
+                                        r"works") as refused:
         make_folds(clips, n_splits=8, seed=0, holdout=0.2)
-    n_splits = int(followed(str(refused.value), "folds.n_splits"))
-    validate_folds(make_folds(clips, n_splits=n_splits, seed=0, holdout=0.2), n_splits, Path("folds/t.csv"), "exp")
+    assert_works(clips, 8, 0, str(refused.value))
 
 
 def test_holdout_needing_more_groups_suggests_a_holdout_that_works():
     rows = [(f"s{g}_{k}", "ab"[k % 2], f"s{g}") for g in range(30) for k in range(4)]
     clips = pd.DataFrame(rows, columns=["id", "label", "group"])
-    with pytest.raises(UserError, match=r"holds out one group in 50, but there are only 30 groups; set folds\.holdout "
-                                        r"to at least 0\.04, or 0") as refused:
+    with pytest.raises(UserError, match=r"holds out one group in 50, but there are only 30 groups; folds\.holdout="
+                                        r"0\.04 works") as refused:
         make_folds(clips, n_splits=5, seed=0, holdout=0.02)
-    folds = make_folds(clips, n_splits=5, seed=0, holdout=followed(str(refused.value), "folds.holdout"))
-    assert (folds["fold"] == -1).any()  # 0.03 (the suggestion rounded to nearest) would ask for 33 of the 30 groups
+    assert_works(clips, 5, 0, str(refused.value))  # 0.03 would ask for 33 of the 30 groups
+
+
+def loop_table(speakers: int | None, sole: int = 0) -> pd.DataFrame:
+    """50 classes of 4 or 5 clips: each clip its own speaker (`speakers` None), or clip i of class c said by speaker
+    (c + i) mod `speakers`; the first `sole` classes are said by speaker s0 alone (the most lopsided speaker, which
+    scikit-learn puts in the holdout first, whatever the seed)."""
+    rows = [(f"c{c}_{i}", f"class{c}", f"c{c}_{i}" if speakers is None else f"s{0 if c < sole else (c + i) % speakers}")
+            for c in range(50) for i in range(4 + c % 2)]
+    return pd.DataFrame(rows, columns=["id", "label", "group"])
+
+
+@pytest.mark.parametrize("speakers, sole, holdout", [(8, 3, 0.1), (8, 3, 0.13), (8, 3, 0.15), (8, 3, 0.17),
+                                                     (20, 0, 0.1), (20, 3, 0.17)])
+def test_a_refused_holdout_names_a_setting_that_works_in_one_step(speakers: int, sole: int, holdout: float):
+    """The suggestions went round in a loop: 0.1 -> 'at least 0.13' -> 'no class has 8 clips' -> ... Now the setting
+    suggested is one that was tried and passes every check."""
+    clips = loop_table(speakers, sole)
+    with pytest.raises(UserError) as refused:
+        make_folds(clips, n_splits=5, seed=42, holdout=holdout)
+    assert str(refused.value).startswith(f"folds.holdout={holdout} ")
+    assert_works(clips, 5, 42, str(refused.value))
+
+
+def test_when_no_holdout_works_with_these_folds_it_says_why_and_what_does():
+    clips = loop_table(None)  # one clip per speaker, at most 5 clips a class: a holdout leaves no class 5 for 5 folds
+    with pytest.raises(UserError) as refused:
+        make_folds(clips, n_splits=5, seed=42, holdout=0.1)
+    message = str(refused.value)
+    assert ("no folds.holdout tried (near 0.1, folds.seed 42 to 46) works with folds.n_splits=5: each needs more than "
+            "the 5 clips of the largest class or leaves no class 5 clips outside the holdout; folds.n_splits=4 with "
+            "folds.holdout=0.2 works") in message, message
+    assert_works(clips, 5, 42, message)
+
+
+def test_when_no_holdout_works_at_all_it_says_so():
+    clips = loop_table(10, sole=3)  # the holdout always takes s0, and with it three classes whole
+    with pytest.raises(UserError) as refused:
+        make_folds(clips, n_splits=5, seed=42, holdout=0.2)
+    message = str(refused.value)
+    assert message.startswith("folds.holdout=0.2 holds out every clip of class 'class1' (5 clips), 'class0' (4 clips), "
+                              "'class2' (4 clips), so no fold could learn it; no folds.holdout tried (near 0.2, "
+                              "folds.seed 42 to 46) works with folds.n_splits=5: each "), message
+    assert "holds out every clip of some class" in message and message.endswith("; use folds.holdout=0 (no holdout)")
+    validate_folds(make_folds(clips, n_splits=5, seed=42), 5, Path("folds/t.csv"), "exp")
 
 
 def test_every_class_a_single_clip_is_a_label_rule_mistake():
@@ -393,7 +452,12 @@ def test_command_writes_the_fold_file_and_reports_user_mistakes(fsdd_clips, work
     assert_one_line_error(typo, "unknown config key 'folds.n_split'", "folds.n_splits")
 
     missing = run_folds(workdir, "exp=exp", "data.train.path=nowhere.zip")
-    assert_one_line_error(missing, "nowhere.zip: no such folder or zip")
+    assert_one_line_error(missing, "command line: 'data.train.path' is 'nowhere.zip': no such folder or zip")
+
+    for holdout in ("0.9", "0.51", "-0.1"):  # 0.9 was a holdout of 0.5 without a word
+        too_large = run_folds(workdir, "exp=exp", f"folds.holdout={holdout}")
+        assert_one_line_error(too_large, f"command line: 'folds.holdout' is {holdout}, but it works from 0 (no "
+                                         "holdout) to 0.5")
 
 
 def test_command_refuses_a_holdout_that_takes_a_whole_class(workdir):
@@ -409,8 +473,8 @@ def test_command_refuses_a_holdout_that_takes_a_whole_class(workdir):
     folds = read_folds(workdir / "folds" / "digits.csv")
     result = run_folds(workdir, "exp=exp", "folds.n_splits=3", "folds.holdout=0.2", "audio.sample_rate=8000",
                        "overwrite=true")  # holds george, the most lopsided speaker, out first
-    assert_one_line_error(result, "folds/digits.csv: the holdout (fold -1) has every clip of class '4' (3 clips)",
-                          "then remake the folds with python -m competition.folds exp=exp overwrite=true")
+    assert_one_line_error(result, "folds.holdout=0.2 holds out every clip of class '4' (3 clips), so no fold could "
+                          "learn it; folds.holdout=", "works (tried: it makes valid folds)")
     assert read_folds(workdir / "folds" / "digits.csv").equals(folds)  # refused before writing, even with overwrite
 
 
