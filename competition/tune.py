@@ -20,9 +20,11 @@ trials. Running the command again resumes the study. A trial whose worker died, 
 marked failed and tried again with the same values, continuing from its last finished epoch.
 
 At the end: the best values as `experiments/<exp>_tuned/config.yaml` (its base is the experiment; it holds only the
-tuned keys), ready for `python -m competition.run exp=<exp>_tuned fold=all`; trials.csv and a table of the best
-trials; history.png, importances.png and slice.png in the study folder. Watch a study live with
-`optuna-dashboard experiments/<exp>/tune/optuna.journal` (pip install optuna-dashboard).
+tuned keys), ready for `python -m competition.run exp=<exp>_tuned fold=all`; a study other than the default one (which
+is named after the experiment) writes `experiments/<exp>_<study>_tuned/`, so two studies never replace each other's
+result. Also trials.csv and a table of the best trials; history.png, importances.png and slice.png in the study
+folder. Watch a study live with `optuna-dashboard experiments/<exp>/tune/optuna.journal` (pip install
+optuna-dashboard).
 """
 from __future__ import annotations
 
@@ -48,7 +50,8 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from competition.cli import format_seconds, main_guard
-from competition.config import Experiment, find_experiment, load_config, load_experiment, parse_cli
+from competition.config import (Experiment, command_line_keys, find_experiment, load_config, load_experiment,
+                                parse_cli, set_by)
 from competition.errors import UserError
 from competition.files import atomic_write, atomic_write_text
 from competition.foldrun import DONE, Inputs, can_resume, differences, is_finished, staleness
@@ -106,6 +109,9 @@ def pruner_name(cfg: DictConfig) -> str:
 
 def search_space(exp: Experiment) -> dict[str, dict]:
     space = OmegaConf.to_container(exp.cfg.tune.space)
+    if not space and "tune.space" in command_line_keys(exp.overrides):  # it replaced the config's space
+        raise UserError("command line: tune.space={} leaves no key to search; leave it out to search the config's "
+                        "tune.space, or name keys, e.g. 'tune.space.train.lr={low: 1.0e-4, high: 3.0e-3, log: true}'")
     if not space:
         raise UserError(f"{exp.dir / 'config.yaml'} has no tune.space to search; add e.g.\n  tune:\n    space:\n"
                         "      frontend.n_mels: {choices: [64, 128, 224]}\n"
@@ -150,14 +156,17 @@ def as_overrides(values: dict[str, Any]) -> list[str]:
 
 def check_space_values(config_file: Path, overrides: list[str], space: dict[str, dict]) -> None:
     """Every choice and both ends of every range make a valid config, and every backbone named exists: checked before
-    any trial runs, so a bad value fails now, with its key, not hours later."""
+    any trial runs, so a bad value fails now, with its key and the file (or command line) that set it, not hours
+    later. A trial's values are applied as overrides, so the loader's 'command line' is not where this one came from."""
     for key, spec in space.items():
         for value in spec.get("choices") or [spec["low"], spec["high"]]:
             try:
                 cfg = load_config(config_file, [*overrides, *as_overrides({key: value})])
+                if key == "model.name":
+                    check_backbone(cfg.model.name)
             except UserError as exc:
-                raise UserError(f"tune.space.{key} value {value!r} makes an invalid config: {exc}") from None
-            check_backbone(cfg.model.name)
+                raise UserError(f"{set_by(config_file, overrides, 'tune', 'space', key)}: 'tune.space.{key}' value "
+                                f"{value!r} makes an invalid config: {str(exc).removeprefix('command line: ')}") from None
 
 
 # --- storage and study ------------------------------------------------------------------------------------------------
@@ -565,17 +574,29 @@ def save_plots(study: optuna.Study, study_dir: Path) -> list[str]:
     return written
 
 
+def tuned_name(experiment: str, study: str) -> str:
+    """The tuned experiment of a study: <exp>_tuned for the default study (named after the experiment), else
+    <exp>_<study>_tuned, so a second study never replaces the first one's result."""
+    return f"{experiment}{TUNED_SUFFIX}" if study == experiment else f"{experiment}_{study}{TUNED_SUFFIX}"
+
+
 def write_tuned(exp: Experiment, study: optuna.Study, name: str) -> Path:
-    """experiments/<exp>_tuned/config.yaml: the experiment as its base plus the best trial's values, nothing else."""
+    """experiments/<tuned_name>/config.yaml: the experiment as its base plus the best trial's values, nothing else.
+    A file there written for another experiment or study (exp a study b and exp a_b share a name) is kept."""
     best = study.best_trial
-    folder = exp.dir.parent / f"{exp.name}{TUNED_SUFFIX}"
+    folder = exp.dir.parent / tuned_name(exp.name, name)
     path = folder / "config.yaml"
+    mine = f"# {exp.name} tuned by competition.tune: study {name}, "
+    if path.is_file() and not path.read_text().startswith(mine):
+        first = path.read_text().partition("\n")[0].removeprefix("# ")
+        raise UserError(f"{path} holds another result ({first or 'not written by competition.tune'}), which is kept; "
+                        "give this study another name with study=, or move that folder away")
     tuned = OmegaConf.create()
     for key, value in best.params.items():
         OmegaConf.update(tuned, key, tidy(value))
     metric = exp.cfg.train.metric
-    header = (f"# {exp.name} tuned by competition.tune: study {name}, trial {best.number}, validation {metric} "
-              f"{best.value:.4f} on folds {','.join(map(str, exp.cfg.tune.folds))}\n")
+    header = (f"{mine}trial {best.number}, validation {metric} {best.value:.4f} on folds "
+              f"{','.join(map(str, exp.cfg.tune.folds))}\n")
     body = {"base": os.path.relpath(exp.dir / "config.yaml", folder), **OmegaConf.to_container(tuned)}
     text = header + yaml.safe_dump(body, sort_keys=False)
     if not path.is_file() or path.read_text() != text:
@@ -602,10 +623,11 @@ def report(exp: Experiment, study: optuna.Study, name: str, study_dir: Path, sto
     mirror_study(exp.cfg, exp.name, name, study_dir, {"best_trial": study.best_trial.number,
                                                       f"best_{metric}": study.best_value, **study.best_params})
     tuned = path.parent.name
-    print(f"{best_line(study, metric)}: {path}\ntrain it: python -m competition.run exp={tuned} fold=all\n"
-          f"watch the study: optuna-dashboard {storage}")
-    if exp.overrides:
-        print(f"note: the trials ran with {' '.join(exp.overrides)}, which {path} does not hold; add them there or "
+    print(f"{best_line(study, metric)}: wrote {path} (study {name}'s best values)\n"
+          f"train it: python -m competition.run exp={tuned} fold=all\nwatch the study: optuna-dashboard {storage}")
+    untuned = [o for o in exp.overrides if not o.startswith("tune.")]  # how to search, not what is trained
+    if untuned:
+        print(f"note: the trials ran with {' '.join(untuned)}, which {path} does not hold; add them there or "
               "to the run command if they belong to the result")
 
 
@@ -656,8 +678,12 @@ def main(argv: list[str]) -> None:
     slots = local_slots(gpus, workers, options["device"]) if (gpus or workers) and not worker else []
     exp = load_experiment(options["exp"], overrides)
     space = search_space(exp)
+    if "model.name" not in space:  # else each searched backbone is checked with the space
+        check_backbone(exp.cfg.model.name)
     check_space_values(find_experiment(options["exp"]), overrides, space)
     name = options["study"] or exp.name
+    if "/" in name or name.startswith("."):
+        raise UserError(f"study={name}: give the study a plain name (it names a folder and the tuned experiment)")
     storage = options["storage"] or default_storage(exp)
     opened = open_storage(storage, exp.cfg)
     study_dir = exp.dir / "tune" / name

@@ -18,7 +18,8 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from competition import run, tune
-from competition.config import CHOICES
+from competition.config import CHOICES, load_experiment
+from competition.errors import UserError
 from conftest import error_line, require_extra, run_verb as cli, write_tones_data, write_tones_experiment
 from test_train import run_cli
 
@@ -171,13 +172,99 @@ def test_a_bad_search_space_is_one_line_naming_the_key(contest: Path, capsys, sp
 @pytest.mark.parametrize("args, expected", [
     (["n_trials=0"], "n_trials=0: a study needs at least one trial"),
     (["timeout=soon"], "timeout=soon: expected a duration"),
-    (["storage=postgresql://nobody@127.0.0.1:9/none"], "storage=postgresql://nobody@127.0.0.1:9/none: cannot open it"),
     (["exp=plain"], "has no tune.space to search"),
+    (["study=../s"], "study=../s: give the study a plain name"),
 ])
 def test_bad_tune_commands_are_one_line(contest: Path, capsys, args: list[str], expected: str) -> None:
     write_tones_experiment(contest, "plain", **QUICK)
     code, _, err = cli(capsys, tune, *(["exp=t"] if not args[0].startswith("exp=") else []), *args)
     assert code == 2 and expected in error_line(err), err
+
+
+NOBODY = "postgresql://nobody@127.0.0.1:9/none"  # nothing listens on port 9
+
+
+def test_a_postgresql_storage_without_its_driver_says_how_to_install_it(contest: Path, capsys,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh clone has no psycopg (requirements-extra.txt): importing it fails there, as it does here with the
+    import blocked (None in sys.modules makes `import psycopg` raise ImportError)."""
+    for driver in ("psycopg", "psycopg2"):
+        monkeypatch.setitem(sys.modules, driver, None)
+    code, _, err = cli(capsys, tune, "exp=t", f"storage={NOBODY}")
+    assert code == 2 and error_line(err) == (f"error: storage={NOBODY}: the database driver is not installed "
+                                             "(psycopg); for PostgreSQL: pip install 'psycopg[binary]'"), err
+
+
+def test_a_postgresql_server_that_does_not_answer_is_one_line(contest: Path, capsys) -> None:
+    require_extra("psycopg", what="the PostgreSQL driver (psycopg, which SQLAlchemy uses for postgresql:// URLs)")
+    code, _, err = cli(capsys, tune, "exp=t", f"storage={NOBODY}")
+    assert code == 2 and error_line(err).startswith(f"error: storage={NOBODY}: cannot open it ("), err
+
+
+@pytest.mark.parametrize("space, args, blamed, expected", [
+    ({"frontend.n_mels": {"choices": [0, 32]}}, [], "file",
+     "'tune.space.frontend.n_mels' value 0 makes an invalid config: 'frontend.n_mels' must be positive, got 0"),
+    ({"model.name": {"choices": ["resnet10t", "resnet_tiny"]}}, ["tune.pruner=median"], "file",
+     "'tune.space.model.name' value 'resnet_tiny' makes an invalid config: model.name 'resnet_tiny' is not a timm "
+     "model"),
+    ({}, ["tune.space.frontend.n_mels={choices: [0, 32]}"], "command line",  # a dotted space key, understood
+     "'tune.space.frontend.n_mels' value 0 makes an invalid config: 'frontend.n_mels' must be positive, got 0"),
+    ({"train.lr": {"choices": [0.01]}}, ["tune.space.train.lr.choices=[0.01,-1.0]"], "command line",
+     "'tune.space.train.lr' value -1.0 makes an invalid config: 'train.lr' must be positive, got -1.0"),
+])
+def test_a_bad_searched_value_is_blamed_where_it_was_set(contest: Path, capsys, space: dict, args: list[str],
+                                                          blamed: str, expected: str) -> None:
+    folder = write_tones_experiment(contest, "bad", **QUICK, tune={"space": space})
+    code, _, err = cli(capsys, tune, "exp=bad", "n_trials=1", *args)
+    where = "command line" if blamed == "command line" else str((folder / "config.yaml").resolve())
+    assert code == 2 and error_line(err).startswith(f"error: {where}: {expected}"), err
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["tune.space={}"], "command line: tune.space={} leaves no key to search; leave it out to search the config's "
+                        "tune.space, or name keys, e.g. 'tune.space.train.lr={low: 1.0e-4, high: 3.0e-3, log: true}'"),
+    (["tune.pruner=wilcoxon"], "command line: 'tune.pruner' is wilcoxon, which compares trials fold by fold, but "
+                               "tune.folds has one fold (0), so it could never prune; use tune.pruner=median (or "
+                               "auto), or score trials on several folds, e.g. tune.folds=[0,1,2]"),
+])
+def test_a_search_that_could_not_do_what_it_says_is_refused(contest: Path, capsys, args: list[str],
+                                                            expected: str) -> None:
+    """tune.space={} was ignored (the file's space searched, then reported as tuned); wilcoxon on one fold never
+    prunes. Either ran a whole study; one epoch and one trial keep that short where it still does."""
+    code, _, err = cli(capsys, tune, "exp=t", "n_trials=1", "device=cpu", "train.epochs=1", *args)
+    assert code == 2 and error_line(err) == f"error: {expected}", err
+    assert not (contest / "experiments" / "t" / "tune").exists()
+
+
+def finished_study(lr: float) -> optuna.Study:
+    """An in-memory study with one complete trial of train.lr=lr: what report() sees at the end of a real one."""
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(
+        params={"train.lr": lr}, value=0.9,
+        distributions={"train.lr": optuna.distributions.CategoricalDistribution(SPACE["train.lr"]["choices"])}))
+    return study
+
+
+def test_each_study_writes_its_own_tuned_experiment(contest: Path, capsys) -> None:
+    """A second study (study=s2) replaced experiments/t_tuned/config.yaml, the first study's result, without a word."""
+    exp = load_experiment("t")
+    for name, lr in (("t", 0.015), ("s2", 0.03)):  # the default study is named after the experiment
+        tune.report(exp, finished_study(lr), name, contest / "experiments" / "t" / "tune" / name, "memory")
+    out = capsys.readouterr().out
+    assert "wrote experiments/t_tuned/config.yaml (study t's best values)" in out
+    assert "wrote experiments/t_s2_tuned/config.yaml (study s2's best values)" in out
+    assert "python -m competition.run exp=t_s2_tuned fold=all" in out
+    for tuned, lr in (("t_tuned", 0.015), ("t_s2_tuned", 0.03)):
+        body = yaml.safe_load((contest / "experiments" / tuned / "config.yaml").read_text())
+        assert body == {"base": "../t/config.yaml", "train": {"lr": lr}}
+        assert load_experiment(tuned).cfg.train.lr == lr
+    other = contest / "experiments" / "t_s3_tuned" / "config.yaml"  # experiment t_s3's own default study wrote it
+    other.parent.mkdir()
+    other.write_text("# t_s3 tuned by competition.tune: study t_s3, trial 4, validation accuracy 0.5000 on folds 0\n")
+    with pytest.raises(UserError, match=r"t_s3_tuned/config\.yaml holds another result \(t_s3 tuned by competition\.tune"
+                                        r": study t_s3, trial 4, .*\), which is kept; give this study another name"):
+        tune.report(exp, finished_study(0.03), "s3", contest / "experiments" / "t" / "tune" / "s3", "memory")
+    assert other.read_text().startswith("# t_s3 tuned")
 
 
 def test_a_study_is_not_resumed_with_another_space_direction_or_inputs(contest: Path, capsys) -> None:
