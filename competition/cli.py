@@ -7,10 +7,22 @@ from typing import Callable
 from competition.errors import UserError
 
 
+def wants_help(argv: list[str]) -> bool:
+    return "-h" in argv or "--help" in argv
+
+
+def exit_on_help(usage: str) -> None:
+    """Called by a verb run as `python -m competition.<verb>` before its heavy imports (torch, timm, librosa), so that
+    --help answers in a fraction of a second instead of after seconds of imports."""
+    if wants_help(sys.argv[1:]):
+        print(usage.strip())
+        sys.exit(0)
+
+
 def main_guard(main: Callable[[list[str]], None], argv: list[str] | None = None) -> None:
     """Run a verb's `main`; -h or --help prints its module's docstring (the usage) instead of running it."""
     argv = sys.argv[1:] if argv is None else argv
-    if "-h" in argv or "--help" in argv:
+    if wants_help(argv):
         print(sys.modules[main.__module__].__doc__.strip())
         return
     try:

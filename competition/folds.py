@@ -8,6 +8,11 @@ trained on and stands in for the leaderboard. Every experiment and trial reads t
 """
 from __future__ import annotations
 
+from competition.cli import exit_on_help
+
+if __name__ == "__main__":
+    exit_on_help(__doc__)  # before the imports below: --help needs none of torch, timm or librosa
+
 import sys
 import warnings
 from pathlib import Path
