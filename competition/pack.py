@@ -10,6 +10,11 @@ and JSON only), and a file that does not match its recorded checksum (tampered o
 """
 from __future__ import annotations
 
+from competition.cli import exit_on_help
+
+if __name__ == "__main__":
+    exit_on_help(__doc__)  # before the imports below: --help needs none of torch, timm or librosa
+
 import hashlib
 import json
 import shutil

@@ -24,6 +24,11 @@ fp32 (on CUDA, train.amp decides).
 """
 from __future__ import annotations
 
+from competition.cli import exit_on_help
+
+if __name__ == "__main__":
+    exit_on_help(__doc__)  # before the imports below: --help needs none of torch, timm or librosa
+
 import json
 import sys
 from contextlib import nullcontext

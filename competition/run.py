@@ -20,6 +20,11 @@ the end, also written as experiments/queue-summary.csv. Ray is optional: pip ins
 """
 from __future__ import annotations
 
+from competition.cli import exit_on_help
+
+if __name__ == "__main__":
+    exit_on_help(__doc__)  # before the imports below: --help needs none of torch, timm or librosa
+
 import os
 import signal
 import sys
