@@ -279,15 +279,17 @@ def build_cache(split: Split, sample_rate: int, cache_dir: Path, workers: int, d
     return WaveCache.open(folder)
 
 
-def load_split(split: Split, cfg, skip_bad: bool) -> tuple[Split, WaveCache]:
-    """The split's waveform cache, with undecodable clips listed and either refused or left out."""
+def load_split(split: Split, cfg, skip_bad: bool,
+               skip_key: str = "data.skip_bad_audio") -> tuple[Split, WaveCache]:
+    """The split's waveform cache, with undecodable clips listed and either refused or left out; a refusal names
+    `skip_key`, the key of the running command that leaves them out (predict's is skip_bad_audio)."""
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
     cache = build_cache(split, cfg.audio.sample_rate, cache_dir, cfg.data.workers, cfg.data.name)
     if len(cache.bad):
         listing = _examples([f"{p} ({e})" for p, e in zip(cache.bad["path"], cache.bad["error"])])
         if not skip_bad:
             raise UserError(f"{split.source}: {len(cache.bad)} unreadable audio files: {listing}; "
-                            "replace them or set data.skip_bad_audio=true to leave them out")
+                            f"replace them or set {skip_key}=true to leave them out")
         print(f"warning: leaving out {len(cache.bad)} unreadable audio files: {listing}", file=sys.stderr)
         clips = split.clips[~split.clips["path"].isin(set(cache.bad["path"]))].reset_index(drop=True)
         split = Split(split.name, split.source, clips)

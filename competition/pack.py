@@ -1,12 +1,21 @@
 """Pack trained folds into a self-contained bundle for offline inference (a Kaggle notebook without internet).
 
-    python -m competition.pack exps=a,b out=<folder or .zip> [method=soft | blend=<report>] [half=true] [overwrite=true]
+    python -m competition.pack exps=a,b out=<folder or .zip> [method=soft | blend=<report>] [half=true]
+                               [missing=fail|skip] [overwrite=true]
     python -m competition.predict bundle=<folder or .zip> test=<folder or zip>     # anywhere, later
 
 A bundle holds each current fold's weights and frontend statistics (safetensors, optionally in half precision), the
 config it was trained with, the classes and their prior, the blend method and weights, the answer-file format, and a
-manifest with every file's SHA-256. Bundles travel between people, so loading one never runs code from it (safetensors
-and JSON only), and a file that does not match its recorded checksum (tampered or truncated) is refused.
+manifest with every file's size and SHA-256. Every fold of each experiment is packed: a missing one is refused
+(missing=skip packs the finished ones, naming those left out). overwrite=true replaces only a bundle, never another
+folder or zip.
+
+Bundles travel between people, so a bundle is untrusted input: loading one never runs code from it (safetensors and
+JSON only); every name it gives that reaches a path (experiment, file, data.name, the answer's extension) must be a
+plain name, and where the decoded test clips are cached is this machine's choice, not the bundle's, so predicting
+never writes outside the working directory and the local cache; the manifest is read only up to 16 MB, each file only
+if its size is the one recorded, and its checksum is computed while it is read, so a file that does not match
+(tampered or truncated) is refused without being read whole.
 """
 from __future__ import annotations
 
@@ -18,29 +27,35 @@ if __name__ == "__main__":
 import hashlib
 import json
 import shutil
+import sys
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from competition.blend import class_prior, load_members, submission_format
+from competition.blend import METHODS, TTA, class_prior, load_members, parse_method, submission_format
 from competition.cli import main_guard, parse_bool
-from competition.config import parse_cli
+from competition.config import SubmissionConfig, parse_cli
 from competition.errors import UserError
 from competition.files import atomic_write
-from competition.foldrun import timestamp
+from competition.foldrun import fold_list, timestamp
 from competition.predict import PREDICTIONS_DIR, Ensemble, FoldModel, choose, with_views
 
-COMMAND_KEYS = {"exps": "", "out": "", "method": "", "blend": "", "half": "false", "overwrite": "false"}
+COMMAND_KEYS = {"exps": "", "out": "", "method": "", "blend": "", "half": "false", "missing": "fail",
+                "overwrite": "false"}
 KIND = "competition-bundle"
-VERSION = 1  # bumped when a bundle's layout changes in a way older readers cannot follow
+VERSION = 2  # bumped when a bundle's layout changes in a way older readers cannot follow (2: each file's size)
 MANIFEST = "manifest.json"
+MANIFEST_LIMIT = 16 * 2**20  # bytes; a manifest of a hundred fold models is well under 1 MB
+CHUNK = 2**20  # bytes read (and hashed) at a time
 
 
 def tensors_bytes(model_state: dict, frontend_state: dict | None, half: bool) -> bytes:
@@ -51,9 +66,22 @@ def tensors_bytes(model_state: dict, frontend_state: dict | None, half: bool) ->
     return save_tensors(tensors)
 
 
-def pack(names: list[str], out: Path, method: str, blend_report: str, half: bool, overwrite: bool) -> dict:
-    """The named experiments' current folds as a bundle at `out`; returns its manifest."""
+def pack(names: list[str], out: Path, method: str, blend_report: str, half: bool, overwrite: bool,
+         skip_missing: bool = False) -> dict:
+    """The named experiments' current folds as a bundle at `out`; returns its manifest. An experiment with a fold
+    missing is refused unless `skip_missing`: a bundle has no report beside it that would say it is short of a fold."""
+    check_out(out, overwrite)  # before loading any fold: a refusal costs nothing
     members = load_members(names, fail_on_missing=False, skip_stale=False)
+    lacking = {member.name: member.left_out for member in members if member.left_out}
+    if lacking and not skip_missing:
+        listing = "; ".join(f"{name}: {', '.join(notes)}" for name, notes in lacking.items())
+        finish = " and ".join(f"python -m competition.run exp={name} fold=all" for name in lacking)
+        raise UserError(f"{listing}; a bundle should hold every fold: finish them with {finish}, or pass "
+                        "missing=skip to pack the finished folds only")
+    for member in members:
+        if member.left_out:
+            print(f"warning: {member.name}: packing folds {fold_list([f.number for f in member.folds])}; "
+                  f"{', '.join(member.left_out)}, left out (missing=skip)", file=sys.stderr)
     classes = members[0].folds[0].classes
     method, weights = choose(method, blend_report, [m.name for m in members], len(classes))
     models = []
@@ -64,6 +92,22 @@ def pack(names: list[str], out: Path, method: str, blend_report: str, half: bool
             models.append((member.name, fold.number, config, checkpoint["model"], checkpoint.get("frontend")))
     return write_bundle(out, models, method, weights, classes, class_prior(members[0].cfg.data.name, classes),
                         OmegaConf.to_container(submission_format(members, [])), half, overwrite)
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """`out` may be written: it does not exist, or it is a bundle and overwrite=true. Anything else there (a folder
+    of notes, out=experiments, another zip) is never replaced."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise UserError(f"{out} exists; pass overwrite=true to replace it, or choose another out=")
+    try:
+        manifest = read_manifest(Store(out))
+    except UserError:
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
+        raise UserError(f"out={out} exists and is not a bundle (no {MANIFEST} of a competition bundle in it): "
+                        "overwrite=true replaces only a bundle; choose another out=")
 
 
 def write_bundle(out: Path, models: list[tuple[str, int, dict, dict, dict | None]], method: str,
@@ -79,15 +123,17 @@ def write_bundle(out: Path, models: list[tuple[str, int, dict, dict, dict | None
     manifest = {"kind": KIND, "version": VERSION, "created": timestamp(), "method": method, "weights": weights,
                 "classes": classes, "prior": np.asarray(prior, float).tolist(), "answer_format": answer_format,
                 "half": half, "models": entries,
-                "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}
+                "files": {name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+                          for name, data in files.items()}}
     files[MANIFEST] = json.dumps(manifest, indent=1).encode()
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; pass overwrite=true to replace it, or choose another out=")
+    check_out(out, overwrite)
     if out.suffix == ".zip":
         def write_zip(tmp: Path) -> None:
             with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
                 for name, data in files.items():
                     archive.writestr(name, data)
+        if out.is_dir():  # a bundle folder named like a zip, checked above
+            shutil.rmtree(out)
         atomic_write(out, write_zip)
     else:
         work = out.with_name(f".{out.name}.partial")
@@ -95,53 +141,184 @@ def write_bundle(out: Path, models: list[tuple[str, int, dict, dict, dict | None
         for name, data in files.items():  # the manifest last: a folder without one is not a bundle
             (work / name).parent.mkdir(parents=True, exist_ok=True)
             (work / name).write_bytes(data)
-        if out.exists():
+        if out.is_dir():
             shutil.rmtree(out)
+        elif out.exists():  # a bundle zip, checked above
+            out.unlink()
         work.rename(out)
     return manifest
 
 
-def reader(path: Path) -> Callable[[str], bytes]:
-    """Bytes of a file inside a bundle folder or zip (read in place, never extracted)."""
-    if path.is_dir():
-        def read_dir(name: str) -> bytes:
-            try:
-                return (path / name).read_bytes()
-            except OSError:
-                raise UserError(f"bundle {path}: {name} is missing; pack it again") from None
-        return read_dir
-    if not zipfile.is_zipfile(path):
-        raise UserError(f"bundle={path}: not a bundle folder or zip (make one with python -m competition.pack)")
-    archive = zipfile.ZipFile(path)
+class Store:
+    """A bundle folder or zip, read in place (never extracted): each file's size as the folder or the zip's
+    directory declares it, and its bytes read in chunks up to a cap."""
 
-    def read_zip(name: str) -> bytes:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.archive = None
+        if path.is_dir():
+            return
+        if not zipfile.is_zipfile(path):
+            raise UserError(f"bundle={path}: not a bundle folder or zip (make one with python -m competition.pack)")
         try:
-            return archive.read(name)
-        except (KeyError, zipfile.BadZipFile, OSError) as exc:
-            raise UserError(f"bundle {path}: cannot read {name} ({exc}); pack it again") from None
-    return read_zip
+            self.archive = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise UserError(f"bundle={path}: cannot open the zip ({exc}); pack it again") from None
+
+    def size(self, name: str) -> int | None:
+        """The declared size of `name` (a plain relative path), or None if the bundle has no such file."""
+        if self.archive is None:
+            target = self.path / name
+            return target.stat().st_size if target.is_file() else None
+        try:
+            return self.archive.getinfo(name).file_size
+        except KeyError:
+            return None
+
+    def read(self, name: str, cap: int) -> tuple[bytes, str]:
+        """At most `cap` + 1 bytes of `name` (one more than allowed shows that it is longer, without reading it all)
+        and their SHA-256, computed chunk by chunk as they are read."""
+        digest, chunks, total = hashlib.sha256(), [], 0
+        try:
+            with (open(self.path / name, "rb") if self.archive is None else self.archive.open(name)) as handle:
+                while total <= cap:
+                    chunk = handle.read(min(CHUNK, cap + 1 - total))
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    chunks.append(chunk)
+                    total += len(chunk)
+        except (KeyError, OSError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile,
+                zlib.error) as exc:
+            raise UserError(f"bundle {self.path}: cannot read {name} ({exc}); pack it again") from None
+        return b"".join(chunks), digest.hexdigest()
+
+
+def read_manifest(store: Store) -> object:
+    """The manifest's JSON, its size checked before it is read."""
+    size = store.size(MANIFEST)
+    if size is None:
+        raise UserError(f"bundle {store.path}: no {MANIFEST}, so not a bundle; make one with python -m "
+                        "competition.pack")
+    if size > MANIFEST_LIMIT:
+        raise UserError(f"bundle {store.path}: {MANIFEST} is {size} bytes, over the {MANIFEST_LIMIT} bytes a "
+                        "bundle's manifest may take; pack it again")
+    data, _ = store.read(MANIFEST, MANIFEST_LIMIT)
+    if len(data) > MANIFEST_LIMIT:
+        raise UserError(f"bundle {store.path}: {MANIFEST} is over the {MANIFEST_LIMIT} bytes a bundle's manifest may "
+                        "take; pack it again")
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # nested past the recursion limit
+        raise UserError(f"bundle {store.path}: {MANIFEST} is not JSON that can be read ({exc}); pack it "
+                        "again") from None
+
+
+def plain_name(value: object) -> bool:
+    """Whether a name from a bundle can be one file name here: a string without a path separator and not '.' or
+    '..', so that it can neither be absolute nor climb out of the folder it is put in."""
+    return isinstance(value, str) and value not in ("", ".", "..") and not any(c in value for c in "/\\\0")
+
+
+def _is(value: object, kind: type | tuple[type, ...]) -> bool:
+    """isinstance, except that true and false are not numbers here."""
+    return isinstance(value, kind) and (not isinstance(value, bool) or kind is bool)
+
+
+def check_manifest(manifest: object, path: Path) -> dict:
+    """The manifest, its kind and layout version checked first and then every field predict uses, so that a
+    malformed one is one line naming the key rather than a traceback later, and a name that would reach a path
+    (experiment, file, data.name, answer_format.extension) is plain."""
+    def bad(key: str, what: str) -> UserError:
+        return UserError(f"bundle {path}: {MANIFEST} {key} {what}; pack it again")
+
+    def need(container: dict, key: str, kind: type | tuple[type, ...], name: str, what: str) -> object:
+        if not _is(container.get(key), kind):
+            raise bad(name, f"is {json.dumps(container.get(key))[:60]}, not {what}" if key in container
+                      else f"is missing ({what})")
+        return container[key]
+
+    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
+        raise UserError(f"bundle {path}: {MANIFEST} is not a competition bundle's; make one with python -m "
+                        "competition.pack")
+    if manifest.get("version") != VERSION or not _is(manifest.get("version"), int):
+        raise UserError(f"bundle {path} has layout version {json.dumps(manifest.get('version'))}, this version of "
+                        f"competition reads version {VERSION}; pack it again with this version (or predict with the "
+                        "version that packed it)")
+    files = need(manifest, "files", dict, "files", "an object of file name -> {sha256, size}")
+    for name, entry in files.items():
+        if not all(plain_name(part) for part in name.split("/")):
+            raise bad(f"files key {json.dumps(name)}", "is not a plain relative path (no \\, . or .. parts)")
+        if not isinstance(entry, dict):
+            raise bad(f"files.{name}", "is not an object {sha256, size}")
+        need(entry, "sha256", str, f"files.{name}.sha256", "a hex digest")
+        if need(entry, "size", int, f"files.{name}.size", "a number of bytes") < 0:
+            raise bad(f"files.{name}.size", "is negative")
+    classes = need(manifest, "classes", list, "classes", "a list of class names")
+    if not classes or not all(isinstance(c, str) for c in classes):
+        raise bad("classes", "is not a list of class names")
+    prior = need(manifest, "prior", list, "prior", "a list of numbers")
+    if len(prior) != len(classes) or not all(_is(p, (int, float)) for p in prior):
+        raise bad("prior", f"is not {len(classes)} numbers, one per class")
+    method = need(manifest, "method", str, "method", "a method name")
+    if method.removesuffix(TTA) not in METHODS:
+        raise bad("method", f"{json.dumps(method)} is not a method ({', '.join(METHODS)}, each optionally {TTA})")
+    weights = need(manifest, "weights", dict, "weights", "an object of experiment -> weight")
+    if not all(_is(w, (int, float)) for w in weights.values()):
+        raise bad("weights", "holds a value that is not a number")
+    need(manifest, "half", bool, "half", "true or false")
+    answer_format = need(manifest, "answer_format", dict, "answer_format", "the answer file's format")
+    try:
+        OmegaConf.merge(OmegaConf.structured(SubmissionConfig), answer_format)
+    except OmegaConfBaseException as exc:
+        raise bad("answer_format", f"is not an answer format ({str(exc).splitlines()[0]})") from None
+    if not plain_name(answer_format.get("extension", "csv")):
+        raise bad("answer_format.extension", f"{json.dumps(answer_format.get('extension'))} is not a plain file "
+                  "extension (no /, \\ or ..)")
+    models = need(manifest, "models", list, "models", "a list of fold models")
+    if not models:
+        raise bad("models", "is empty")
+    for i, entry in enumerate(models):
+        key = f"models[{i}]"
+        if not isinstance(entry, dict):
+            raise bad(key, "is not an object {experiment, fold, file, config}")
+        experiment = need(entry, "experiment", str, f"{key}.experiment", "an experiment name")
+        if not plain_name(experiment):
+            raise bad(f"{key}.experiment", f"{json.dumps(experiment)} is not a plain name (no /, \\ or ..)")
+        if need(entry, "fold", int, f"{key}.fold", "a fold number") < 0:
+            raise bad(f"{key}.fold", "is negative")
+        if need(entry, "file", str, f"{key}.file", "a file name") not in files:
+            raise bad(f"{key}.file", f"{json.dumps(entry['file'])} is not listed under files")
+        config = need(entry, "config", dict, f"{key}.config", "the config it was trained with")
+        data = config.get("data")
+        data_name = data.get("name", "") if isinstance(data, dict) else ""
+        if data_name and not plain_name(data_name):
+            raise bad(f"{key}.config.data.name", f"{json.dumps(data_name)} is not a plain name (no /, \\ or ..)")
+        if experiment not in weights:
+            raise bad("weights", f"has no weight for {experiment}")
+    return manifest
 
 
 def open_bundle(path: Path) -> tuple[dict, Callable[[str], bytes]]:
-    """The manifest, checked for kind and version, and a reader that refuses any file not matching its checksum."""
+    """The manifest, checked (shape, kind, version, and every file's size against the one recorded, before any file
+    is read), and a reader that reads no more than a file's recorded size and refuses one not matching its
+    checksum."""
     if not path.exists():
         raise UserError(f"bundle={path}: no such folder or zip")
-    read = reader(path)
-    try:
-        manifest = json.loads(read(MANIFEST))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"bundle {path}: {MANIFEST} is not JSON ({exc}); pack it again") from None
-    if manifest.get("kind") != KIND:
-        raise UserError(f"bundle {path}: {MANIFEST} is not a competition bundle's; make one with python -m "
-                        "competition.pack")
-    if manifest.get("version") != VERSION:
-        raise UserError(f"bundle {path} has layout version {manifest.get('version')}, this version of competition "
-                        f"reads version {VERSION}; pack it again with this version (or predict with the version that "
-                        "packed it)")
+    store = Store(path)
+    manifest = check_manifest(read_manifest(store), path)
+    for name, entry in manifest["files"].items():
+        size = store.size(name)
+        if size is None:
+            raise UserError(f"bundle {path}: {name} is missing; pack it again")
+        if size != entry["size"]:
+            raise UserError(f"bundle {path}: {name} is {size} bytes, not the {entry['size']} recorded when it was "
+                            "packed (altered or truncated); pack it again")
 
     def checked(name: str) -> bytes:
-        data = read(name)
-        if hashlib.sha256(data).hexdigest() != manifest["files"].get(name):
+        entry = manifest["files"][name]
+        data, digest = store.read(name, entry["size"])
+        if len(data) != entry["size"] or digest != entry["sha256"]:
             raise UserError(f"bundle {path}: {name} does not match the checksum recorded when it was packed "
                             "(altered or truncated); pack it again")
         return data
@@ -150,6 +327,8 @@ def open_bundle(path: Path) -> tuple[dict, Callable[[str], bytes]]:
 
 def from_bundle(path: Path, views: list[str] | None, test: dict, name: str, method: str,
                 blend_report: str) -> Ensemble:
+    """The bundle's fold models, each config on the schema with the test source of the command line and the local
+    cache location and decoding workers (a bundle never chooses where this machine writes)."""
     manifest, read = open_bundle(path)
     if blend_report:
         raise UserError(f"blend={blend_report}: a bundle carries its blend's method and weights; give method= to "
@@ -159,8 +338,14 @@ def from_bundle(path: Path, views: list[str] | None, test: dict, name: str, meth
     chosen, weights = (manifest["method"], manifest["weights"]) if not method else \
         choose(method, "", experiments, len(classes))
     models = []
-    for entry in manifest["models"]:
-        cfg = with_views(OmegaConf.create(entry["config"]), views, test)
+    for i, entry in enumerate(manifest["models"]):
+        try:
+            cfg = with_views(OmegaConf.create(entry["config"]), views, test)
+        except (OmegaConfBaseException, RecursionError) as exc:
+            raise UserError(f"bundle {path}: {MANIFEST} models[{i}].config is not a valid config "
+                            f"({str(exc).splitlines()[0]}); pack it again") from None
+        cfg.data.cache_dir = ""  # the local default ($COMPETITION_CACHE), whatever the packer's machine used
+        cfg.data.workers = 0
         models.append(FoldModel(entry["experiment"], entry["fold"], cfg, classes, _bundle_state(read, entry["file"]),
                                 PREDICTIONS_DIR / name / f"{entry['experiment']}-fold_{entry['fold']}.csv"))
     return Ensemble(models, chosen, weights, OmegaConf.create(manifest["answer_format"]), np.array(manifest["prior"]),
@@ -183,17 +368,27 @@ def _bundle_state(read: Callable[[str], bytes], name: str) -> Callable[[], tuple
 def main(argv: list[str]) -> None:
     options, overrides = parse_cli(argv, COMMAND_KEYS)
     if overrides:
-        raise UserError(f"{overrides[0].split('=')[0]}: pack takes exps=, out=, method= or blend=, half= and "
-                        "overwrite=")
+        raise UserError(f"{overrides[0].split('=')[0]}: pack takes exps=, out=, method= or blend=, half=, missing= "
+                        "and overwrite=")
     if not options["out"]:
         raise UserError("out= is missing: give the bundle's folder or .zip path")
+    if options["missing"] not in ("fail", "skip"):
+        raise UserError(f"missing={options['missing']}: expected fail (refuse an experiment short of a fold) or skip "
+                        "(pack its finished folds, naming the others)")
     names = [n.strip() for n in options["exps"].split(",") if n.strip()]
     out = Path(options["out"])
     manifest = pack(names, out, options["method"], options["blend"], parse_bool("half", options["half"]),
-                    parse_bool("overwrite", options["overwrite"]))
+                    parse_bool("overwrite", options["overwrite"]), options["missing"] == "skip")
+    if METHODS[parse_method(manifest["method"])[0]].across_clips:
+        print(f"warning: method={manifest['method']} ranks each model's scores across the clips predicted together, "
+              "so a clip's label from this bundle depends on the other clips in its test set: predict the whole test "
+              "set in one call, or pack with method=soft", file=sys.stderr)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) if out.is_dir() else out.stat().st_size
-    experiments = ", ".join(dict.fromkeys(m["experiment"] for m in manifest["models"]))
-    print(f"{out}: {len(manifest['models'])} fold models of {experiments}, {manifest['method']}, {size / 1e6:.1f} MB; "
+    folds: dict[str, list[int]] = {}
+    for model in manifest["models"]:
+        folds.setdefault(model["experiment"], []).append(model["fold"])
+    packed = "; ".join(f"{name} folds {fold_list(numbers)}" for name, numbers in folds.items())
+    print(f"{out}: {len(manifest['models'])} fold models ({packed}), {manifest['method']}, {size / 1e6:.1f} MB; "
           f"predict anywhere with python -m competition.predict bundle={out} test=<folder>")
 
 

@@ -18,9 +18,12 @@ last in experiments/<exp>/test-<name>.json (its source, clips, unreadable clips 
 Test clips are decoded once into the waveform cache (in parallel, at each model's sample rate); all fold models go
 over them in one pass of batches (models_per_pass=N holds N at a time instead), sharing each batch's crops, views and,
 where their frontends match, log-mels. Unreadable clips stop the command with their list, or with skip_bad_audio=true
-get the class prior of the training clips, said per clip. precision=bf16 runs the models under bf16 autocast on the
-CPU: 1.3-1.6x faster on CPUs with bf16 instructions (benchmarks/predict_speed.py), probabilities within about 1e-4 of
-fp32 (on CUDA, train.amp decides).
+get the class prior of the training clips, said per clip. method=rank ranks each model's scores across the clips
+predicted together, so a clip's answer depends on the others in the set: predict says so (predict the whole test set
+in one call). A bundle is untrusted input (see competition.pack): names in it that would reach a path are refused
+unless plain, and its test clips are cached where this machine caches them ($COMPETITION_CACHE), whatever the config
+it carries says. precision=bf16 runs the models under bf16 autocast on the CPU: 1.3-1.6x faster on CPUs with bf16
+instructions (benchmarks/predict_speed.py), probabilities within about 1e-4 of fp32 (on CUDA, train.amp decides).
 """
 from __future__ import annotations
 
@@ -174,7 +177,7 @@ def decode_test(models: list[FoldModel], skip_bad: bool) -> dict[int, tuple[pd.D
             continue
         split = index_test(model.cfg)  # a folder without audio is refused there, with the extensions looked for
         everything = split.clips
-        split, cache = load_split(split, model.cfg, skip_bad)
+        split, cache = load_split(split, model.cfg, skip_bad, skip_key="skip_bad_audio")
         bad = sorted(set(everything["id"]) - set(split.clips["id"]))
         decoded[rate] = (everything, Part(split.clips["id"].to_numpy(), cache, cache.rows(split.clips["path"]), None),
                          bad)
@@ -232,6 +235,11 @@ def predict(ensemble: Ensemble, name: str, test: dict, *, device: torch.device, 
         raise UserError(f"{path} exists; pass overwrite=true to replace it, or give another name=")
     decoded = decode_test(ensemble.models, skip_bad)
     everything, _, bad = next(iter(decoded.values()))
+    if METHODS[method].across_clips:
+        print(f"warning: method={label} ranks each model's scores across the {len(everything)} clips of test set "
+              f"{name}, so a clip's label depends on which other clips are predicted with it: predict the whole test "
+              "set in one call (a part of it, or a few clips more, changes answers), or use method=soft",
+              file=sys.stderr)
     for record in ensemble.records.values():  # written again last: a run stopped half-way leaves no record to trust
         record.unlink(missing_ok=True)
     preds = run_models(ensemble, decoded, device, precision, models_per_pass)

@@ -123,7 +123,8 @@ def tamper(project: Path, data: bytes, fix_checksum: bool) -> None:
     target.write_bytes(data)
     if fix_checksum:
         manifest = json.loads((project / "bundle" / "manifest.json").read_text())
-        manifest["files"]["models/t-fold_0.safetensors"] = hashlib.sha256(data).hexdigest()
+        manifest["files"]["models/t-fold_0.safetensors"] = {"sha256": hashlib.sha256(data).hexdigest(),
+                                                            "size": len(data)}
         (project / "bundle" / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -132,7 +133,11 @@ def test_an_altered_bundle_is_refused(project: Path, capsys) -> None:
     weights = (project / "bundle" / "models" / "t-fold_0.safetensors").read_bytes()
     tamper(project, weights[:-100], fix_checksum=False)  # truncated in transit
     code, _, err = cli(capsys, predict, "bundle=bundle", "test=later")
-    assert code == 2 and "models/t-fold_0.safetensors does not match the checksum" in error_line(err)
+    assert code == 2 and (f"models/t-fold_0.safetensors is {len(weights) - 100} bytes, not the {len(weights)} "
+                          "recorded when it was packed") in error_line(err), err
+    tamper(project, weights[:-1] + bytes([weights[-1] ^ 1]), fix_checksum=False)  # one bit flipped, same size
+    code, _, err = cli(capsys, predict, "bundle=bundle", "test=later")
+    assert code == 2 and "models/t-fold_0.safetensors does not match the checksum" in error_line(err), err
 
 
 class Payload:
@@ -198,6 +203,7 @@ def test_unreadable_test_clips_are_named_or_answered_with_the_prior(project: Pat
     (project / "later" / "broken.wav").write_bytes(b"RIFF not really a wav")
     code, _, err = cli(capsys, predict, "exps=t", "test=later")
     assert code == 2 and "broken" in error_line(err), err
+    assert "set skip_bad_audio=true to leave them out" in error_line(err), err  # the key predict takes
     code, _, err = cli(capsys, predict, "exps=t", "test=later", "skip_bad_audio=true")
     assert code == 0, err
     answer = pd.read_csv(project / "submissions" / "later-soft.csv")
@@ -207,9 +213,11 @@ def test_unreadable_test_clips_are_named_or_answered_with_the_prior(project: Pat
 def test_a_bundle_of_another_layout_version_is_refused(project: Path, capsys) -> None:
     assert cli(capsys, pack, "exps=t", "out=bundle")[0] == 0
     manifest = json.loads((project / "bundle" / "manifest.json").read_text())
-    (project / "bundle" / "manifest.json").write_text(json.dumps({**manifest, "version": 99}))
-    code, _, err = cli(capsys, predict, "bundle=bundle", "test=later")
-    assert code == 2 and "layout version 99" in error_line(err)
+    for version, shown in ((99, "99"), (str(pack.VERSION), f'"{pack.VERSION}"')):  # a string shows as one
+        (project / "bundle" / "manifest.json").write_text(json.dumps({**manifest, "version": version}))
+        code, _, err = cli(capsys, predict, "bundle=bundle", "test=later")
+        assert code == 2 and f"layout version {shown}, this version of competition reads version {pack.VERSION};" \
+            in error_line(err), err
 
 
 def test_blend_answers_a_test_set_that_predict_named(project: Path, capsys, monkeypatch) -> None:
@@ -281,3 +289,4 @@ def test_one_pass_equals_each_model_alone(project: Path, capsys) -> None:
     for fold_dir in sorted((project / "experiments" / "t").glob("fold_?")):
         by_one, together = pd.read_csv(fold_dir / "test-by_one.csv"), pd.read_csv(fold_dir / "test-later.csv")
         pd.testing.assert_frame_equal(by_one, together, atol=2e-6)
+
