@@ -55,7 +55,7 @@ from scipy.stats import binomtest, rankdata
 from competition.cli import main_guard, parse_bool
 from competition.config import EXPERIMENTS_DIR, SubmissionConfig, load_experiment, parse_cli, parse_overrides
 from competition.cache import load_split
-from competition.data import index_test, with_test_source
+from competition.data import _examples, index_test, with_test_source
 from competition.errors import UserError
 from competition.files import atomic_write, atomic_write_text
 from competition.tracking import mirror_blend
@@ -821,15 +821,25 @@ def submit(members: list[Member], label: str, weights: np.ndarray, fmt: DictConf
     """The method's labels for the test clips, checked against the test set's own file list, written atomically;
     its unreadable clips (named, one line each) get the training clips' most frequent class."""
     method, tta = parse_method(label)
-    test = ensemble(members, "test", method, tta, weights)
-    if test is None:
-        raise UserError(f"{members[0].folds[0].dir} has no test.csv though data.test is set; retrain the folds "
-                        "with overwrite=true")
+    test = ensemble(members, "test", method, tta, weights)  # every fold has its test predictions: see main
     classes = members[0].folds[0].classes
     ids, labels = answered(test, classes, test_set.unreadable,
                            lambda: class_prior(members[0].cfg.data.name, classes))
     write_answer(path, ids, labels, test_set.ids, classes, fmt)
     return len(ids)
+
+
+def check_test_predictions(members: list[Member]) -> None:
+    """Refuse, before anything is scored or written, folds without predictions on the configured test set (a deleted
+    test.csv), naming the cheapest fix: predicting the test set again from the trained models, not retraining."""
+    lacking = [str(fold.dir / "test.csv") for member in members for fold in member.folds if fold.test is None]
+    if not lacking:
+        return
+    cfg = members[0].cfg
+    source = f"test={cfg.data.test.path}" + (f" test.subdir={cfg.data.test.subdir}" if cfg.data.test.subdir else "")
+    raise UserError(f"{_examples(lacking)} missing though data.test is set; predict the test set again from the "
+                    f"trained models with python -m competition.predict exps={','.join(m.name for m in members)} "
+                    f"{source} name={cfg.data.name}, then blend again adding test={cfg.data.name}")
 
 
 def answered(combined: Probs, classes: list[str], unreadable: list[str],
@@ -929,6 +939,9 @@ def main(argv: list[str]) -> None:
         raise UserError(f"test={test_name}: give the name predict gave the test set (name=), not a path")
     members = load_members(names, options["missing"] == "fail", options["stale"] == "skip", test_name)
     named = named_test_set(members, test_name) if test_name else None  # checked before any scoring
+    has_test = bool(test_name) or (members[0].cfg.data.test is not None and bool(members[0].cfg.data.test.path))
+    if has_test and not test_name:
+        check_test_predictions(members)
     data_name = check_fold_files(members)
     warning = per_clip_warning(read_folds(FOLDS_DIR / f"{data_name}.csv"), FOLDS_DIR / f"{data_name}.csv")
     if warning:
@@ -941,7 +954,6 @@ def main(argv: list[str]) -> None:
                         "median clip (the classes' ranks mirror each other); use method=soft")
     label, decision = choose_method(members, metric) if method == "auto" else (method, None)
     name = options["name"] or f"{test_name or data_name}-{label}"
-    has_test = bool(test_name) or (members[0].cfg.data.test is not None and bool(members[0].cfg.data.test.path))
     answer = answer_path(name, fmt)
     target = answer if has_test else SUBMISSIONS_DIR / f"{name}.md"
     if target.exists() and not overwrite:

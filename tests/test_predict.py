@@ -290,3 +290,20 @@ def test_one_pass_equals_each_model_alone(project: Path, capsys) -> None:
         by_one, together = pd.read_csv(fold_dir / "test-by_one.csv"), pd.read_csv(fold_dir / "test-later.csv")
         pd.testing.assert_frame_equal(by_one, together, atol=2e-6)
 
+
+def test_a_deleted_test_csv_is_refused_before_anything_is_written_and_re_predicting_fixes_it(project: Path,
+                                                                                            capsys) -> None:
+    code, _, err = cli(capsys, blend, "exps=t", "method=soft", "name=before")
+    assert code == 0, err
+    (project / "experiments" / "t" / "fold_1" / "test.csv").unlink()
+    code, out, err = cli(capsys, blend, "exps=t")
+    line = error_line(err)
+    assert code == 2 and "experiments/t/fold_1/test.csv missing though data.test is set" in line, err
+    assert "written" not in out and not (project / "submissions" / "tones-soft.csv").exists()
+    fix = line.split("with python -m competition.predict ")[1].split(", then")[0].split()
+    assert fix == ["exps=t", "test=data/test", "name=tones"] and "then blend again adding test=tones" in line
+    code, _, err = cli(capsys, predict, *fix)  # the fix it names: no retraining
+    assert code == 0, err
+    code, _, err = cli(capsys, blend, "exps=t", "method=soft", "test=tones", "name=after")
+    assert code == 0, err
+    assert (project / "submissions" / "after.csv").read_text() == (project / "submissions" / "before.csv").read_text()
