@@ -49,7 +49,7 @@ from competition.blend import (METHODS, ViewPreds, answered, class_prior, combin
                                parse_method, submission_format, test_record)
 from competition.cache import load_split
 from competition.cli import main_guard, parse_bool
-from competition.config import Config, parse_cli
+from competition.config import Config, parse_cli, parse_value
 from competition.data import index_test, with_test_source
 from competition.errors import UserError
 from competition.files import atomic_write_text
@@ -154,9 +154,8 @@ def split_overrides(overrides: list[str]) -> tuple[dict, list[str] | None]:
     """test.<key>=value (the test source: subdir, extensions...) and tta.views=[...]; nothing else applies here."""
     test, views = {}, None
     for item in overrides:
-        key, _, value = item.partition("=")
-        parsed = OmegaConf.from_dotlist([f"v={value}"]).v
-        parsed = OmegaConf.to_container(parsed) if OmegaConf.is_config(parsed) else parsed  # recorded as JSON
+        key = item.partition("=")[0]
+        parsed = parse_value(item)  # plain Python, recorded as JSON; an unreadable value names the argument
         if key == "tta.views":
             views = [str(view) for view in parsed] if isinstance(parsed, list) else [str(parsed)]
         elif key.startswith("test.") and key.count(".") == 1 and key[5:] not in ("path", "layout"):

@@ -192,6 +192,7 @@ def test_the_whole_clip_view_is_the_mean_of_its_windows(project: Path) -> None:
     (["exps=t", "bundle=b", "test=later"], "give exps=<experiments>"),
     (["exps=t", "test=later", "blend=nothing"], "blend=nothing: cannot read submissions/nothing.json"),
     (["exps=t", "test=later", "data.name=x"], "data.name: predict takes"),
+    (["exps=t", "test=later", "tta.views=[plain"], "command-line argument 'tta.views=[plain' cannot be read"),
 ])
 def test_bad_predict_commands_are_one_line(project: Path, capsys, args: list[str], expected: str) -> None:
     (project / "empty").mkdir()
