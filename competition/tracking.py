@@ -1,17 +1,23 @@
 """Dashboards that mirror folds, tuning trials and blends: Weights & Biases, offline by default.
 
 The project's own files (metrics.csv, DONE, trials.csv, the blend report) stay the source of truth; a tracker only
-mirrors them. A run is opened on its first event, and every call into the tracker goes through `Run._safely`: a
-failure (the package missing, a bad key, an unwritable folder, the network in online mode) prints one warning line,
-turns the run off and lets the work go on. Offline runs are written under `wandb/` in the project root, to be sent
-later with `wandb sync wandb/offline-run-*`; nothing waits on the network.
+mirrors them. A fold's run is opened at the fold's start (never inside a timed epoch), any other run on its first
+event, and every call into the tracker goes through `Run._safely`: a failure (the package missing, a bad key, an
+unwritable folder) prints one warning line, turns the run off and lets the work go on. Offline runs are written under
+`wandb/` in the project root, to be sent later with `wandb sync wandb/offline-run-*`. Whether online runs can reach
+the W&B server is decided once per command, before any fold (`decide`): if the server does not answer within
+PROBE_SECONDS, every run of the command and of the processes it starts is kept offline instead, with one warning.
 
 Trackers are registered in TRACKERS by name, each reading its settings from `tracking.<name>` in the config.
 """
 from __future__ import annotations
 
 import os
+import ssl
 import sys
+import threading
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -26,14 +32,70 @@ if TYPE_CHECKING:
     import torch
 
 INIT_TIMEOUT = 60  # seconds wandb may take to start its local service before the run is given up
+PROBE_SECONDS = 3.0  # seconds the W&B server may take to answer before a command's online runs are kept offline
+UNREACHABLE_ENV = "COMPETITION_WANDB_UNREACHABLE"  # the server that did not answer: online runs go offline, here and
+# in every process started from here (queue jobs, tune workers inherit the environment), which never ask again
+_answered: set[str] = set()  # servers that answered this process
+
+
+def wandb_mode(settings: DictConfig) -> str:
+    """The mode W&B runs are asked for: `$WANDB_MODE` wins over tracking.wandb.mode; online becomes offline once the
+    server was found unreachable in this command."""
+    mode = os.environ.get("WANDB_MODE") or settings.mode
+    return "offline" if mode == "online" and os.environ.get(UNREACHABLE_ENV) else mode
+
+
+def unanswered(url: str, seconds: float) -> str:
+    """Why `url` gave no HTTP answer within `seconds`, or "" if it answered (any status: a server that says 404 is
+    there). Asked from a thread so that a hung name lookup or a server that never replies cannot stretch the wait."""
+    outcome: list[str] = []
+
+    def ask() -> None:
+        try:
+            urllib.request.urlopen(url, timeout=seconds).close()
+            outcome.append("")
+        except urllib.error.HTTPError:
+            outcome.append("")
+        except Exception as exc:  # refused, unreachable, timed out, no such host; a TLS complaint is an answer
+            reason = getattr(exc, "reason", exc)
+            outcome.append("" if isinstance(reason, ssl.SSLError) else str(reason) or type(reason).__name__)
+
+    thread = threading.Thread(target=ask, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return outcome[0] if outcome else f"no answer within {seconds:g} s"
+
+
+def decide(*cfgs: DictConfig) -> None:
+    """Before any fold of a command: when a run is to be online, check once that the W&B server answers, else keep
+    this command's runs offline with one warning (wandb would otherwise wait up to INIT_TIMEOUT in every run). The
+    decision is kept in the environment, so queue jobs and tune workers started from here inherit it."""
+    if os.environ.get(UNREACHABLE_ENV) or all(wandb_mode(cfg.tracking.wandb) != "online" for cfg in cfgs):
+        return
+    try:
+        import wandb
+    except ImportError:
+        return  # each run says so, and the work goes on
+    url = os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url  # the version's own default server
+    if url in _answered:
+        return
+    problem = unanswered(url, PROBE_SECONDS)
+    if not problem:
+        _answered.add(url)
+        return
+    os.environ[UNREACHABLE_ENV] = url
+    print(f"warning: W&B server {url} did not answer ({problem}): this command's runs are kept offline under wandb/; "
+          "send them later with `wandb sync wandb/offline-run-*`", file=sys.stderr)
 
 
 class Run:
     """One dashboard run; this base class records nothing (tracking disabled). Subclasses implement `_open`, `_log`,
     `_summary`, `_image`, `_images`, `_table`, `_confusion`, `_files` and `_finish`."""
 
-    def __init__(self, name: str, group: str, job_type: str, config: dict, settings: DictConfig) -> None:
+    def __init__(self, name: str, group: str, job_type: str, config: dict, settings: DictConfig,
+                 data_name: str) -> None:
         self.name, self.group, self.job_type, self.config, self.settings = name, group, job_type, config, settings
+        self.data_name = data_name  # one dashboard project per data set: its folds, trials and blends together
         self.broken = False
         self.opened = False
 
@@ -53,6 +115,11 @@ class Run:
             self.broken = True
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             print(f"warning: {type(self).__name__} tracking off for {self.name}: {detail}", file=sys.stderr)
+
+    def open(self) -> None:
+        """Open the run now rather than on its first event (a fold's first event comes inside its first, timed,
+        epoch, and opening may take seconds)."""
+        self._safely(lambda: None)
 
     def log(self, row: dict, step: int) -> None:
         self._safely(lambda: self._log(row, step))
@@ -89,7 +156,7 @@ class WandbRun(Run):
 
     @property
     def mode(self) -> str:
-        return os.environ.get("WANDB_MODE") or self.settings.mode
+        return wandb_mode(self.settings)
 
     @property
     def enabled(self) -> bool:
@@ -99,7 +166,7 @@ class WandbRun(Run):
         import wandb
 
         self.wandb = wandb
-        project = self.settings.project or os.environ.get("WANDB_PROJECT") or self.config.get("data", {}).get("name")
+        project = self.settings.project or os.environ.get("WANDB_PROJECT") or self.data_name
         self.run = wandb.init(
             project=project or "competition", entity=self.settings.entity or None, group=self.group,
             job_type=self.job_type, name=self.name, tags=list(self.settings.tags) or None, config=self.config,
@@ -139,11 +206,13 @@ TRACKERS: dict[str, type[Run]] = {"wandb": WandbRun}
 
 
 class Runs:
-    """The same run on every configured tracker."""
+    """The same run on every configured tracker, in the project of cfg's data set whatever `config` it records."""
 
     def __init__(self, cfg: DictConfig, name: str, group: str, job_type: str, config: dict | None = None) -> None:
+        decide(cfg)  # already decided by the command, unless it is used from elsewhere
         config = OmegaConf.to_container(cfg) if config is None else config
-        self.runs = [tracker(name, group, job_type, config, cfg.tracking[key]) for key, tracker in TRACKERS.items()]
+        self.runs = [tracker(name, group, job_type, config, cfg.tracking[key], cfg.data.name)
+                     for key, tracker in TRACKERS.items()]
 
     def __getattr__(self, method: str) -> Callable[..., None]:
         def every(*args: Any, **kwargs: Any) -> None:
@@ -174,11 +243,13 @@ def spectrogram_image(x: torch.Tensor) -> np.ndarray:
 
 class FoldMirror(FoldObserver):
     """Mirrors a fold to `runs`: each epoch's row (at `first_step` + epoch), a few augmented inputs, and at the end
-    the DONE metrics as the summary, the curves, a confusion matrix of the OOF clips and the prediction files."""
+    the DONE metrics as the summary, the curves, a confusion matrix of the OOF clips and the prediction files. Made
+    just before the fold trains, it opens the runs then: their first event comes inside the timed first epoch."""
 
     def __init__(self, runs: Runs, fold_dir: Path, images: int, first_step: int = 0, prefix: str = "") -> None:
         self.runs, self.fold_dir, self.images, self.first_step, self.prefix = runs, fold_dir, images, first_step, prefix
         self.shown = False
+        runs.open()
 
     def inputs(self, x: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> None:
         if self.shown or not self.images or x.dim() != 4:

@@ -63,7 +63,7 @@ from competition.foldrun import DONE, Inputs, can_resume, differences, is_finish
 from competition.metrics import METRICS
 from competition.models import check_backbone
 from competition.queue import GRACE_SECONDS, Slot, Stopper, job_env, local_slots
-from competition.tracking import FoldMirror, Runs, mirror_study
+from competition.tracking import FoldMirror, Runs, decide, mirror_study
 from competition.observe import FoldObserver
 from competition.train import DataSet, load_data, train_fold
 
@@ -693,6 +693,7 @@ def main(argv: list[str]) -> None:
     opened = open_storage(storage, exp.cfg)
     study_dir = exp.dir / "tune" / name
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial is reported in our own words
+    decide(exp.cfg)  # W&B online or offline, once for every trial and worker
     data = load_data(exp)  # decoded and checked once, before any worker starts
     study = open_study(opened, name, storage, exp, data, space)
     retry_failed(study, study_dir, exp.cfg.tune.retries)
