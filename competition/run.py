@@ -36,7 +36,7 @@ from competition.foldrun import FoldBusy
 from competition.models import check_backbone
 from competition.queue import (EXIT_BUSY, JOB_ENV, Job, connect_ray, fold_problems, import_ray, plan_fold,
                                queue_options, run_queue)
-from competition.tracking import fold_tracking
+from competition.tracking import decide, fold_tracking
 from competition.train import DataSet, load_data, train_fold
 
 COMMAND_KEYS = {"exp": "default", "fold": "0", "device": "auto", "overwrite": "false", "resume": "false",
@@ -124,6 +124,7 @@ def main(argv: list[str]) -> None:
     folds = [parse_fold(options["fold"], exp.cfg.folds.n_splits) for exp in exps]
     for exp in exps:
         check_backbone(exp.cfg.model.name)  # before any audio is decoded
+    decide(*(exp.cfg for exp in exps))  # W&B online or offline, once for every fold and job
     if queue is None and len(exps) == 1 and len(folds[0]) == 1:  # one job: right here, as always
         run_one = _as_job if os.environ.get(JOB_ENV) else train_tracked
         run_one(exps[0], folds[0][0], options["device"], overwrite, resume)
