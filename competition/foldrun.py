@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import socket
 import time
@@ -19,9 +20,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
-from competition.config import config_changes
+from competition.config import Experiment, config_changes
 from competition.errors import UserError
 from competition.files import atomic_write_text
 
@@ -132,6 +133,10 @@ class FoldBusy(UserError):
     """The fold is being trained by another process, named by host and pid."""
 
 
+class FoldFinished(UserError):
+    """The fold is already finished from the current inputs, and overwrite was not asked for."""
+
+
 @contextmanager
 def fold_lock(fold_dir: Path) -> Iterator[None]:
     """One process per fold, on this machine or another sharing the folder. The lock is the kernel's (flock), so a
@@ -204,12 +209,31 @@ def fold_list(folds: list[int]) -> str:
     return ",".join(map(str, sorted(folds)))
 
 
-def retrain_command(exp: str, folds: list[int]) -> str:
-    return f"python -m competition.run exp={exp} fold={fold_list(folds)} overwrite=true"
+def run_command(exp: str, folds: list[int], overrides: Sequence[str] = (), *options: str) -> str:
+    """The `run` command for exactly these folds with these config overrides, shell-quoted. A hint must carry the
+    overrides its fold is made with: without them, following it would make the fold with other settings."""
+    args = [f"exp={exp}", f"fold={fold_list(folds)}", *options, *overrides]
+    return "python -m competition.run " + " ".join(shlex.quote(arg) for arg in args)
 
 
-def repredict_command(exp: str, folds: list[int]) -> str:
-    return f"python -m competition.run exp={exp} fold={fold_list(folds)}"
+def retrain_command(exp: str, folds: list[int], overrides: Sequence[str] = ()) -> str:
+    return run_command(exp, folds, overrides, "overwrite=true")
+
+
+def repredict_command(exp: str, folds: list[int], overrides: Sequence[str] = ()) -> str:
+    return run_command(exp, folds, overrides)
+
+
+def resume_command(exp: Experiment, folds: list[int]) -> str:
+    """Continue interrupted folds with the overrides each was started with (from its work folder's record), not the
+    current command's: a resume from other settings is refused. Folds started with other overrides get a command
+    each."""
+    started_with: dict[tuple[str, ...], list[int]] = {}
+    for fold in folds:
+        recorded = read_record(partial_dir(exp.fold_dir(fold)))
+        started_with.setdefault(tuple(recorded.overrides if recorded else exp.overrides), []).append(fold)
+    return " and ".join(run_command(exp.name, numbers, overrides, "resume=true")
+                        for overrides, numbers in started_with.items())
 
 
 def timestamp(when: float | None = None) -> str:

@@ -39,7 +39,7 @@ from competition.config import EXPERIMENTS_DIR, Experiment
 from competition.errors import UserError
 from competition.files import atomic_write_text
 from competition.foldrun import (DONE, FoldBusy, can_resume, fold_list, fold_lock, is_finished, partial_dir,
-                                 retrain_command, staleness, timestamp)
+                                 resume_command, retrain_command, run_command, staleness, timestamp)
 
 # Testing aid: COMPETITION_FAKE_GPUS=4 makes gpus= believe 4 GPUs are visible on a machine without CUDA. Each worker
 # still gets its CUDA_VISIBLE_DEVICES (and records it in DONE) but trains on the CPU, so the GPU assignment can be
@@ -47,6 +47,7 @@ from competition.foldrun import (DONE, FoldBusy, can_resume, fold_list, fold_loc
 FAKE_GPUS_ENV = "COMPETITION_FAKE_GPUS"
 JOB_ENV = "COMPETITION_QUEUE_JOB"  # set in a job's environment: `run` then reports a busy fold by EXIT_BUSY
 EXIT_BUSY = 75  # a job's exit code when its fold is locked by another process (EX_TEMPFAIL)
+EXIT_SKIPPED = 76  # a job's exit code when another process finished its fold, current, after the queue planned it
 GRACE_SECONDS = 30.0  # after Ctrl-C, how long jobs get to stop cleanly before they are killed (a second Ctrl-C kills
 # at once): a job's clean stop takes about 4 s on 2 idle cores, and measured over 10 s on a loaded machine
 POLL_SECONDS = 0.2
@@ -80,6 +81,11 @@ def plan_fold(exp: Experiment, fold: int, data: Any, overwrite: bool, resume: bo
     """Bring a fold up to date with the current inputs (`data.inputs`), touching no finished fold that is not asked
     for: the one decision used by the in-process runner and by every queue launcher."""
     fold_dir, title = exp.fold_dir(fold), f"{exp.name} fold {fold}"
+    try:  # first: a fold another process works on has a work folder that looks interrupted, or is being finished
+        with fold_lock(fold_dir):  # only a look: the job takes the lock itself
+            pass
+    except FoldBusy as exc:
+        return Plan("busy", f"{title}: skipped: {exc}")
     if can_resume(fold_dir) and not overwrite:  # an interrupted run, possibly retraining a finished fold
         why = staleness(partial_dir(fold_dir), data.inputs)
         if not resume or why.model:
@@ -92,30 +98,26 @@ def plan_fold(exp: Experiment, fold: int, data: Any, overwrite: bool, resume: bo
         if why.model:
             return Plan("stale", f"{title}: stale, not used: {why.describe()} since it was trained")
         return Plan("repredict", f"{title}: {why.describe()}; re-predicting with the trained model (no retraining)")
-    try:
-        with fold_lock(fold_dir):  # only a look: the job takes the lock itself
-            pass
-    except FoldBusy as exc:
-        return Plan("busy", f"{title}: skipped: {exc}")
     return Plan("train", resume=resume and can_resume(fold_dir))
 
 
-def fold_problems(name: str, stale: list[int], interrupted: list[int], failed: list[int], busy: list[int],
+def fold_problems(exp: Experiment, stale: list[int], interrupted: list[int], failed: list[int], busy: list[int],
                   failed_hint: str = "") -> list[str]:
-    """What keeps an experiment's folds from being complete, each with the command that fixes exactly those folds;
-    folds busy in other processes are only mentioned (they are being done)."""
+    """What keeps an experiment's folds from being complete, each with the command that fixes exactly those folds
+    with the overrides they are made with; folds busy in other processes are only mentioned (they are being done)."""
     problems = []
     if stale:
         problems.append(f"folds {fold_list(stale)} are stale and were left out; retrain exactly them with "
-                        f"{retrain_command(name, stale)}")
+                        f"{retrain_command(exp.name, stale, exp.overrides)}")
     if interrupted:
-        problems.append(f"folds {fold_list(interrupted)} are interrupted; continue them with python -m competition.run "
-                        f"exp={name} fold={fold_list(interrupted)} resume=true, or restart exactly them with "
-                        f"{retrain_command(name, interrupted)}")
+        problems.append(f"folds {fold_list(interrupted)} are interrupted; continue them with "
+                        f"{resume_command(exp, interrupted)}, or restart exactly them with "
+                        f"{retrain_command(exp.name, interrupted, exp.overrides)}")
     if failed:
-        problems.append(f"folds {fold_list(failed)} failed; rerun them with fold={fold_list(failed)}{failed_hint}")
+        problems.append(f"folds {fold_list(failed)} failed{failed_hint}; rerun them with "
+                        f"{run_command(exp.name, failed, exp.overrides)}")
     if busy:
-        print(f"{name}: folds {fold_list(busy)} are being trained by other processes", file=sys.stderr)
+        print(f"{exp.name}: folds {fold_list(busy)} are being trained by other processes", file=sys.stderr)
     return problems
 
 
@@ -462,6 +464,10 @@ def _run_local(jobs: list[Job], slots: list[Slot], display: LiveLines, overrides
 
     with Stopper(forward) as stopper:
         while pending or running:
+            if stopper.signal is not None:  # stopping: what has not started never will, and is not waited for
+                for job in pending:
+                    job.status, job.note = "not started", "stopped before it started"
+                pending.clear()
             for slot in slots:
                 if slot.index not in running and pending and stopper.signal is None:
                     job = pending.popleft()
@@ -475,6 +481,8 @@ def _run_local(jobs: list[Job], slots: list[Slot], display: LiveLines, overrides
                                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
                     job.device, job.started, job.log_offset, job.progress = slot.label, time.time(), start, "starting"
                     running[slot.index] = (job, process, start)
+                    if stopper.signal is not None:  # the signal came while it was being started: forward it too
+                        os.killpg(process.pid, stopper.signal)
                     display.say(f"{job.title}: started on {slot.label}, log {job.log}")
             for index, (job, process, start) in list(running.items()):
                 job.follow()
@@ -483,14 +491,12 @@ def _run_local(jobs: list[Job], slots: list[Slot], display: LiveLines, overrides
                     del running[index]
                     job.seconds = time.time() - job.started
                     _finish(job, code, start, stopper.signal is not None, display)
-            if stopper.overdue():
+            if running and stopper.overdue():
                 display.say(f"jobs still running {GRACE_SECONDS:.0f}s after the signal: killing them", err=True)
                 stopper.kill_now()
             display.show({slot.index: _live_line(slot.label, running.get(slot.index, (None,))[0]) for slot in slots})
             if pending or running:
                 time.sleep(POLL_SECONDS)
-        for job in pending:
-            job.status, job.note = "not started", "stopped before it started"
     return stopper.signal
 
 
@@ -517,6 +523,9 @@ def _finish(job: Job, code: int, start: int, stopping: bool, display: LiveLines,
     elif code == EXIT_BUSY:
         job.status, job.note = "busy", job.error_line(start).removeprefix("error: ")
         display.say(f"{job.title}: skipped: {job.note}", err=True)
+    elif code == EXIT_SKIPPED:
+        job.status, job.note = "skipped", "finished by another process meanwhile, from the current inputs"
+        display.say(f"{job.title}: skipped: {job.note} ({job.fold_dir})")
     elif stopping or code in (130, -signal.SIGINT, -signal.SIGTERM):
         job.status = "interrupted"
         job.note = ("resume=true continues it" if can_resume(job.fold_dir)
@@ -564,15 +573,16 @@ def write_summary(jobs: list[Job]) -> Path:
 
 
 def _conclude(jobs: list[Job], stopped: int | None) -> None:
-    by_exp: dict[str, dict[str, list[int]]] = {}
+    by_exp: dict[str, tuple[Experiment, dict[str, list[int]]]] = {}
     for job in jobs:
-        outcome = by_exp.setdefault(job.exp.name, {"stale": [], "interrupted": [], "failed": [], "busy": []})
+        _, outcome = by_exp.setdefault(job.exp.name, (job.exp, {"stale": [], "interrupted": [], "failed": [],
+                                                                 "busy": []}))
         if job.status in outcome:
             outcome[job.status].append(job.fold)
     problems = []
-    for name, outcome in by_exp.items():
+    for name, (exp, outcome) in by_exp.items():
         logs = ", ".join(str(job.log) for job in jobs if job.exp.name == name and job.status == "failed")
-        found = fold_problems(name, **outcome, failed_hint=f" (logs: {logs})" if logs else "")
+        found = fold_problems(exp, **outcome, failed_hint=f" (logs: {logs})" if logs else "")
         problems += [f"{name}: {problem}" for problem in found] if len(by_exp) > 1 else found
     if stopped is not None:
         for problem in problems:
@@ -594,16 +604,37 @@ def import_ray() -> Any:
     return ray
 
 
+HTTP2_GREETING = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
+
+
 def _reachable(address: str, key: str) -> None:
-    """Ray waits minutes for an address that does not answer: try a plain TCP connection first, for 3 seconds."""
+    """Ray waits many minutes for an address where no Ray cluster answers, printing its raw connection warnings
+    meanwhile: first try a plain TCP connection, then the HTTP/2 greeting that every gRPC server (Ray's GCS, its client
+    server) answers with a SETTINGS frame, for 3 seconds each."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise UserError(f"{key}: expected host:port (e.g. 10.0.0.5:6379), auto or local")
     try:
-        socket.create_connection((host, int(port)), timeout=3).close()
+        connection = socket.create_connection((host, int(port)), timeout=3)
     except OSError as exc:
         raise UserError(f"{key}: cannot reach a Ray cluster at {host}:{port} ({exc.strerror or exc}); start one with "
                         "`ray start --head` or give the head node's address") from None
+    with connection:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):  # a TLS cluster answers only a handshake
+            return
+        reply = b""
+        try:
+            connection.sendall(HTTP2_GREETING)
+            while len(reply) < 9:
+                chunk = connection.recv(9 - len(reply))
+                if not chunk:
+                    break
+                reply += chunk
+        except OSError:  # no answer within the timeout, or the connection was reset
+            pass
+    if len(reply) < 9 or reply[3] != 0x04:
+        raise UserError(f"{key}: {host}:{port} answers, but not as a Ray cluster does (no gRPC reply within 3 s); "
+                        "give the Ray head node's address (port 6379 unless `ray start --head --port` chose another)")
 
 
 def connect_ray(address: str) -> tuple[Any, bool]:
@@ -669,9 +700,14 @@ def _ray_task() -> Callable[..., dict]:
                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                        start_new_session=True)
             try:
-                code = process.wait()
-            except KeyboardInterrupt:  # ray.cancel: stop the job as Ctrl-C would, then for good
-                os.killpg(process.pid, signal.SIGINT)
+                code = None
+                while code is None:  # in short waits: ray.cancel's KeyboardInterrupt comes only between them
+                    try:
+                        code = process.wait(0.2)
+                    except subprocess.TimeoutExpired:
+                        pass
+            except KeyboardInterrupt:  # ray.cancel: stop the job as Ctrl-C would, then for good. By SIGTERM, which
+                os.killpg(process.pid, signal.SIGTERM)  # a job takes for Ctrl-C: it inherits SIGINT blocked by Ray
                 try:
                     code = process.wait(grace)
                 except subprocess.TimeoutExpired:

@@ -32,12 +32,12 @@ import sys
 from competition.cli import main_guard, parse_bool
 from competition.config import Experiment, load_experiment, parse_cli
 from competition.errors import UserError
-from competition.foldrun import FoldBusy
+from competition.foldrun import FoldBusy, FoldFinished
 from competition.models import check_backbone
-from competition.queue import (EXIT_BUSY, JOB_ENV, Job, connect_ray, fold_problems, import_ray, plan_fold,
-                               queue_options, run_queue)
+from competition.queue import (EXIT_BUSY, EXIT_SKIPPED, JOB_ENV, Job, connect_ray, fold_problems, import_ray,
+                               plan_fold, queue_options, run_queue)
 from competition.tracking import decide, fold_tracking
-from competition.train import DataSet, load_data, train_fold
+from competition.train import DataSet, load_data, resolve_device, train_fold
 
 COMMAND_KEYS = {"exp": "default", "fold": "0", "device": "auto", "overwrite": "false", "resume": "false",
                 "gpus": "", "workers": "", "launcher": "", "ray.address": "auto", "ray.cpus": "1", "ray.gpus": "auto"}
@@ -67,8 +67,11 @@ def train_tracked(exp: Experiment, fold: int, device: str, overwrite: bool, resu
 def run_folds(exp: Experiment, folds: list[int], data: DataSet, device: str, overwrite: bool,
               resume: bool) -> list[str]:
     """Bring each fold up to date with the current inputs in this process, one after another, touching no finished
-    fold that is not asked for (the decision is `plan_fold`, the queue's too). Returns what is left to fix."""
+    fold that is not asked for (the decision is `plan_fold`, the queue's too). A failing fold does not stop the others,
+    as on the queue: a mistake that fails every fold alike fails each at once, one line each. Returns what is left to
+    fix."""
     outcome: dict[str, list[int]] = {"stale": [], "interrupted": [], "failed": [], "busy": []}
+    reasons = []
     for fold in folds:
         plan = plan_fold(exp, fold, data, overwrite, resume)
         if not plan.runs:
@@ -81,12 +84,14 @@ def run_folds(exp: Experiment, folds: list[int], data: DataSet, device: str, ove
         except FoldBusy as exc:  # taken by another process since it was looked at
             print(f"{title}: skipped: {exc}", file=sys.stderr)
             outcome["busy"].append(fold)
-        except UserError:
-            raise  # a mistake in data or config fails every fold alike: stop at the first
-        except Exception as exc:  # an unexpected failure of one fold should not cost the others
-            print(f"{title}: FAILED ({type(exc).__name__}: {exc})", file=sys.stderr)
+        except FoldFinished as exc:  # finished by another process since it was looked at
+            print(f"{title}: skipped: {exc}")
+        except Exception as exc:  # a mistake is one line; anything else also names its type
+            reasons.append(str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}")
+            print(f"{title}: FAILED ({reasons[-1]})", file=sys.stderr)
             outcome["failed"].append(fold)
-    return fold_problems(exp.name, **outcome)
+    why = reasons[0] if len(reasons) == 1 else "each FAILED line above says why"
+    return fold_problems(exp, **outcome, failed_hint=f" ({why})" if reasons else "")
 
 
 def _as_job(exp: Experiment, fold: int, device: str, overwrite: bool, resume: bool) -> None:
@@ -101,6 +106,9 @@ def _as_job(exp: Experiment, fold: int, device: str, overwrite: bool, resume: bo
     except FoldBusy as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BUSY)
+    except FoldFinished as exc:  # by another process, after the queue planned this job: nothing to do
+        print(exc)
+        sys.exit(EXIT_SKIPPED)
 
 
 def main(argv: list[str]) -> None:
@@ -130,6 +138,7 @@ def main(argv: list[str]) -> None:
         run_one(exps[0], folds[0][0], options["device"], overwrite, resume)
         return
     if queue is None:
+        resolve_device(options["device"])  # a wrong device would fail every fold alike: refuse it once, up front
         data = [load_data(exp) for exp in exps]  # every experiment's cache and fold file, once, before any fold
         problems = []
         for exp, exp_folds, exp_data in zip(exps, folds, data):

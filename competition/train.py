@@ -32,9 +32,9 @@ from competition.config import Experiment
 from competition.data import index_test, index_train
 from competition.errors import UserError
 from competition.files import atomic_write, atomic_write_text, file_sha256
-from competition.foldrun import (DONE, LAST, Inputs, Staleness, discard_unresumable, fold_lock, is_finished,
-                                 partial_dir, publish, read_record, record, retrain_command, staleness, start_work,
-                                 timestamp)
+from competition.foldrun import (DONE, LAST, FoldFinished, Inputs, Staleness, discard_unresumable, fold_lock,
+                                 is_finished, partial_dir, publish, read_record, record, resume_command,
+                                 retrain_command, staleness, start_work, timestamp)
 from competition.folds import ensure_folds, fold_path
 from competition.frontend import Frontend, make_frontend
 from competition.metrics import METRICS
@@ -409,9 +409,17 @@ def _checkpoint_epochs(work: Path) -> str:
     return f"epoch {epoch} of {recorded.config['train']['epochs']}" if recorded else f"epoch {epoch}"
 
 
-def _prepare_work(exp: Experiment, fold: int, work: Path, inputs: Inputs, resume: bool, overwrite: bool) -> None:
+def _interrupted(exp: Experiment, fold: int, work: Path) -> UserError:
+    """An interrupted run is neither continued nor thrown away unasked: say both ways on, each with its overrides."""
+    retraining = f", retraining the finished {exp.fold_dir(fold)}" if is_finished(exp.fold_dir(fold)) else ""
+    return UserError(f"{work} holds an interrupted run{retraining} ({_checkpoint_epochs(work)} done); resume=true "
+                     f"continues it: {resume_command(exp, [fold])}; overwrite=true starts it over: "
+                     f"{retrain_command(exp.name, [fold], exp.overrides)}")
+
+
+def _prepare_work(exp: Experiment, fold: int, work: Path, inputs: Inputs, resume: bool) -> None:
     """A fresh work folder, or the interrupted one when resuming from the very same inputs."""
-    restart = f"restart only this fold with {retrain_command(exp.name, [fold])}"
+    restart = f"restart only this fold with {retrain_command(exp.name, [fold], exp.overrides)}"
     if resume:
         if not (work / LAST).is_file():
             raise UserError(f"resume=true but {work} holds no checkpoint to resume; run without resume=true")
@@ -422,9 +430,6 @@ def _prepare_work(exp: Experiment, fold: int, work: Path, inputs: Inputs, resume
         OmegaConf.save(exp.cfg, work / "config.yaml")  # views or test clips may differ: predicted at the end anyway
         record(work, inputs)
         return
-    if (work / LAST).is_file() and not overwrite:
-        raise UserError(f"{work} holds an interrupted run ({_checkpoint_epochs(work)} done); continue it with "
-                        f"python -m competition.run exp={exp.name} fold={fold} resume=true, or {restart}")
     start_work(work, inputs, lambda path: OmegaConf.save(exp.cfg, path))
 
 
@@ -441,24 +446,26 @@ def train_fold(exp: Experiment, fold: int, device_name: str = "auto", overwrite:
     work = partial_dir(fold_dir)
     with fold_lock(fold_dir):
         started_at = timestamp()
+        if (work / LAST).is_file() and not overwrite and not resume:  # also a killed overwrite=true of a finished fold
+            raise _interrupted(exp, fold, work)
         data = data or load_data(exp)
         if is_finished(fold_dir) and not overwrite and not resume:  # resuming may be retraining a finished fold
             stale = staleness(fold_dir, data.inputs)
             if stale.model:
                 raise UserError(f"{fold_dir} is stale: {stale.describe()} since it was trained; retrain it with "
-                                f"{retrain_command(exp.name, [fold])}")
+                                f"{retrain_command(exp.name, [fold], exp.overrides)}")
             if stale.predictions:
                 return repredict_fold(exp, fold, data, stale, device_name)
-            raise UserError(f"{fold_dir} is already finished from the current inputs; pass overwrite=true to train "
-                            "it again")
+            raise FoldFinished(f"{fold_dir} is already finished from the current inputs; pass overwrite=true to train "
+                               "it again")
         device = resolve_device(device_name)
-        _prepare_work(exp, fold, work, data.inputs, resume, overwrite)
+        _prepare_work(exp, fold, work, data.inputs, resume)
         try:
             summary = _fit(cfg, data.fold(fold), fold, device, work, f"{exp.name} fold {fold}", observers)
         except KeyboardInterrupt:
             if (work / LAST).is_file():
-                print(f"{exp.name} fold {fold}: interrupted; continue it with python -m competition.run "
-                      f"exp={exp.name} fold={fold} resume=true", file=sys.stderr)
+                print(f"{exp.name} fold {fold}: interrupted; continue it with {resume_command(exp, [fold])}",
+                      file=sys.stderr)
             discard_unresumable(work)
             raise
         except BaseException:

@@ -19,7 +19,7 @@ from competition.errors import UserError
 from competition.foldrun import can_resume, fold_lock, is_finished, read_record
 from competition.metrics import METRICS
 from competition.train import make_scheduler, train_fold
-from conftest import error_line, run_verb as cli, write_tone, write_tones_experiment
+from conftest import TONES, error_line, run_verb as cli, write_tone, write_tones_experiment
 
 FAST = dict(audio={"duration": 0.3}, frontend={"n_mels": 16, "hop_length": 128}, train={"epochs": 1})
 
@@ -221,3 +221,53 @@ def test_fold_prints_its_holdout_score_and_no_bar_in_a_log(quick: Path) -> None:
     result = run_here("competition.run", "exp=tones", "fold=1", "device=cpu", cwd=quick)
     assert result.returncode == 0, result.stderr
     assert "locked holdout accuracy" in result.stdout and "\r" not in result.stderr
+
+
+def test_a_killed_overwrite_is_offered_both_ways_on_with_the_overrides_each_needs(quick: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                                capsys: pytest.CaptureFixture) -> None:
+    fold_dir = quick / "experiments" / "tones" / "fold_0"
+    train_fold(load_experiment("tones", ["train.seed=3"]), 0, "cpu")
+    with monkeypatch.context() as patch:  # the retraining is stopped after its epochs
+        interrupt_after_training(patch)
+        code, _, err = cli(capsys, run, "exp=tones", "fold=0", "overwrite=true", "device=cpu", "train.seed=3")
+    assert code == 130 and can_resume(fold_dir) and is_finished(fold_dir)
+
+    code, _, err = cli(capsys, run, "exp=tones", "fold=0", "device=cpu")  # the plain command, its override forgotten
+    line = error_line(err)
+    assert code == 2 and "holds an interrupted run, retraining the finished" in line and "epoch 1 of 1 done" in line
+    assert "resume=true continues it: python -m competition.run exp=tones fold=0 resume=true train.seed=3;" in line
+    assert line.endswith("overwrite=true starts it over: python -m competition.run exp=tones fold=0 overwrite=true")
+
+    code, _, err = cli(capsys, run, "exp=tones", "fold=0", "resume=true", "device=cpu", "train.seed=3")  # as offered
+    assert code == 0 and "resuming after epoch 1" in err and not can_resume(fold_dir)
+    assert read_record(fold_dir).overrides == ["train.seed=3"]
+
+
+def test_fold_all_goes_on_after_a_fold_that_fails_and_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """Each class said by speakers of its own, and a hand-made fold file whose fold 1 validates on low tones alone:
+    ROC AUC is undefined there, so that fold fails and the other two train."""
+    rng = np.random.default_rng(0)
+    speakers = {"low": (0, 1, 2), "mid": (3, 4, 5), "high": (6, 7, 8)}
+    for label, numbers in speakers.items():
+        for speaker in numbers:
+            for take in range(3):
+                write_tone(tmp_path / "data" / "train" / label / f"spk{speaker}_nohash_{take}.wav", TONES[label], rng)
+        write_tone(tmp_path / "data" / "test" / f"clip_{label}.wav", TONES[label], rng)
+    write_tones_experiment(tmp_path, **{**FAST, "train": {"epochs": 1, "metric": "roc_auc"}},
+                           folds={"n_splits": 3, "holdout": 0})
+    monkeypatch.chdir(tmp_path)
+    assert cli(capsys, folds, "exp=tones")[0] == 0
+    fold_of = {"spk0": 0, "spk3": 0, "spk6": 0, "spk1": 1, "spk2": 1}  # the other speakers: fold 2
+    table = pd.read_csv(tmp_path / "folds" / "tones.csv", dtype=str)
+    table["fold"] = table["group"].map(lambda group: fold_of.get(group, 2))
+    table.to_csv(tmp_path / "folds" / "tones.csv", index=False)
+
+    code, _, err = cli(capsys, run, "exp=tones", "fold=all", "device=cpu", "train.epochs=1")
+    assert code == 2
+    assert "tones fold 1: FAILED (train.metric=roc_auc is undefined on fold 1's validation clips" in err
+    assert is_finished(tmp_path / "experiments" / "tones" / "fold_0")
+    assert is_finished(tmp_path / "experiments" / "tones" / "fold_2")  # tried although fold 1 had failed
+    assert "folds 1 failed (train.metric=roc_auc is undefined on fold 1's" in error_line(err)
+    assert error_line(err).endswith("rerun them with python -m competition.run exp=tones fold=1 train.epochs=1")

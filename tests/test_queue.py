@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -20,8 +21,11 @@ import pandas as pd
 import pytest
 
 from competition import run
+from competition.config import load_experiment
 from competition.foldrun import can_resume, fold_lock, is_finished
-from competition.queue import FAKE_GPUS_ENV, GRACE_SECONDS, cpu_cores
+from competition.queue import (FAKE_GPUS_ENV, GRACE_SECONDS, Job, QueueOptions, cpu_cores, local_slots, plan_fold,
+                               run_queue)
+from competition.train import load_data
 from conftest import error_line, require_extra, run_verb as cli, write_tones_data, write_tones_experiment
 from test_train import REPO, run_cli
 
@@ -129,7 +133,8 @@ def test_a_failing_job_leaves_the_others_finished_and_fails_the_command(
     rows = summary(root)
     assert {job: rows[job]["status"] for job in rows} == {("a", 1): "done", ("bad", 1): "failed"}
     assert "training diverged" in rows[("bad", 1)]["note"]
-    assert "bad: folds 1 failed; rerun them with fold=1" in error_line(err)
+    assert "bad: folds 1 failed (logs: experiments/bad/fold_1.log); rerun them with python -m competition.run " \
+        "exp=bad fold=1" in error_line(err)
 
 
 def test_stale_jobs_are_reported_not_skipped_as_done_and_busy_ones_left_to_their_owner(
@@ -157,11 +162,11 @@ def test_stale_jobs_are_reported_not_skipped_as_done_and_busy_ones_left_to_their
 
 
 def processes_in(folder: Path) -> list[int]:
-    """Processes whose working directory is `folder`: what the queue started there and left running."""
+    """Processes whose working directory is `folder`, this one aside: what the queue started there and left running."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and Path(os.readlink(proc / "cwd")) == folder:
+            if proc.name.isdigit() and int(proc.name) != os.getpid() and Path(os.readlink(proc / "cwd")) == folder:
                 found.append(int(proc.name))
         except OSError:
             continue
@@ -171,25 +176,47 @@ def processes_in(folder: Path) -> list[int]:
 EPOCHS = 12  # a fold long enough to be stopped in the middle
 
 
+def start_queue(root: Path, *args: str) -> subprocess.Popen:
+    """`python -m competition.run args` in a session of its own (as from a terminal), its output in root/queue.out."""
+    with open(root / "queue.out", "w") as output:
+        return subprocess.Popen([sys.executable, "-m", "competition.run", *args], cwd=root,
+                                env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=output, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def wait_for_checkpoint(queue: subprocess.Popen, root: Path, fold_dir: Path) -> None:
+    """Until the fold's first epoch is checkpointed: the job is mid-training."""
+    deadline = time.time() + 300
+    while not (fold_dir.with_name(f"{fold_dir.name}.partial") / "last.pt").exists():
+        assert queue.poll() is None and time.time() < deadline, (root / "queue.out").read_text()
+        time.sleep(0.05)
+
+
+def interrupt(queue: subprocess.Popen, root: Path, within: float = 60) -> tuple[int | None, float]:
+    """Ctrl-C, as in the queue's terminal: its exit code (None: still running `within` seconds later, then killed
+    with what it left running) and how long it took to exit."""
+    os.kill(queue.pid, signal.SIGINT)
+    signalled = time.time()
+    try:
+        return queue.wait(timeout=within), time.time() - signalled
+    except subprocess.TimeoutExpired:
+        for pid in [queue.pid, *processes_in(root)]:
+            os.kill(pid, signal.SIGKILL)
+        queue.wait()
+        return None, time.time() - signalled
+
+
 def test_ctrl_c_stops_the_jobs_leaves_no_finished_looking_fold_and_resume_completes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     write_tones_data(tmp_path)
     write_tones_experiment(tmp_path, "long", **{**FAST, "train": {"epochs": EPOCHS}})
     fold_dir = tmp_path / "experiments" / "long" / "fold_0"
-    with open(tmp_path / "queue.out", "w") as output:
-        queue = subprocess.Popen([sys.executable, "-m", "competition.run", "exp=long", "fold=0", "workers=2",
-                                  "device=cpu"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
-                                 stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 300
-        while not (fold_dir.with_name("fold_0.partial") / "last.pt").exists() and time.time() < deadline:
-            assert queue.poll() is None, (tmp_path / "queue.out").read_text()
-            time.sleep(0.05)
-        os.kill(queue.pid, signal.SIGINT)  # as Ctrl-C in its terminal would
-        signalled = time.time()
-        code = queue.wait(timeout=60)
+    queue = start_queue(tmp_path, "exp=long", "fold=0", "workers=2", "device=cpu")
+    wait_for_checkpoint(queue, tmp_path, fold_dir)
+    code, took = interrupt(queue, tmp_path)
     text = (tmp_path / "queue.out").read_text()
     assert code == 130, text
-    assert time.time() - signalled < GRACE_SECONDS and "killing them" not in text, text  # stopped cleanly, not killed
+    assert took < GRACE_SECONDS and "killing them" not in text, text  # stopped cleanly, not killed
     assert processes_in(tmp_path) == []  # nothing left running
     assert not is_finished(fold_dir) and not (fold_dir.with_name("fold_0.partial") / "DONE").exists()
     assert can_resume(fold_dir)
@@ -212,6 +239,84 @@ def done_epochs(fold_dir: Path) -> int:
     import torch
 
     return torch.load(fold_dir.with_name("fold_0.partial") / "last.pt", weights_only=False)["epoch"]
+
+
+LONG = 200  # epochs: a fold still training whenever the test stops it
+
+
+def test_ctrl_c_with_jobs_still_waiting_exits_at_once_and_a_second_queue_leaves_the_running_fold_to_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    write_tones_data(tmp_path)
+    write_tones_experiment(tmp_path, "long", **{**FAST, "train": {"epochs": LONG}})
+    queue = start_queue(tmp_path, "exp=long", "fold=all", "workers=1", "device=cpu")  # three jobs, one at a time
+    try:
+        wait_for_checkpoint(queue, tmp_path, tmp_path / "experiments" / "long" / "fold_0")
+        monkeypatch.chdir(tmp_path)  # a second queue for the fold meanwhile: it is the first one's, not interrupted
+        code, _, err = cli(capsys, run, "exp=long", "fold=0", "workers=1", "device=cpu")
+        assert code == 0 and "long fold 0: skipped:" in err and "being trained by another process (host" in err, err
+        assert "interrupted" not in err and "resume=true" not in err
+        assert summary(tmp_path)[("long", 0)]["status"] == "busy"
+    finally:
+        code, took = interrupt(queue, tmp_path)
+    text = (tmp_path / "queue.out").read_text()
+    assert code == 130 and took < GRACE_SECONDS, text  # the jobs still waiting are not waited for
+    assert "still running" not in text and "long fold 0: interrupted (resume=true continues it)" in text
+    rows = summary(tmp_path)
+    assert [rows[("long", fold)]["status"] for fold in range(3)] == ["interrupted", "not started", "not started"]
+    assert processes_in(tmp_path) == []
+
+
+def test_ctrl_c_on_ray_stops_the_running_job_cleanly_and_cancels_the_waiting_ones(tmp_path: Path) -> None:
+    require_ray()
+    write_tones_data(tmp_path)
+    write_tones_experiment(tmp_path, "long", **{**FAST, "train": {"epochs": LONG}})
+    fold_dir = tmp_path / "experiments" / "long" / "fold_0"
+    queue = start_queue(tmp_path, "exp=long", "fold=all", "launcher=ray", "ray.address=local",
+                        f"ray.cpus={cpu_cores()}", "device=cpu")  # a cluster of its own, one job at a time
+    wait_for_checkpoint(queue, tmp_path, fold_dir)
+    code, took = interrupt(queue, tmp_path)
+    text = (tmp_path / "queue.out").read_text()
+    assert code == 130 and took < GRACE_SECONDS and "by force" not in text, text  # the running job stopped cleanly
+    assert "long fold 0: interrupted (resume=true continues it)" in text and can_resume(fold_dir)
+    statuses = [summary(tmp_path)[("long", fold)]["status"] for fold in range(3)]
+    assert statuses[0] == "interrupted" and "not started" in statuses
+    assert set(statuses) <= {"interrupted", "not started"}
+
+
+def test_a_job_whose_fold_another_process_finished_meanwhile_is_skipped_not_failed(
+        grid: tuple[Path, subprocess.CompletedProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    root = copy_of(grid, tmp_path)
+    monkeypatch.chdir(root)
+    fold_dir, elsewhere = root / "experiments" / "a" / "fold_1", tmp_path / "elsewhere"
+    model = (fold_dir / "model.pt").read_bytes()
+    fold_dir.rename(elsewhere)
+    exp = load_experiment("a")
+    job = Job(exp, "a", 1, plan_fold(exp, 1, load_data(exp), overwrite=False, resume=False))
+    assert job.plan.action == "train"
+    elsewhere.rename(fold_dir)  # another process finishes the fold, from the same inputs, before the job starts
+    run_queue([job], QueueOptions("local", local_slots("", "1", "cpu")), [], "cpu", overwrite=False)
+    out, err = capsys.readouterr()
+    assert job.status == "skipped" and "a fold 1: skipped: finished by another process meanwhile" in out, out + err
+    assert "FAILED" not in err and (fold_dir / "model.pt").read_bytes() == model
+    assert summary(root)[("a", 1)]["status"] == "skipped"
+
+
+def test_every_hint_carries_the_overrides_the_command_was_run_with(
+        grid: tuple[Path, subprocess.CompletedProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    root = copy_of(grid, tmp_path)
+    monkeypatch.chdir(root)
+    overrides = ["train.epochs=2", "tta.views=[plain,shift:0.1]"]  # folds 0 and 1 were trained with neither
+    hint = "python -m competition.run exp=a fold={} overwrite=true train.epochs=2 'tta.views=[plain,shift:0.1]'"
+    for folds, how in (("0,1", ["workers=2"]), ("0,1", []), ("0", [])):  # on the queue, here, and a single fold
+        code, _, err = cli(capsys, run, "exp=a", f"fold={folds}", *how, "device=cpu", *overrides)
+        assert code == 2 and hint.format(folds) in error_line(err), err
+
+    code, _, err = cli(capsys, run, *shlex.split(hint.format(0))[3:], "device=cpu")  # following the hint...
+    assert code == 0, err
+    code, out, err = cli(capsys, run, "exp=a", "fold=0", "workers=1", "device=cpu", *overrides)
+    assert code == 0 and "a fold 0: already finished, skipped" in out, err  # ...made the fold that command uses
 
 
 def test_gpus_pin_each_worker_through_cuda_visible_devices(grid: tuple[Path, subprocess.CompletedProcess],
@@ -305,3 +410,21 @@ def test_ray_mistakes_are_one_line(tones: Path, monkeypatch: pytest.MonkeyPatch,
     code, _, err = cli(capsys, run, "exp=tones", "fold=all", "launcher=ray", f"ray.address=127.0.0.1:{port}")
     assert code == 2 and f"ray.address=127.0.0.1:{port}: cannot reach a Ray cluster" in error_line(err)
     assert time.time() - started < 15 and not (tones / "cache").exists()
+
+
+def test_ray_at_an_address_where_no_ray_answers_is_one_line_at_once(tmp_path: Path) -> None:
+    """Something listens there, but not Ray: Ray itself would wait many minutes, printing its raw gcs_client lines."""
+    require_ray()
+    write_tones_data(tmp_path)
+    write_tones_experiment(tmp_path)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "competition.run", "exp=tones", "fold=all", "launcher=ray",
+                                 f"ray.address=127.0.0.1:{port}"], cwd=tmp_path, capture_output=True, text=True,
+                                env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert result.returncode == 2 and [line for line in result.stderr.splitlines() if line.strip()] == [
+        error_line(result.stderr)], result.stderr
+    assert f"ray.address=127.0.0.1:{port}: 127.0.0.1:{port} answers, but not as a Ray cluster does" in result.stderr
+    assert not (tmp_path / "cache").exists()
