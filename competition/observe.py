@@ -16,6 +16,10 @@ class FoldObserver:
     epoch to Optuna and may stop the fold by raising (pruned), a tracker mirrors rows to a dashboard. Override what
     you need; an exception raised here stops the fold like any other (an interrupted fold stays resumable)."""
 
+    def started(self) -> None:
+        """Once the fold's training begins (its lock taken, its inputs checked), before its first timed epoch; a fold
+        that is refused (finished, stale, busy) never starts."""
+
     def inputs(self, x: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> None:
         """The first training batch of each epoch as the model sees it: augmented features, (soft) targets."""
 

@@ -243,13 +243,16 @@ def spectrogram_image(x: torch.Tensor) -> np.ndarray:
 
 class FoldMirror(FoldObserver):
     """Mirrors a fold to `runs`: each epoch's row (at `first_step` + epoch), a few augmented inputs, and at the end
-    the DONE metrics as the summary, the curves, a confusion matrix of the OOF clips and the prediction files. Made
-    just before the fold trains, it opens the runs then: their first event comes inside the timed first epoch."""
+    the DONE metrics as the summary, the curves, a confusion matrix of the OOF clips and the prediction files. The
+    runs open when the fold starts: its first event comes inside the timed first epoch, and a refused fold (finished,
+    stale, busy) leaves no run."""
 
     def __init__(self, runs: Runs, fold_dir: Path, images: int, first_step: int = 0, prefix: str = "") -> None:
         self.runs, self.fold_dir, self.images, self.first_step, self.prefix = runs, fold_dir, images, first_step, prefix
         self.shown = False
-        runs.open()
+
+    def started(self) -> None:
+        self.runs.open()
 
     def inputs(self, x: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> None:
         if self.shown or not self.images or x.dim() != 4:

@@ -460,6 +460,8 @@ def train_fold(exp: Experiment, fold: int, device_name: str = "auto", overwrite:
                                "it again")
         device = resolve_device(device_name)
         _prepare_work(exp, fold, work, data.inputs, resume)
+        for observer in observers:
+            observer.started()
         try:
             summary = _fit(cfg, data.fold(fold), fold, device, work, f"{exp.name} fold {fold}", observers)
         except KeyboardInterrupt:

@@ -217,6 +217,9 @@ def test_a_fold_opens_its_run_before_its_first_timed_epoch(contest: Path, capsys
     code, _, err = cli(capsys, run, "exp=t", "fold=0", "device=cpu")
     assert code == 0, err
     assert events == ["open", "epoch", "epoch"], events  # opening (seconds, online) is never an epoch's time
+    code, _, err = cli(capsys, run, "exp=t", "fold=0", "device=cpu")
+    assert code == 2 and "already finished" in err, err
+    assert events == ["open", "epoch", "epoch"], events  # a refused fold leaves no run behind
 
 
 def test_a_tracking_failure_is_one_warning_and_the_fold_finishes(contest: Path, capsys, monkeypatch) -> None:
