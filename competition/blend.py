@@ -59,7 +59,8 @@ from competition.data import _examples, index_test, with_test_source
 from competition.errors import UserError
 from competition.files import atomic_write, atomic_write_text
 from competition.tracking import mirror_blend
-from competition.foldrun import DONE, finished_folds, read_record, repredict_command, retrain_command, staleness
+from competition.foldrun import (DONE, commands_per_overrides, finished_folds, read_record, repredict_command,
+                                retrain_command, staleness)
 from competition.folds import FOLDS_DIR, per_clip_warning, read_folds
 from competition.metrics import METRICS, Metric
 from competition.submission import SUBMISSIONS_DIR, answer_path, write_answer
@@ -344,7 +345,7 @@ def load_fold(fold_dir: Path, number: int, classes: list[str] | None, reference:
 
 
 def current_folds(name: str, done: dict[int, Path]) -> tuple[DictConfig, int, dict[int, Path],
-                                                             dict[int, tuple[str, str]]]:
+                                                             dict[int, tuple[str, str, tuple[str, ...]]]]:
     """The experiment's current config, its number of training-fold clips, its finished folds made from the current
     inputs, and for the others what they need (retrain or re-predict) and why. Each fold is judged with the
     command-line overrides it was trained with (the config is read with the first fold's), so folds trained with
@@ -361,23 +362,23 @@ def current_folds(name: str, done: dict[int, Path]) -> tuple[DictConfig, int, di
             current[overrides] = exp.cfg, load_data(exp)
         why = staleness(fold_dir, current[overrides][1].inputs)
         if why:
-            stale[number] = ("retrain" if why.model else "re-predict", why.describe())
+            stale[number] = ("retrain" if why.model else "re-predict", why.describe(), overrides)
         else:
             fresh[number] = fold_dir
     cfg, data = next(iter(current.values()))
     return cfg, int((data.folds >= 0).sum()), fresh, stale
 
 
-def stale_message(stale: dict[str, dict[int, tuple[str, str]]]) -> str:
-    """Each stale fold with its reason, and per experiment the commands that bring exactly those folds up to date."""
+def stale_message(stale: dict[str, dict[int, tuple[str, str, tuple[str, ...]]]]) -> str:
+    """Each stale fold with its reason, and per experiment the commands that bring exactly those folds up to date,
+    each with the command-line overrides the folds were made with."""
     reasons, commands = [], []
     for name, folds in stale.items():
-        reasons += [f"{name} fold {number}: {why}" for number, (_, why) in folds.items()]
+        reasons += [f"{name} fold {number}: {why}" for number, (_, why, _) in folds.items()]
         for action, command in (("retrain", retrain_command), ("re-predict", repredict_command)):
-            numbers = [number for number, (need, _) in folds.items() if need == action]
-            if numbers:
-                commands.append(command(name, numbers) + (" (re-predicts from the trained models)"
-                                                          if action == "re-predict" else ""))
+            needing = {number: overrides for number, (need, _, overrides) in folds.items() if need == action}
+            commands += [line + (" (re-predicts from the trained models)" if action == "re-predict" else "")
+                         for line in commands_per_overrides(name, needing, command)]
     return f"{'; '.join(reasons)}. Bring them up to date with {' and '.join(commands)}"
 
 
@@ -390,7 +391,7 @@ def load_members(names: list[str], fail_on_missing: bool, skip_stale: bool, test
             raise UserError(f"no finished experiments under {EXPERIMENTS_DIR}/ (no fold_<k>/{DONE}); train one with "
                             "python -m competition.run exp=<name> fold=all")
     members, classes, reference = [], None, ""
-    stale: dict[str, dict[int, tuple[str, str]]] = {}
+    stale: dict[str, dict[int, tuple[str, str, tuple[str, ...]]]] = {}
     for name in names:
         exp_dir = EXPERIMENTS_DIR / name
         if not exp_dir.is_dir():

@@ -191,17 +191,25 @@ def finished_folds(exp_dir: Path) -> dict[int, Path]:
     return found
 
 
-def made_from_other_fold_file(experiments: Path, data_name: str, fold_file: str) -> dict[str, list[int]]:
+def made_from_other_fold_file(experiments: Path, data_name: str, fold_file: str) -> dict[str, dict[int, list[str]]]:
     """Per experiment, the trained or interrupted folds on `data_name`'s fold file whose record names another version
-    of it: what remaking that fold file makes stale."""
-    found: dict[str, list[int]] = {}
+    of it (what remaking that fold file makes stale), each with the command-line overrides it was made with."""
+    found: dict[str, dict[int, list[str]]] = {}
     for folder in sorted(experiments.glob("*/fold_*")):
         number = folder.name[len("fold_"):].removesuffix(".partial")
         recorded = read_record(folder)
         if number.isdigit() and recorded and recorded.config["data"]["name"] == data_name \
                 and recorded.fold_file != fold_file:
-            found.setdefault(folder.parent.name, []).append(int(number))
+            found.setdefault(folder.parent.name, {})[int(number)] = recorded.overrides
     return found
+
+
+def commands_per_overrides(exp: str, folds: dict[int, Sequence[str]], command: Callable[..., str]) -> list[str]:
+    """`command` for exactly these folds, one per set of overrides the folds were made with (most share one)."""
+    grouped: dict[tuple[str, ...], list[int]] = {}
+    for number, overrides in sorted(folds.items()):
+        grouped.setdefault(tuple(overrides), []).append(number)
+    return [command(exp, numbers, overrides) for overrides, numbers in grouped.items()]
 
 
 def fold_list(folds: list[int]) -> str:

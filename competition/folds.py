@@ -318,11 +318,11 @@ def _warn_stale(cfg: DictConfig, path: Path) -> None:
     """Name the trained folds that a new fold file makes stale, and the command that retrains exactly them."""
     from competition.config import EXPERIMENTS_DIR
     from competition.files import file_sha256
-    from competition.foldrun import made_from_other_fold_file, retrain_command
+    from competition.foldrun import commands_per_overrides, fold_list, made_from_other_fold_file, retrain_command
 
-    for exp, numbers in made_from_other_fold_file(EXPERIMENTS_DIR, cfg.data.name, file_sha256(path)).items():
-        print(f"warning: {path} changed, so {exp} folds {','.join(map(str, sorted(set(numbers))))} are stale now; "
-              f"retrain exactly them with {retrain_command(exp, numbers)}", file=sys.stderr)
+    for exp, folds in made_from_other_fold_file(EXPERIMENTS_DIR, cfg.data.name, file_sha256(path)).items():
+        print(f"warning: {path} changed, so {exp} folds {fold_list(list(folds))} are stale now; retrain exactly them "
+              f"with {' and '.join(commands_per_overrides(exp, folds, retrain_command))}", file=sys.stderr)
 
 
 def main(argv: list[str]) -> None:

@@ -108,6 +108,13 @@ def test_edited_config_makes_folds_stale_but_the_answer_format_follows_it(quick:
     code, out, err = cli(capsys, blend, "exps=tones", "stale=skip", "overwrite=true")
     assert code == 0 and "fold 0 stale (config changed: train.lr 0.01 -> 0.02)" in out
 
+    # once stale, each fold's retrain hint carries the overrides that fold was made with, so following it keeps them
+    write_tones_experiment(quick, **{**FAST, "train": {"epochs": 1, "lr": 0.02, "weight_decay": 0.05}})
+    code, _, err = cli(capsys, blend, "exps=tones", "overwrite=true")
+    assert code == 2, err
+    assert "python -m competition.run exp=tones fold=1 overwrite=true train.lr=0.03" in error_line(err)
+    assert "python -m competition.run exp=tones fold=0 overwrite=true and " in error_line(err)
+
 
 def test_replaced_test_clip_is_re_predicted_without_retraining(quick: Path, capsys: pytest.CaptureFixture) -> None:
     fold_dir = quick / "experiments" / "tones" / "fold_0"
