@@ -1,4 +1,5 @@
-"""The benchmark scripts keep working: each runs its smoke mode here (seconds to a minute, on generated data)."""
+"""Benchmark scripts that keep working: the GPU check's smoke mode runs every check on the CPU here (about a minute,
+on generated data), and without a GPU the plain check says so in one line."""
 from __future__ import annotations
 
 import os
