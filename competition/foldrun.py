@@ -236,12 +236,12 @@ def resume_command(exp: Experiment, folds: list[int]) -> str:
     """Continue interrupted folds with the overrides each was started with (from its work folder's record), not the
     current command's: a resume from other settings is refused. Folds started with other overrides get a command
     each."""
-    started_with: dict[tuple[str, ...], list[int]] = {}
+    started_with: dict[int, Sequence[str]] = {}
     for fold in folds:
         recorded = read_record(partial_dir(exp.fold_dir(fold)))
-        started_with.setdefault(tuple(recorded.overrides if recorded else exp.overrides), []).append(fold)
-    return " and ".join(run_command(exp.name, numbers, overrides, "resume=true")
-                        for overrides, numbers in started_with.items())
+        started_with[fold] = recorded.overrides if recorded else exp.overrides
+    return " and ".join(commands_per_overrides(
+        exp.name, started_with, lambda name, numbers, overrides: run_command(name, numbers, overrides, "resume=true")))
 
 
 def timestamp(when: float | None = None) -> str:
