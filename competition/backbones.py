@@ -10,19 +10,29 @@ from timm.models import register_model
 
 
 class StatsLinear(torch.nn.Module):
-    """Multinomial logistic regression on a per-clip feature vector (frontend.kind=clip_stats): the features
-    standardised with the training clips' mean and spread, then one linear layer. Convex, so it is fitted exactly
-    (`fit`, full-batch L-BFGS) rather than over epochs: a few speakers' clips are enough, and there is no epoch to
-    pick on a validation score that is often already perfect. Sized by its first input (lazy), so any number of
-    features fits."""
+    """Multinomial logistic regression on a per-clip feature vector (frontend.kind=clip_stats or encoder): the
+    features standardised with the training clips' mean and spread (or, with `unit_length`, scaled to unit length
+    instead: an encoder's embeddings are compared by angle, and standardising each of hundreds of dimensions over a
+    few dozen clips magnifies noise), then one linear layer. Convex, so it is fitted exactly (`fit`, full-batch
+    L-BFGS) rather than over epochs: a few speakers' clips are enough, and there is no epoch to pick on a validation
+    score that is often already perfect. Sized by its first input (lazy), so any number of features fits."""
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, unit_length: bool = False) -> None:
         super().__init__()
+        self.unit_length = unit_length
         self.scaler = torch.nn.LazyBatchNorm1d(affine=False)  # only its running mean and variance are used
         self.linear = torch.nn.LazyLinear(num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
+        return F.normalize(x, dim=1) if self.unit_length else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.prepare(x)
+        if self.unit_length:
+            if isinstance(self.scaler.running_mean, torch.nn.parameter.UninitializedBuffer):
+                self.scaler(x)  # sizes the lazy layers; unused
+            return self.linear(x)
         mean, var = self.scaler.running_mean, self.scaler.running_var
         if isinstance(mean, torch.nn.parameter.UninitializedBuffer):
             self.scaler(x)  # first call sizes the lazy layers
@@ -35,10 +45,10 @@ class StatsLinear(torch.nn.Module):
         LogisticRegression with C = 1 / (l2 * n))."""
         if isinstance(self.linear.weight, torch.nn.parameter.UninitializedParameter):
             self(x.float())  # sizes the lazy layers; every value is set below
-        x = x.flatten(1).double()
+        x = self.prepare(x).double()
         self.scaler.running_mean.copy_(x.mean(0))
         self.scaler.running_var.copy_(x.var(0, unbiased=False).clamp_min(1e-12))
-        z = (x - x.mean(0)) / x.std(0, unbiased=False).clamp_min(1e-6)
+        z = x if self.unit_length else (x - x.mean(0)) / x.std(0, unbiased=False).clamp_min(1e-6)
         weight = torch.zeros(self.linear.out_features, z.shape[1], dtype=z.dtype, device=z.device, requires_grad=True)
         bias = torch.zeros(self.linear.out_features, dtype=z.dtype, device=z.device, requires_grad=True)
         optimizer = torch.optim.LBFGS([weight, bias], max_iter=max_iter, tolerance_grad=1e-9,
@@ -62,3 +72,32 @@ def stats_linear(pretrained: bool = False, num_classes: int = 2, **_) -> StatsLi
     if pretrained:
         raise ValueError("stats_linear has no pretrained weights")
     return StatsLinear(num_classes)
+
+
+@register_model
+def embedding_linear(pretrained: bool = False, num_classes: int = 2, **_) -> StatsLinear:
+    """StatsLinear on unit-length embeddings (frontend.kind=encoder), fitted exactly."""
+    if pretrained:
+        raise ValueError("embedding_linear has no pretrained weights")
+    return StatsLinear(num_classes, unit_length=True)
+
+
+class EmbeddingMLP(torch.nn.Module):
+    """A small MLP on unit-length embeddings (frontend.kind=encoder), trained over epochs: where classes are not
+    linearly separable in the encoder's space. Sized by its first input (lazy)."""
+
+    def __init__(self, num_classes: int, hidden: int = 256, drop_rate: float = 0.2) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(torch.nn.LazyLinear(hidden), torch.nn.GELU(), torch.nn.Dropout(drop_rate),
+                                          torch.nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(F.normalize(x.flatten(1), dim=1))
+
+
+@register_model
+def embedding_mlp(pretrained: bool = False, num_classes: int = 2, drop_rate: float = 0.2, **_) -> EmbeddingMLP:
+    """EmbeddingMLP for timm's factory; model.drop_rate is its dropout."""
+    if pretrained:
+        raise ValueError("embedding_mlp has no pretrained weights")
+    return EmbeddingMLP(num_classes, drop_rate=drop_rate)

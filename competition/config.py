@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from competition.augment import AugmentConfig, parse_tta_view, validate_augment
+from competition.encoders import POOLS, check_encoder_name
 from competition.errors import UserError
 from competition.metrics import METRICS
 
@@ -65,7 +66,11 @@ class FoldsConfig:
 
 @dataclass
 class FrontendConfig:
-    kind: str = "logmel"  # logmel (an image, for CNNs) | clip_stats (a vector per clip, for model.name=stats_linear)
+    kind: str = "logmel"  # logmel (an image, for CNNs) | clip_stats | encoder (a vector per clip: stats_linear and
+    # embedding_* models)
+    encoder: str = "speaker"  # kind=encoder: speaker | words | hf:<hub id or folder> (competition.encoders.ENCODERS)
+    pool: str = "mean"  # kind=encoder: mean | meanstd of the encoder's frames over the clip
+    layer: int = -1  # encoder=hf:...: the hidden layer whose frames are pooled (-1 the last)
     n_mels: int = 64
     n_fft: int = 1024
     hop_length: int = 160
@@ -176,7 +181,8 @@ class Config:
 SPACE_KEYS = ("choices", "low", "high", "log", "step")
 CHOICES = {
     "data.train.layout": ("table", "class_folders", "filename", "files"),
-    "frontend.kind": ("logmel", "clip_stats"),
+    "frontend.kind": ("logmel", "clip_stats", "encoder"),
+    "frontend.pool": POOLS,
     "frontend.normalize": ("clip", "dataset", "none"),
     "train.schedule": ("onecycle", "cosine", "linear", "constant"),
     "train.metric": tuple(METRICS),
@@ -455,11 +461,16 @@ def validate(cfg: DictConfig, origin: str, command_line: set[str] = frozenset())
     if not 0.0 < cfg.train.ohem <= 1.0:
         raise UserError(f"{where('train.ohem')}: 'train.ohem' is the fraction of each batch kept, in (0, 1], got {cfg.train.ohem}")
     validate_augment(cfg.augment, where("augment"))
-    if cfg.frontend.kind == "clip_stats":
+    if cfg.frontend.kind in ("clip_stats", "encoder"):
         for key in ("spec_time", "spec_freq", "cutmix"):
             if cfg.augment[key].p > 0:
                 raise UserError(f"{where(f'augment.{key}')}: 'augment.{key}' works on spectrogram images but "
-                                f"frontend.kind=clip_stats gives one vector per clip; set augment.{key}.p=0")
+                                f"frontend.kind={cfg.frontend.kind} gives one vector per clip; set augment.{key}.p=0")
+    if cfg.frontend.kind == "encoder":
+        try:
+            check_encoder_name(cfg.frontend.encoder)
+        except UserError as exc:
+            raise UserError(f"{where('frontend.encoder')}: {exc}") from None
     if not cfg.tta.views:
         raise UserError(f"{where('tta.views')}: 'tta.views' is empty; use [plain] for no test-time augmentation")
     for view in cfg.tta.views:

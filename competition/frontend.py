@@ -3,7 +3,8 @@
 `logmel` gives images for CNNs: per-clip librosa on loader workers becomes the bottleneck as soon as the model runs
 on a GPU; one torch STFT over the whole batch with librosa's own filterbank gives the same numbers (within 0.01 dB)
 at batch speed. `clip_stats` gives one vector per clip (each band's level and spread, the voice's pitch) for linear
-models, which generalise from a few speakers where a CNN learns the voices. A new frontend is one entry in FRONTENDS.
+models, which generalise from a few speakers where a CNN learns the voices; `encoder` gives a pretrained encoder's
+pooled embeddings (competition.encoders). A new frontend is one entry in FRONTENDS.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import librosa
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
+
+from competition.encoders import EncoderFrontend
 
 PITCH_RANGE = (50.0, 500.0)  # Hz: adult and child voices
 PITCH_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -136,9 +139,10 @@ class ClipStats(torch.nn.Module):
         return features[:, None, :, None]
 
 
-Frontend = LogMel | ClipStats
+Frontend = LogMel | ClipStats | EncoderFrontend
 FRONTENDS: dict[str, Callable[[DictConfig], Frontend]] = {"logmel": LogMel.from_config,
-                                                          "clip_stats": ClipStats.from_config}
+                                                          "clip_stats": ClipStats.from_config,
+                                                          "encoder": EncoderFrontend.from_config}
 
 
 def make_frontend(cfg: DictConfig) -> Frontend:

@@ -196,8 +196,9 @@ class Predictor:
     def frontend_key(self) -> str:
         """Equal for frontends that compute the same input: same settings, rate and statistics."""
         state = hashlib.sha256()
-        for name, tensor in sorted(self.frontend.state_dict().items()):
-            state.update(name.encode() + tensor.detach().cpu().numpy().tobytes())
+        for name, value in sorted(self.frontend.state_dict().items()):  # tensors, or an encoder's identity
+            state.update(name.encode() + (value.detach().cpu().numpy().tobytes() if isinstance(value, torch.Tensor)
+                                          else json.dumps(value, sort_keys=True).encode()))
         return json.dumps([self.cfg.audio.sample_rate, OmegaConf.to_container(self.cfg.frontend), state.hexdigest()])
 
 
