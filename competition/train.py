@@ -196,9 +196,8 @@ class Predictor:
     def frontend_key(self) -> str:
         """Equal for frontends that compute the same input: same settings, rate and statistics."""
         state = hashlib.sha256()
-        for name, value in sorted(self.frontend.state_dict().items()):  # tensors, or an encoder's identity
-            state.update(name.encode() + (value.detach().cpu().numpy().tobytes() if isinstance(value, torch.Tensor)
-                                          else json.dumps(value, sort_keys=True).encode()))
+        for name, tensor in sorted(self.frontend.state_dict().items()):
+            state.update(name.encode() + tensor.detach().cpu().numpy().tobytes())
         return json.dumps([self.cfg.audio.sample_rate, OmegaConf.to_container(self.cfg.frontend), state.hexdigest()])
 
 
