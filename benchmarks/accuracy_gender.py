@@ -1,7 +1,8 @@
-"""Voice gender on real speakers never heard in training: the log-mel baseline, the old default (CNN) and the new
-default (voice) recipes, with speaker-grouped and per-clip folds.
+"""Voice gender on real speakers never heard in training: the log-mel baseline, a frozen speaker-encoder probe, the
+CNN, voice and voice-encoder recipes and the blend of the last two, with speaker-grouped and per-clip folds.
 
-    python benchmarks/accuracy_gender.py [--regimes many,few] [--draws 5] [--many-draws 1] [--device cpu] [--keep]
+    python benchmarks/accuracy_gender.py [--regimes many,few,six] [--draws 5] [--many-draws 1] [--methods ...]
+                                         [--groupings spk,clip] [--device cpu] [--keep]
     python benchmarks/accuracy_gender.py --quick      # smoke run: few regime, 1 draw, the CNN for 1 epoch
 
 Why: a voice-gender model is judged on voices it never heard, and a local score made with folds that split one
@@ -13,7 +14,8 @@ score overstates that.
 Regimes, all measured in one run on the same speaker splits for every method:
 - `many`: 15 male + 15 female speakers (about 30%) held out as the test set, trained on the other 72
   (`--many-draws` draws, default 1);
-- `few`: trained on 8 male + 8 female speakers, tested on the other 86 (`--draws` draws, default 5).
+- `few`: trained on 8 male + 8 female speakers, tested on the other 86 (`--draws` draws, default 5);
+- `six`: trained on 3 male + 3 female speakers, tested on the other 96 (`--draws` draws).
 Draw d picks its speakers with numpy.random.default_rng(d), per gender.
 
 Methods, each trained and scored on exactly the same split:
@@ -24,6 +26,13 @@ Methods, each trained and scored on exactly the same split:
    TTA view, on a contest file written for the split (3 folds, seed 42, no holdout, 3 s clips at 16 kHz).
 3. `new default`: the same contest with experiments/_recipes/voice.yaml (a logistic regression on per-clip
    statistics including pitch, fitted exactly).
+4. `voice encoder`: experiments/_recipes/voice_encoder.yaml (a logistic regression on the pretrained GE2E speaker
+   embedding from the resemblyzer wheel, fitted exactly).
+5. `voice + voice encoder`: `competition.blend exps=<voice>,<voice encoder> method=soft`, the two experiments above
+   blended (no training of its own; its seconds are the blend's).
+6. `probe`: the frozen-encoder linear probe the encoder recipes must beat: the same speaker encoder on each whole
+   clip (competition.encoders, mean of its windows, unit length) + one scikit-learn LogisticRegression (default C)
+   on every training clip, no folds.
 A toolkit method runs through the real command line in a subprocess, cwd the temporary project root:
 `python -m competition.run exp=<name> fold=all` then `python -m competition.blend exps=<name> name=<name>` (blend
 picks its method from OOF evidence); the answer file submissions/<name>.tsv (`id<TAB>0|1`) is scored against the
@@ -62,10 +71,13 @@ SAMPLE_RATE = 16000
 DURATION = 3.0
 N_SPLITS = 3
 MANY_TEST_PER_GENDER = 15  # 30 of 102 speakers held out
-FEW_TRAIN_PER_GENDER = 8  # 16 training speakers, 86 test speakers
+FEW_TRAIN_PER_GENDER = {"few": 8, "six": 3}  # training speakers per gender: 16 (86 test speakers), 6 (96)
 GROUPINGS = {"spk": "speaker", "clip": "per clip"}  # data-name suffix -> how the folds are made
-METHODS = {"old": "old default (cnn)", "new": "new default (voice)"}
+METHODS = {"old": "old default (cnn)", "new": "new default (voice)", "enc": "voice encoder",
+           "pair": "voice + voice encoder"}  # pair blends the new and enc experiments: list it after both
 BASELINE = "baseline (log-mel + LR)"
+PROBE = "probe (speaker encoder + LR)"
+VOICE_ENCODER_RECIPE = REPO / "experiments" / "_recipes" / "voice_encoder.yaml"
 TAIL_LINES = 40
 
 
@@ -105,7 +117,7 @@ def draw_splits(speakers: pd.DataFrame, regimes: list[str], many_draws: int, few
     for regime in regimes:
         for draw in range(many_draws if regime == "many" else few_draws):
             rng = np.random.default_rng(draw)
-            count = MANY_TEST_PER_GENDER if regime == "many" else FEW_TRAIN_PER_GENDER
+            count = MANY_TEST_PER_GENDER if regime == "many" else FEW_TRAIN_PER_GENDER[regime]
             picked = sorted(s for g in ("0", "1") for s in rng.choice(by_gender[g], count, replace=False))
             rest = [s for s in everyone if s not in set(picked)]
             train, test = (rest, picked) if regime == "many" else (picked, rest)
@@ -153,7 +165,7 @@ def write_experiment(root: Path, name: str, contest: Path, method: str, epochs: 
     if method == "old":
         config.update({"recipe": str(CNN_RECIPE), "train": {"epochs": epochs}, "tta": {"views": ["plain"]}})
     else:
-        config["recipe"] = str(VOICE_RECIPE)
+        config["recipe"] = str(VOICE_RECIPE if method == "new" else VOICE_ENCODER_RECIPE)
     folder = root / "experiments" / name
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(json.dumps(config, indent=2) + "\n")
@@ -193,8 +205,28 @@ def baseline_features(clips: pd.DataFrame) -> tuple[dict[str, np.ndarray], dict[
     return features, seconds
 
 
-def run_baseline(split: Split, clips: pd.DataFrame, features: dict[str, np.ndarray],
-                 seconds: dict[str, float]) -> Result:
+def probe_features(clips: pd.DataFrame) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Per clip: the speaker encoder's mean embedding of the whole clip, at unit length, and the seconds it took."""
+    import soundfile as sf
+
+    sys.path.insert(0, str(REPO))
+    from competition.encoders import load_encoder
+
+    encoder = load_encoder("speaker", -1, "cpu")
+    features, seconds = {}, {}
+    for clip in clips["clip"]:
+        start = time.perf_counter()
+        wave, rate = sf.read(DATA / "clips" / clip, dtype="float32")
+        mean = encoder.frames([wave])[0].mean(0)
+        features[clip] = mean / np.linalg.norm(mean)
+        seconds[clip] = time.perf_counter() - start
+    return features, seconds
+
+
+def run_linear(split: Split, clips: pd.DataFrame, features: dict[str, np.ndarray], seconds: dict[str, float],
+               method: str) -> Result:
+    """One logistic regression on every training clip's features (standardised for the baseline's log-mel
+    statistics; as they are for the probe's unit-length embeddings), scored on the test speakers."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -202,12 +234,13 @@ def run_baseline(split: Split, clips: pd.DataFrame, features: dict[str, np.ndarr
     train = clips[clips["speaker"].isin(split.train)]
     test = clips[clips["speaker"].isin(split.test)]
     with Stopwatch() as watch:
-        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+        model = LogisticRegression(max_iter=5000) if method == PROBE else \
+            make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
         model.fit(np.stack([features[c] for c in train["clip"]]), train["gender"].to_numpy())
         predicted = model.predict(np.stack([features[c] for c in test["clip"]]))
     accuracy = float((predicted == test["gender"].to_numpy()).mean())
     feature_seconds = sum(seconds[c] for c in pd.concat([train["clip"], test["clip"]]))
-    return Result(split.regime, split.draw, BASELINE, "-", None, accuracy, feature_seconds + watch.seconds)
+    return Result(split.regime, split.draw, method, "-", None, accuracy, feature_seconds + watch.seconds)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -239,8 +272,12 @@ class ToolkitFailed(Exception):
 def run_toolkit(root: Path, split: Split, method: str, grouping: str, exp: str, truth: pd.Series,
                 device: str, env: dict[str, str]) -> Result:
     with Stopwatch() as watch:
-        toolkit(root, exp, ["competition.run", f"exp={exp}", "fold=all", f"device={device}"], env)
-        toolkit(root, exp, ["competition.blend", f"exps={exp}", f"name={exp}"], env)
+        if method == "pair":
+            members = ",".join(exp.replace("_pair", f"_{part}") for part in ("new", "enc"))
+            toolkit(root, exp, ["competition.blend", f"exps={members}", "method=soft", f"name={exp}"], env)
+        else:
+            toolkit(root, exp, ["competition.run", f"exp={exp}", "fold=all", f"device={device}"], env)
+            toolkit(root, exp, ["competition.blend", f"exps={exp}", f"name={exp}"], env)
     answer = pd.read_csv(root / "submissions" / f"{exp}.tsv", sep="\t", header=None, names=["id", "gender"],
                          dtype=str, keep_default_na=False)
     predicted = answer.set_index("id")["gender"]
@@ -263,31 +300,33 @@ def fmt(value: float | None) -> str:
 def summary_rows(results: list[Result]) -> list[list[object]]:
     rows = []
     baseline = {(r.regime, r.draw): r.test for r in results if r.method == BASELINE}
+    probe = {(r.regime, r.draw): r.test for r in results if r.method == PROBE}
     keys = list(dict.fromkeys((r.regime, r.method, r.grouping) for r in results))
     for regime, method, grouping in keys:
         group = [r for r in results if (r.regime, r.method, r.grouping) == (regime, method, grouping)]
         tests = [r.test for r in group]
         oofs = [r.oof for r in group if r.oof is not None]
         gap = [r.oof - r.test for r in group if r.oof is not None]
-        if method == BASELINE:
-            beats = "-"
-        else:
-            wins = sum(r.test > baseline[(r.regime, r.draw)] for r in group if (r.regime, r.draw) in baseline)
-            beats = f"{wins}/{len(group)}"
+        beats = []
+        for reference, name in ((baseline, BASELINE), (probe, PROBE)):
+            wins = sum(r.test > reference[(r.regime, r.draw)] for r in group if (r.regime, r.draw) in reference)
+            beats.append("-" if method == name or not reference else f"{wins}/{len(group)}")
         rows.append([regime, method, grouping, len(group), f"{np.mean(tests):.4f}", f"{min(tests):.4f}",
                      f"{max(tests):.4f}", f"{np.mean(oofs):.4f}" if oofs else "-",
-                     f"{np.mean(gap):+.4f}" if gap else "-", beats,
+                     f"{np.mean(gap):+.4f}" if gap else "-", *beats,
                      f"{np.mean([r.seconds for r in group]):.0f}"])
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--regimes", default="many,few", help="comma-separated: many, few (default both)")
+    parser.add_argument("--regimes", default="many,few,six", help="comma-separated: many, few, six (default all)")
     parser.add_argument("--draws", type=int, default=5, help="speaker draws of the few regime (default 5)")
     parser.add_argument("--many-draws", type=int, default=1, help="speaker draws of the many regime (default 1)")
     parser.add_argument("--epochs", type=int, default=8, help="train.epochs of the old default (default 8)")
     parser.add_argument("--device", default="cpu", help="device= of competition.run: cpu, cuda, cuda:N or auto")
+    parser.add_argument("--groupings", default=",".join(GROUPINGS),
+                        help="folds of the toolkit methods: spk (speaker-grouped), clip (per clip) (default both)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: few regime, 1 draw, the old default trained for 1 epoch")
     parser.add_argument("--keep", action="store_true", help="keep the temporary project root (printed)")
@@ -303,9 +342,14 @@ def main() -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not set(methods) <= set(METHODS):
         raise SystemExit(f"--methods: choose from {', '.join(METHODS)} (got {args.methods})")
-    unknown = [r for r in regimes if r not in ("many", "few")]
+    groupings = [g.strip() for g in args.groupings.split(",") if g.strip()]
+    if not groupings or not set(groupings) <= set(GROUPINGS):
+        raise SystemExit(f"--groupings: choose from {', '.join(GROUPINGS)} (got {args.groupings})")
+    unknown = [r for r in regimes if r not in ("many", "few", "six")]
     if unknown or not regimes:
-        raise SystemExit(f"--regimes: choose from many, few (got {args.regimes})")
+        raise SystemExit(f"--regimes: choose from many, few, six (got {args.regimes})")
+    if "pair" in methods and not {"new", "enc"} <= set(methods[:methods.index("pair")]):
+        raise SystemExit("--methods: pair blends new and enc, so list both before it")
 
     clips = pd.read_csv(DATA / "clips.tsv", sep="\t", dtype=str)
     clips["id"] = clips["clip"].str.replace(r"\.wav$", "", regex=True)
@@ -322,21 +366,26 @@ def main() -> None:
         with Stopwatch() as watch:
             features, seconds = baseline_features(clips)
         log(f"baseline log-mel features of {len(clips)} clips: {watch.seconds:.1f}s")
+        with Stopwatch() as watch:
+            embeddings, embedding_seconds = probe_features(clips)
+        log(f"probe speaker embeddings of {len(clips)} clips: {watch.seconds:.1f}s")
         for split in splits:
             truth = clips[clips["speaker"].isin(split.test)].set_index("id")["gender"]
             log(f"--- {split.tag}: train {len(split.train)} speakers "
                 f"({(clips['speaker'].isin(split.train)).sum()} clips), test {len(split.test)} speakers "
                 f"({len(truth)} clips)")
-            done = [run_baseline(split, clips, features, seconds)]
-            log(f"{split.tag} baseline: test {done[0].test:.4f}")
-            for grouping in GROUPINGS:
+            done = [run_linear(split, clips, features, seconds, BASELINE),
+                    run_linear(split, clips, embeddings, embedding_seconds, PROBE)]
+            log(f"{split.tag} baseline: test {done[0].test:.4f}; probe: test {done[1].test:.4f}")
+            for grouping in groupings:
                 data_name = f"g_{split.tag}_{grouping}"
                 with_speaker = grouping == "spk"
                 contest = write_contest(root, data_name, lay_out(root, data_name, clips, split, with_speaker),
                                         with_speaker)
                 for method in methods:
                     exp = f"{split.tag}_{grouping}_{method}"
-                    write_experiment(root, exp, contest, method, args.epochs)
+                    if method != "pair":
+                        write_experiment(root, exp, contest, method, args.epochs)
                     result = run_toolkit(root, split, method, grouping, exp, truth, args.device, env)
                     done.append(result)
                     log(f"{split.tag} {exp}: OOF {fmt(result.oof)}, test {result.test:.4f} "
@@ -360,8 +409,9 @@ def main() -> None:
     print("## Voice gender on unseen speakers (speechocean762_gender)")
     print()
     print(f"Hardware: {hardware_line(args.device if args.device != 'auto' else 'cpu')}")
-    print(f"Old default: cnn.yaml with train.epochs={args.epochs}, tta plain; new default: voice.yaml; "
-          f"{N_SPLITS} folds, seed 42, no holdout; blend method chosen from OOF evidence")
+    print(f"Old default: cnn.yaml with train.epochs={args.epochs}, tta plain; new default: voice.yaml; voice "
+          f"encoder: voice_encoder.yaml; {N_SPLITS} folds, seed 42, no holdout; blend method chosen from OOF evidence "
+          "(the pair: soft)")
     print(f"Total wall time {total / 60:.1f} min ({total:.0f}s)")
     print()
     print(markdown_table(["regime", "draw", "method", "grouping", "local OOF accuracy",
@@ -370,7 +420,8 @@ def main() -> None:
                           for r in results]))
     print()
     print(markdown_table(["regime", "method", "grouping", "draws", "mean test accuracy", "min", "max",
-                          "mean OOF", "OOF - test", "beats baseline (same draw)", "mean seconds"],
+                          "mean OOF", "OOF - test", "beats baseline (same draw)", "beats probe (same draw)",
+                          "mean seconds"],
                          summary_rows(results)))
     print()
     print(json.dumps({"results": [r.__dict__ for r in results], "seconds": round(total, 1)}))
