@@ -185,6 +185,21 @@ def write_tones_experiment(root: Path, name: str = "tones", **sections: dict) ->
     return folder
 
 
+def train_every_fold(root: Path, name: str) -> None:
+    """Train every fold of experiments/<name> under `root` on the CPU, as `run exp=<name> fold=all` would."""
+    from competition.config import load_experiment
+    from competition.train import train_fold
+
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        exp = load_experiment(name)
+        for fold in range(exp.cfg.folds.n_splits):
+            train_fold(exp, fold, "cpu")
+    finally:
+        os.chdir(cwd)
+
+
 @pytest.fixture
 def tones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The tones contest and an experiment on it, with the working directory at its root."""

@@ -3,7 +3,6 @@ embedding store, and experiments on them trained, packed and predicted, on the t
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from competition.config import load_experiment
 from competition.encoders import EmbeddingStore, EncoderFrontend, load_encoder, strip_padding
 from competition.errors import UserError
 from competition.train import load_fold_model, train_fold
-from conftest import error_line, run_verb as cli, tone, write_tones_data, write_tones_experiment
+from conftest import error_line, run_verb as cli, train_every_fold, write_tones_data, write_tones_experiment
 
 ENCODER = {"frontend": {"kind": "encoder", "encoder": "speaker"}, "model": {"name": "embedding_linear"},
            "audio": {"duration": 1.0}, "train": {"weight_decay": 0.003}}
@@ -118,14 +117,7 @@ def encoded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("encoded")
     write_tones_data(root)
     write_tones_experiment(root, "enc", **ENCODER)
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        exp = load_experiment("enc")
-        for fold in range(exp.cfg.folds.n_splits):
-            train_fold(exp, fold, "cpu")
-    finally:
-        os.chdir(cwd)
+    train_every_fold(root, "enc")
     return root
 
 

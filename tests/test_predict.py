@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import shutil
 from pathlib import Path
@@ -18,8 +17,9 @@ from competition.cache import load_split
 from competition.config import load_experiment
 from competition.data import Source, Split
 from competition.train import (Part, Predictor, clip_batches, crop_samples, load_fold_model, predict_together,
-                               train_fold, window_counts)
-from conftest import error_line, run_verb as cli, write_clip, write_tone, write_tones_data, write_tones_experiment
+                               window_counts)
+from conftest import (error_line, run_verb as cli, train_every_fold, write_clip, write_tone, write_tones_data,
+                      write_tones_experiment)
 
 VIEWS = {"tta": {"views": ["plain", "gain:-6"]}}
 
@@ -33,14 +33,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(1)
     for i, freq in enumerate([300.0, 800.0, 2000.0, 800.0]):  # a second test set, released later
         write_tone(root / "later" / f"late_{i}.wav", freq, rng)
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        exp = load_experiment("t")
-        for fold in range(exp.cfg.folds.n_splits):
-            train_fold(exp, fold, "cpu")
-    finally:
-        os.chdir(cwd)
+    train_every_fold(root, "t")
     return root
 
 
