@@ -62,6 +62,8 @@ class FoldsConfig:
     n_splits: int = 5
     seed: int = 42
     holdout: float = 0.0  # fraction of the groups locked away as fold -1, never trained on
+    groups: str = ""  # "": the data's own groups (speakers; each clip its own without a group rule) | voice: clusters
+    # of the clips' speaker-encoder embeddings stand in for the unnamed speakers (competition.folds.voice_groups)
 
 
 @dataclass
@@ -182,6 +184,7 @@ SPACE_KEYS = ("choices", "low", "high", "log", "step")
 CHOICES = {
     "data.train.layout": ("table", "class_folders", "filename", "files"),
     "frontend.kind": ("logmel", "clip_stats", "encoder"),
+    "folds.groups": ("", "voice"),
     "frontend.pool": POOLS,
     "frontend.normalize": ("clip", "dataset", "none"),
     "train.schedule": ("onecycle", "cosine", "linear", "constant"),
@@ -437,7 +440,8 @@ def validate(cfg: DictConfig, origin: str, command_line: set[str] = frozenset())
         if value not in choices:
             close = difflib.get_close_matches(str(value), choices, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            raise UserError(f"{where(key)}: '{key}' is '{value}'; {hint}choose one of {', '.join(choices)}")
+            listing = ", ".join(c or "''" for c in choices)  # '' is a choice too (folds.groups)
+            raise UserError(f"{where(key)}: '{key}' is '{value}'; {hint}choose one of {listing}")
     if cfg.data.test is not None and cfg.data.test.layout != "files":
         raise UserError(f"{where('data.test.layout')}: 'data.test.layout' must be 'files' (test clips carry no labels)")
     positive = ["audio.sample_rate", "audio.duration", "folds.n_splits", "frontend.n_mels", "frontend.n_fft",

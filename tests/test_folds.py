@@ -9,11 +9,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from competition.config import load_config
 from competition.data import index_train
 from competition.errors import UserError
-from competition.folds import (COLUMNS, check_folds, class_counts, ensure_folds, fold_path, make_folds, read_folds,
-                               validate_folds, write_folds)
-from conftest import FSDD_REGEX, fsdd_names, fsdd_zip, make_config, run_here, run_verb, tone, write_clip
+from competition.folds import (COLUMNS, check_folds, class_counts, ensure_folds, fold_path, make_folds, purity,
+                               read_folds, together, validate_folds, write_folds)
+from conftest import (FSDD_REGEX, fsdd_names, fsdd_zip, make_config, run_here, run_verb, shared_data, tone,
+                      write_clip)
 
 
 
@@ -490,7 +492,93 @@ def test_per_clip_groups_warn_exactly_when_no_speaker_is_known(workdir, capsys):
     make_config(workdir, {"name": "nogroup", "train": train}, folds={"n_splits": 2})
     code, _, err = run_verb(capsys, folds, "exp=exp")
     assert code == 0 and "folds/nogroup.csv knows no speaker (group)" in err and "data.train.group_column" in err
+    assert "or group the clips by voice with folds.groups=voice" in err
     make_config(workdir, {"name": "grouped", "train": {**train, "group_column": "group"}}, folds={"n_splits": 2})
     code, _, err = run_verb(capsys, folds, "exp=exp")
     assert code == 0 and "knows no speaker" not in err
     assert read_folds(workdir / "folds" / "grouped.csv")["group"].nunique() == 3
+
+
+# --- groups found by voice (folds.groups=voice) ----------------------------------------------------------------
+
+# Two male and two female speakers of speechocean762 whose six clips each lie at most 0.21 apart in the speaker
+# encoder's cosine distance, and at least 0.4 from each other speaker's on average: measured well inside the 0.3
+# at which voice clusters stop merging, so each is found as exactly one group.
+VOICES = {"spk9628": "0", "spk0981": "0", "spk0135": "1", "spk2116": "1"}
+
+
+@pytest.fixture
+def voices(workdir):
+    """24 real clips (4 speakers x 6) laid out as the voice-gender contest: train/<id>.wav and targets.tsv with
+    id<TAB>gender, no speaker column; the experiment asks for folds.groups=voice and 2 folds."""
+    clips = shared_data("speechocean762_gender", "clips")
+    train = workdir / "data" / "train"
+    train.mkdir(parents=True)
+    lines = []
+    for speaker, gender in VOICES.items():
+        for take in range(6):
+            (train / f"{speaker}_{take:02d}.wav").symlink_to(clips / f"{speaker}_{take:02d}.wav")
+            lines.append(f"{speaker}_{take:02d}\t{gender}\n")
+    (train / "targets.tsv").write_text("".join(lines))
+    data = {"name": "voices", "train": {"path": "data/train", "layout": "table", "table": "targets.tsv"}}
+    make_config(workdir, data, folds={"n_splits": 2, "groups": "voice"})
+    return workdir
+
+
+def test_voice_groups_keep_each_real_speaker_in_one_group_and_fold(voices, capsys):
+    from competition import folds as folds_module
+
+    code, out, err = run_verb(capsys, folds_module, "exp=exp")
+    assert code == 0, err
+    assert "embedding 24 clips with the speaker encoder" in err and "knows no speaker" not in err
+    assert "wrote folds/voices.csv (24 clips, 4 groups found by voice, 2 folds" in out
+    folds = read_folds(voices / "folds" / "voices.csv")
+    speakers = folds["id"].str.split("_").str[0]
+    assert folds["group"].str.fullmatch(r"voice\d{4}").all()
+    assert purity(folds["group"], speakers) == 1.0 and together(folds["group"], speakers) == 1.0
+    assert (folds.groupby(speakers)["fold"].nunique() == 1).all()  # no voice leaks into another fold
+    assert (pd.crosstab(folds["label"], folds["fold"]) == 6).all().all()  # one speaker of each gender per fold
+
+    # the same file again, from the embeddings now in the store; then every fold reads it without re-embedding
+    code, out, err = run_verb(capsys, folds_module, "exp=exp")
+    assert code == 0 and "unchanged: folds/voices.csv" in out
+    config = Path("experiments/exp/config.yaml")
+    cfg = load_config(config)
+    clips = index_train(cfg).clips
+    assert ensure_folds(cfg, clips, "exp").equals(folds) and "embedding" not in capsys.readouterr().err
+
+    # the file made by voice is not the per-clip file of the same data, and is not taken for it
+    with pytest.raises(UserError, match=r"^folds/voices\.csv was made with folds\.groups=voice: set "
+                                        r"folds\.groups=voice in experiments/exp/config\.yaml, or remake"):
+        ensure_folds(load_config(config, ["folds.groups=''"]), clips, "exp")
+    per_clip = make_folds(clips, n_splits=2, seed=42)
+    with pytest.raises(UserError, match=r"^folds/voices\.csv was made without folds\.groups=voice"):
+        check_folds(per_clip, clips, Path("folds/voices.csv"), "exp", voice=True)
+
+
+def test_voice_groups_refused_where_the_data_names_its_speakers(fsdd_clips):
+    _, clips = fsdd_clips
+    cfg = load_config(Path("experiments/exp/config.yaml"), ["folds.groups=voice"])
+    with pytest.raises(UserError, match=r"^folds\.groups=voice guesses the speakers from their voices, but this data "
+                                        r"names them already \(data\.train\.group_column .*\); drop folds\.groups"
+                                        r"=voice to use the named speakers$"):
+        ensure_folds(cfg, clips, "exp")
+    assert not fold_path(cfg).exists()
+
+
+def test_purity_and_together_of_known_speakers():
+    speakers = pd.Series(["a", "a", "a", "b", "b", "c"])
+    assert purity(pd.Series(["g1", "g1", "g2", "g2", "g2", "g3"]), speakers) == 5 / 6  # g2's majority is b
+    assert together(pd.Series(["g1", "g1", "g2", "g2", "g2", "g3"]), speakers) == 2 / 4  # a split; b together
+    assert purity(pd.Series(["g"] * 6), speakers) == 0.5 and together(pd.Series(["g"] * 6), speakers) == 1.0
+
+
+@pytest.mark.parametrize("where", ["command line", "file"])
+def test_an_unknown_folds_groups_value_is_one_line_naming_the_key(workdir, where):
+    make_config(workdir, {"train": {"path": "unused"}})
+    if where == "file":
+        config = workdir / "experiments" / "exp" / "config.yaml"
+        config.write_text(config.read_text() + "folds:\n  groups: speaker\n")
+    result = run_folds(workdir, "exp=exp", *(["folds.groups=voices"] if where == "command line" else []))
+    value, blamed = ("voices", "command line") if where == "command line" else ("speaker", "experiments/exp/config.yaml")
+    assert_one_line_error(result, f"{blamed}: 'folds.groups' is '{value}'", "choose one of '', voice")

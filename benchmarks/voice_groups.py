@@ -1,0 +1,244 @@
+"""Speaker groups found by voice (`folds.groups: voice`): does the local (OOF) score of a contest that names no
+speaker come back down to what unseen speakers score?
+
+    python benchmarks/voice_groups.py [--draws 5] [--groupings clip,voice,speaker] [--device cpu] [--keep]
+
+Why: the voice-gender contest's `targets.tsv` is `id<TAB>gender`, with no speaker column, so every clip is its own
+group and per-clip folds put one speaker's clips in several folds: the OOF score then rewards recognising voices the
+model trained on (on speechocean762, per-clip OOF 0.998 against 0.974 on unseen speakers). `folds.groups: voice`
+clusters the clips' speaker-encoder embeddings and uses the clusters as groups. The target: OOF within 2 points of
+the unseen-speaker test accuracy.
+
+How: on the real recordings of ../shared/data/speechocean762_gender (612 clips, 102 adult speakers, 51 male and
+51 female, 6 clips each), draw d (numpy.random.default_rng(d), per gender, males first) holds out 15 male + 15
+female speakers (about 30%) as the test set and trains on the other 72, laid out as the voice-gender contest:
+train/<id>.wav symlinks and train/targets.tsv (`id<TAB>gender`, no header, no speaker column), test/<id>.wav.
+The voice recipe (experiments/_recipes/voice.yaml) runs twice per draw through the real command line, in a
+subprocess with the temporary project root as cwd: `python -m competition.run exp=<name> fold=all` then
+`python -m competition.blend exps=<name> name=<name>`; once with per-clip folds (the contest as it is), once with
+`folds.groups: voice`, and, for reference, once with the true speakers as groups (a third column of another table,
+train/targets_speaker.tsv, read with `group_column`), which a real contest would not have (3 folds, seed 42, no
+holdout, 3 s clips at 16 kHz, all three). The answer file
+submissions/<name>.tsv is scored against the held-out speakers' genders; the OOF score is `scores.oof` of
+submissions/<name>.json. For the voice groups, the fold file folds/<data name>.csv is compared with the true
+speakers (which the toolkit never saw): purity (clips whose group's majority speaker is their own), same-speaker
+clip pairs sharing a group, and training speakers whose clips sit in more than one fold (each leaks its voice into
+validation).
+
+Everything is written into a temporary project root (split folders of symlinks, configs, fold files, the waveform
+and embedding caches, fold outputs, answer files, each command's log), so the repository and ~/.cache are left
+untouched; `--keep` keeps it and prints where. Set OMP_NUM_THREADS to leave cores to others.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import REPO, Stopwatch, exit_cleanly_on_sigterm, hardware_line, log, markdown_table
+
+import numpy as np
+import pandas as pd
+
+from competition.folds import purity, read_folds, together
+
+DATA = REPO.parent / "shared" / "data" / "speechocean762_gender"
+VOICE_RECIPE = REPO / "experiments" / "_recipes" / "voice.yaml"
+SAMPLE_RATE = 16000
+DURATION = 3.0
+N_SPLITS = 3
+TEST_PER_GENDER = 15  # 30 of 102 speakers held out
+GROUPINGS = {"clip": "per clip", "voice": "folds.groups=voice", "speaker": "true speakers (reference)"}
+TAIL_LINES = 40
+
+
+@dataclass
+class Result:
+    draw: int
+    grouping: str
+    oof: float
+    test: float
+    seconds: float
+    groups: int | None = None
+    purity: float | None = None
+    together: float | None = None
+    spanning: int | None = None  # training speakers with clips in more than one fold
+
+
+def draw_split(speakers: pd.DataFrame, draw: int) -> tuple[list[str], list[str]]:
+    """(training speakers, test speakers): 15 of each gender held out, drawn with default_rng(draw)."""
+    rng = np.random.default_rng(draw)
+    test = sorted(s for g in ("0", "1") for s in
+                  rng.choice(sorted(speakers.loc[speakers["gender"] == g, "speaker"]), TEST_PER_GENDER, replace=False))
+    return sorted(set(speakers["speaker"]) - set(test)), test
+
+
+def lay_out(root: Path, name: str, clips: pd.DataFrame, train: list[str], test: list[str]) -> Path:
+    """data/<name>/{train,test}/<id>.wav as symlinks to the clips, train/targets.tsv `id<TAB>gender`, no header."""
+    base = root / "data" / name
+    for part, speakers in (("train", train), ("test", test)):
+        folder = base / part
+        folder.mkdir(parents=True)
+        rows = clips[clips["speaker"].isin(speakers)]
+        for clip in rows["clip"]:
+            (folder / clip).symlink_to(DATA / "clips" / clip)
+        if part == "train":
+            rows[["id", "gender"]].to_csv(folder / "targets.tsv", sep="\t", header=False, index=False)
+            rows[["id", "gender", "speaker"]].to_csv(folder / "targets_speaker.tsv", sep="\t", header=False,
+                                                     index=False)
+    return base
+
+
+def write_experiment(root: Path, name: str, base: Path, grouping: str) -> None:
+    """experiments/<name>/config.yaml: the voice-gender contest on this draw's folders (its own data.name, so its
+    own fold file) with the voice recipe."""
+    folds = {"n_splits": N_SPLITS, "seed": 42, "holdout": 0.0, **({"groups": "voice"} if grouping == "voice" else {})}
+    train = {"path": str(base / "train"), "layout": "table", "table": "targets.tsv"}
+    if grouping == "speaker":  # without a header the table's columns are id, label, group
+        train.update({"table": "targets_speaker.tsv", "group_column": "group"})
+    contest = {
+        "data": {"name": name, "train": train,
+                 "test": {"path": str(base / "test")}, "cache_dir": str(root / "cache")},
+        "audio": {"sample_rate": SAMPLE_RATE, "duration": DURATION},
+        "folds": folds,
+        "submission": {"id_column": "id", "label_column": "gender", "delimiter": "\t", "header": False,
+                       "extension": "tsv"},
+    }
+    contest_path = root / "experiments" / "_contests" / f"{name}.yaml"
+    contest_path.parent.mkdir(parents=True, exist_ok=True)
+    contest_path.write_text(json.dumps(contest, indent=2) + "\n")  # JSON is YAML
+    folder = root / "experiments" / name
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(json.dumps({"contest": str(contest_path), "recipe": str(VOICE_RECIPE)}) + "\n")
+
+
+class ToolkitFailed(Exception):
+    pass
+
+
+def toolkit(root: Path, name: str, args: list[str], env: dict[str, str]) -> None:
+    """One command in a subprocess, its output in logs/<name>.<verb>.{out,err}; a failure ends the run."""
+    logs = root / "logs"
+    logs.mkdir(exist_ok=True)
+    verb = args[0].rsplit(".", 1)[-1]
+    out_path, err_path = logs / f"{name}.{verb}.out", logs / f"{name}.{verb}.err"
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        code = subprocess.call([sys.executable, "-m", *args], cwd=root, env=env, stdout=out, stderr=err)
+    if code != 0:
+        tail = (err_path.read_text(errors="replace") or out_path.read_text(errors="replace")).splitlines()
+        log(f"FAILED (exit {code}): {' '.join(args)}  (cwd {root})")
+        log("\n".join("    " + line for line in tail[-TAIL_LINES:]))
+        raise ToolkitFailed(code)
+
+
+def run_one(root: Path, name: str, draw: int, grouping: str, truth: pd.Series, speaker_of: pd.Series, device: str,
+            env: dict[str, str]) -> Result:
+    with Stopwatch() as watch:
+        toolkit(root, name, ["competition.run", f"exp={name}", "fold=all", f"device={device}"], env)
+        toolkit(root, name, ["competition.blend", f"exps={name}", f"name={name}"], env)
+    answer = pd.read_csv(root / "submissions" / f"{name}.tsv", sep="\t", header=None, names=["id", "gender"],
+                         dtype=str, keep_default_na=False).set_index("id")["gender"]
+    if set(answer.index) != set(truth.index) or answer.index.duplicated().any():
+        raise SystemExit(f"{name}: the answer file's ids are not exactly the {len(truth)} test clips")
+    accuracy = float((answer.loc[truth.index].str.strip() == truth).mean())
+    oof = json.loads((root / "submissions" / f"{name}.json").read_text())["scores"]["oof"]
+    result = Result(draw, GROUPINGS[grouping], oof, accuracy, watch.seconds)
+    if grouping == "voice":
+        folds = read_folds(root / "folds" / f"{name}.csv")
+        speakers = speaker_of.loc[folds["id"]]
+        result.groups = int(folds["group"].nunique())
+        result.purity = purity(folds["group"], speakers)
+        result.together = together(folds["group"], speakers)
+        result.spanning = int((folds.groupby(speakers.to_numpy())["fold"].nunique() > 1).sum())
+    return result
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--draws", type=int, default=5, help="speaker splits (default 5)")
+    parser.add_argument("--groupings", default=",".join(GROUPINGS),
+                        help=f"fold groupings to run: {', '.join(GROUPINGS)} (default all)")
+    parser.add_argument("--device", default="cpu", help="device= of competition.run: cpu, cuda, cuda:N or auto")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary project root (printed)")
+    args = parser.parse_args()
+    exit_cleanly_on_sigterm()
+    if not DATA.is_dir():
+        raise SystemExit(f"speechocean762_gender not found at {DATA}")
+    groupings = [g.strip() for g in args.groupings.split(",") if g.strip()]
+    if not groupings or not set(groupings) <= set(GROUPINGS):
+        raise SystemExit(f"--groupings: choose from {', '.join(GROUPINGS)} (got {args.groupings})")
+    clips = pd.read_csv(DATA / "clips.tsv", sep="\t", dtype=str)
+    clips["id"] = clips["clip"].str.replace(r"\.wav$", "", regex=True)
+    speaker_of = clips.set_index("id")["speaker"]
+    speakers = pd.read_csv(DATA / "speakers.tsv", sep="\t", dtype=str)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+
+    started = time.perf_counter()
+    results: list[Result] = []
+    root = Path(tempfile.mkdtemp(prefix="competition-voice-groups-"))
+    failed = None
+    try:
+        log(f"project root {root}; {args.draws} draws")
+        for draw in range(args.draws):
+            train, test = draw_split(speakers, draw)
+            truth = clips[clips["speaker"].isin(test)].set_index("id")["gender"]
+            base = lay_out(root, f"d{draw}", clips, train, test)
+            for grouping in groupings:
+                name = f"d{draw}_{grouping}"
+                write_experiment(root, name, base, grouping)
+                result = run_one(root, name, draw, grouping, truth, speaker_of, args.device, env)
+                results.append(result)
+                log(f"draw {draw} {result.grouping}: OOF {result.oof:.4f}, test {result.test:.4f}"
+                    + ("" if result.purity is None else f", {result.groups} groups, purity {result.purity:.3f}, "
+                       f"pairs together {result.together:.3f}, {result.spanning} speakers span folds")
+                    + f" ({result.seconds:.0f}s)")
+    except ToolkitFailed as exc:
+        failed = exc.args[0] or 1
+    finally:
+        if args.keep or failed:
+            log(f"kept {root}" if args.keep else f"project root {root} (removed; --keep keeps it)")
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    if failed:
+        sys.exit(failed)
+
+    total = time.perf_counter() - started
+    print("## Speaker groups found by voice (speechocean762_gender, no speaker column)")
+    print()
+    print(f"Hardware: {hardware_line(args.device if args.device != 'auto' else 'cpu')}")
+    print(f"voice.yaml recipe; 72 training speakers (432 clips), 30 unseen test speakers (180 clips) per draw; "
+          f"{N_SPLITS} folds, seed 42, no holdout. Total wall time {total / 60:.1f} min")
+    print()
+    print(markdown_table(["draw", "grouping", "OOF accuracy", "unseen-speaker test accuracy", "OOF - test", "groups",
+                          "purity", "same-speaker pairs together", "speakers in >1 fold (of 72)", "seconds"],
+                         [[r.draw, r.grouping, fmt(r.oof), fmt(r.test), f"{r.oof - r.test:+.4f}",
+                           "-" if r.groups is None else r.groups, fmt(r.purity, 3), fmt(r.together, 3),
+                           "-" if r.spanning is None else r.spanning, f"{r.seconds:.0f}"] for r in results]))
+    print()
+    rows = []
+    for grouping in [GROUPINGS[g] for g in groupings]:
+        group = [r for r in results if r.grouping == grouping]
+        mean = lambda values: None if any(v is None for v in values) else float(np.mean(values))  # noqa: E731
+        rows.append([grouping, len(group), fmt(mean([r.oof for r in group])), fmt(mean([r.test for r in group])),
+                     f"{np.mean([r.oof - r.test for r in group]):+.4f}",
+                     f"{max(abs(r.oof - r.test) for r in group):.4f}", fmt(mean([r.purity for r in group]), 3),
+                     fmt(mean([r.together for r in group]), 3)])
+    print(markdown_table(["grouping", "draws", "mean OOF", "mean test", "mean OOF - test", "largest |OOF - test|",
+                          "mean purity", "mean pairs together"], rows))
+    print()
+    print(json.dumps({"results": [r.__dict__ for r in results], "seconds": round(total, 1)}))
+
+
+if __name__ == "__main__":
+    main()
