@@ -26,11 +26,12 @@ Methods, each trained and scored on exactly the same split:
    TTA view, on a contest file written for the split (3 folds, seed 42, no holdout, 3 s clips at 16 kHz).
 3. `new default`: the same contest with experiments/_recipes/voice.yaml (a logistic regression on per-clip
    statistics including pitch, fitted exactly).
-4. `voice encoder`: experiments/_recipes/voice_encoder.yaml (a logistic regression on the pretrained GE2E speaker
+4. `voice pitch`: experiments/_recipes/voice_pitch.yaml (the voice recipe on the pitch quantiles alone).
+5. `voice encoder`: experiments/_recipes/voice_encoder.yaml (a logistic regression on the pretrained GE2E speaker
    embedding from the resemblyzer wheel, fitted exactly).
-5. `voice + voice encoder`: `competition.blend exps=<voice>,<voice encoder> method=soft`, the two experiments above
-   blended (no training of its own; its seconds are the blend's).
-6. `probe`: the frozen-encoder linear probe the encoder recipes must beat: the same speaker encoder on each whole
+6. `voice pitch + voice encoder`: `competition.blend exps=<voice pitch>,<voice encoder> method=soft`, the two
+   experiments above blended (no training of its own; its seconds are the blend's).
+7. `probe`: the frozen-encoder linear probe the encoder recipes must beat: the same speaker encoder on each whole
    clip (competition.encoders, mean of its windows, unit length) + one scikit-learn LogisticRegression (default C)
    on every training clip, no folds.
 A toolkit method runs through the real command line in a subprocess, cwd the temporary project root:
@@ -73,11 +74,12 @@ N_SPLITS = 3
 MANY_TEST_PER_GENDER = 15  # 30 of 102 speakers held out
 FEW_TRAIN_PER_GENDER = {"few": 8, "six": 3}  # training speakers per gender: 16 (86 test speakers), 6 (96)
 GROUPINGS = {"spk": "speaker", "clip": "per clip"}  # data-name suffix -> how the folds are made
-METHODS = {"old": "old default (cnn)", "new": "new default (voice)", "enc": "voice encoder",
-           "pair": "voice + voice encoder"}  # pair blends the new and enc experiments: list it after both
+METHODS = {"old": "old default (cnn)", "new": "new default (voice)", "pitch": "voice pitch", "enc": "voice encoder",
+           "pair": "voice pitch + voice encoder"}  # pair blends the pitch and enc experiments: list it after both
 BASELINE = "baseline (log-mel + LR)"
 PROBE = "probe (speaker encoder + LR)"
 VOICE_ENCODER_RECIPE = REPO / "experiments" / "_recipes" / "voice_encoder.yaml"
+VOICE_PITCH_RECIPE = REPO / "experiments" / "_recipes" / "voice_pitch.yaml"
 TAIL_LINES = 40
 
 
@@ -141,7 +143,7 @@ def lay_out(root: Path, data_name: str, clips: pd.DataFrame, split: Split, with_
     return base
 
 
-def write_contest(root: Path, data_name: str, base: Path, with_speaker: bool) -> Path:
+def write_contest(root: Path, data_name: str, base: Path, with_speaker: bool, splits: int) -> Path:
     """experiments/_contests/<data_name>.yaml: the voice-gender contest on this split's folders."""
     train = {"path": str(base / "train"), "layout": "table", "table": "targets.tsv"}
     if with_speaker:
@@ -150,7 +152,7 @@ def write_contest(root: Path, data_name: str, base: Path, with_speaker: bool) ->
         "data": {"name": data_name, "train": train, "test": {"path": str(base / "test")},
                  "cache_dir": str(root / "cache")},
         "audio": {"sample_rate": SAMPLE_RATE, "duration": DURATION},
-        "folds": {"n_splits": N_SPLITS, "seed": 42, "holdout": 0.0},
+        "folds": {"n_splits": splits, "seed": 42, "holdout": 0.0},
         "submission": {"id_column": "id", "label_column": "gender", "delimiter": "\t", "header": False,
                        "extension": "tsv"},
     }
@@ -165,7 +167,7 @@ def write_experiment(root: Path, name: str, contest: Path, method: str, epochs: 
     if method == "old":
         config.update({"recipe": str(CNN_RECIPE), "train": {"epochs": epochs}, "tta": {"views": ["plain"]}})
     else:
-        config["recipe"] = str(VOICE_RECIPE if method == "new" else VOICE_ENCODER_RECIPE)
+        config["recipe"] = str({"new": VOICE_RECIPE, "pitch": VOICE_PITCH_RECIPE, "enc": VOICE_ENCODER_RECIPE}[method])
     folder = root / "experiments" / name
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(json.dumps(config, indent=2) + "\n")
@@ -273,7 +275,7 @@ def run_toolkit(root: Path, split: Split, method: str, grouping: str, exp: str, 
                 device: str, env: dict[str, str]) -> Result:
     with Stopwatch() as watch:
         if method == "pair":
-            members = ",".join(exp.replace("_pair", f"_{part}") for part in ("new", "enc"))
+            members = ",".join(exp.replace("_pair", f"_{part}") for part in ("pitch", "enc"))
             toolkit(root, exp, ["competition.blend", f"exps={members}", "method=soft", f"name={exp}"], env)
         else:
             toolkit(root, exp, ["competition.run", f"exp={exp}", "fold=all", f"device={device}"], env)
@@ -325,6 +327,7 @@ def main() -> None:
     parser.add_argument("--many-draws", type=int, default=1, help="speaker draws of the many regime (default 1)")
     parser.add_argument("--epochs", type=int, default=8, help="train.epochs of the old default (default 8)")
     parser.add_argument("--device", default="cpu", help="device= of competition.run: cpu, cuda, cuda:N or auto")
+    parser.add_argument("--splits", type=int, default=N_SPLITS, help=f"folds.n_splits (default {N_SPLITS})")
     parser.add_argument("--groupings", default=",".join(GROUPINGS),
                         help="folds of the toolkit methods: spk (speaker-grouped), clip (per clip) (default both)")
     parser.add_argument("--quick", action="store_true",
@@ -348,14 +351,15 @@ def main() -> None:
     unknown = [r for r in regimes if r not in ("many", "few", "six")]
     if unknown or not regimes:
         raise SystemExit(f"--regimes: choose from many, few, six (got {args.regimes})")
-    if "pair" in methods and not {"new", "enc"} <= set(methods[:methods.index("pair")]):
-        raise SystemExit("--methods: pair blends new and enc, so list both before it")
+    if "pair" in methods and not {"pitch", "enc"} <= set(methods[:methods.index("pair")]):
+        raise SystemExit("--methods: pair blends pitch and enc, so list both before it")
 
     clips = pd.read_csv(DATA / "clips.tsv", sep="\t", dtype=str)
     clips["id"] = clips["clip"].str.replace(r"\.wav$", "", regex=True)
     speakers = pd.read_csv(DATA / "speakers.tsv", sep="\t", dtype=str)
     splits = draw_splits(speakers, regimes, args.many_draws, args.draws)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+               WANDB_MODE=os.environ.get("WANDB_MODE", "disabled"))  # no dashboards unless asked for
 
     started = time.perf_counter()
     results: list[Result] = []
@@ -381,7 +385,7 @@ def main() -> None:
                 data_name = f"g_{split.tag}_{grouping}"
                 with_speaker = grouping == "spk"
                 contest = write_contest(root, data_name, lay_out(root, data_name, clips, split, with_speaker),
-                                        with_speaker)
+                                        with_speaker, args.splits)
                 for method in methods:
                     exp = f"{split.tag}_{grouping}_{method}"
                     if method != "pair":
@@ -409,8 +413,8 @@ def main() -> None:
     print("## Voice gender on unseen speakers (speechocean762_gender)")
     print()
     print(f"Hardware: {hardware_line(args.device if args.device != 'auto' else 'cpu')}")
-    print(f"Old default: cnn.yaml with train.epochs={args.epochs}, tta plain; new default: voice.yaml; voice "
-          f"encoder: voice_encoder.yaml; {N_SPLITS} folds, seed 42, no holdout; blend method chosen from OOF evidence "
+    print(f"Old default: cnn.yaml with train.epochs={args.epochs}, tta plain; new default: voice.yaml; voice pitch: "
+          f"voice_pitch.yaml; voice encoder: voice_encoder.yaml; {args.splits} folds, seed 42, no holdout; blend method chosen from OOF evidence "
           "(the pair: soft)")
     print(f"Total wall time {total / 60:.1f} min ({total:.0f}s)")
     print()

@@ -17,6 +17,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from competition.augment import AugmentConfig, parse_tta_view, validate_augment
 from competition.encoders import POOLS, check_encoder_name
 from competition.errors import UserError
+from competition.frontend import STATS
 from competition.metrics import METRICS
 
 EXPERIMENTS_DIR = Path("experiments")
@@ -80,6 +81,8 @@ class FrontendConfig:
     f_max: Optional[float] = None  # None means sample_rate / 2
     top_db: float = 80.0
     normalize: str = "clip"  # logmel: clip (each image on its own) | dataset (each band over the training clips) | none
+    stats: list[str] = field(default_factory=lambda: ["bands", "pitch"])  # clip_stats: bands (each mel band's level
+    # and spread) and/or pitch (quantiles of the voiced frames' pitch)
 
 
 @dataclass
@@ -470,6 +473,9 @@ def validate(cfg: DictConfig, origin: str, command_line: set[str] = frozenset())
             if cfg.augment[key].p > 0:
                 raise UserError(f"{where(f'augment.{key}')}: 'augment.{key}' works on spectrogram images but "
                                 f"frontend.kind={cfg.frontend.kind} gives one vector per clip; set augment.{key}.p=0")
+    if not cfg.frontend.stats or not set(cfg.frontend.stats) <= set(STATS):
+        raise UserError(f"{where('frontend.stats')}: 'frontend.stats' is {list(cfg.frontend.stats)}; give one or both "
+                        f"of {', '.join(STATS)}")
     if cfg.frontend.kind == "encoder":
         try:
             check_encoder_name(cfg.frontend.encoder)

@@ -20,6 +20,7 @@ from competition.encoders import EncoderFrontend
 
 PITCH_RANGE = (50.0, 500.0)  # Hz: adult and child voices
 PITCH_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+STATS = ("bands", "pitch")  # what ClipStats can give: each mel band's level and spread, the voiced pitch
 
 
 class LogMel(torch.nn.Module):
@@ -115,28 +116,34 @@ def log_pitch(wave: torch.Tensor, sample_rate: int, hop_length: int, low: float 
 
 
 class ClipStats(torch.nn.Module):
-    """Waveforms -> one vector per clip, (batch, 1, 2 * n_mels + 5, 1): each mel band's mean and spread in dB over the
-    clip, and quantiles of the log pitch over its voiced frames (those at least as loud as the clip's median frame)."""
+    """Waveforms -> one vector per clip, (batch, 1, features, 1): with `bands`, each mel band's mean and spread in dB
+    over the clip (2 * n_mels); with `pitch`, quantiles of the log pitch over its voiced frames (those at least as
+    loud as the clip's median frame; 5). Pitch alone generalises best from very few speakers (the README's
+    voice-gender benchmark): band levels also describe the room and the microphone."""
 
-    def __init__(self, logmel: LogMel, sample_rate: int) -> None:
+    def __init__(self, logmel: LogMel, sample_rate: int, stats: tuple[str, ...] = STATS) -> None:
         super().__init__()
-        self.logmel, self.sample_rate = logmel, sample_rate
+        self.logmel, self.sample_rate, self.stats = logmel, sample_rate, tuple(stats)
         self.register_buffer("quantiles", torch.tensor(PITCH_QUANTILES), persistent=False)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "ClipStats":
         f = cfg.frontend
         logmel = LogMel(cfg.audio.sample_rate, f.n_mels, f.n_fft, f.hop_length, f.f_min, f.f_max, f.top_db, "none")
-        return cls(logmel, cfg.audio.sample_rate)
+        return cls(logmel, cfg.audio.sample_rate, f.stats)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        db = self.logmel.decibels(wave)
-        pitch, energy = log_pitch(wave, self.sample_rate, self.logmel.hop_length)
-        sounding = torch.where(energy > 0, energy, torch.nan)
-        voiced = energy >= sounding.nanmedian(-1, keepdim=True).values
-        pitch = torch.nanquantile(torch.where(voiced, pitch, torch.nan), self.quantiles, dim=-1).T
-        features = torch.cat([db.mean(-1), db.std(-1), torch.nan_to_num(pitch)], -1)  # silence: pitch 0
-        return features[:, None, :, None]
+        features = []
+        if "bands" in self.stats:
+            db = self.logmel.decibels(wave)
+            features += [db.mean(-1), db.std(-1)]
+        if "pitch" in self.stats:
+            pitch, energy = log_pitch(wave, self.sample_rate, self.logmel.hop_length)
+            sounding = torch.where(energy > 0, energy, torch.nan)
+            voiced = energy >= sounding.nanmedian(-1, keepdim=True).values
+            pitch = torch.nanquantile(torch.where(voiced, pitch, torch.nan), self.quantiles, dim=-1).T
+            features.append(torch.nan_to_num(pitch))  # silence: pitch 0
+        return torch.cat(features, -1)[:, None, :, None]
 
 
 Frontend = LogMel | ClipStats | EncoderFrontend

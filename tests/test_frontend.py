@@ -101,3 +101,20 @@ def test_clip_stats_are_band_levels_and_voiced_pitch() -> None:
     db = stats.logmel.decibels(waves)
     torch.testing.assert_close(features[:, 0, :32, 0], db.mean(-1))
     assert not features[2, 0, 64:, 0].any()  # silence has no voiced frame: pitch 0, not NaN
+
+
+def test_clip_stats_give_only_the_groups_asked_for() -> None:
+    waves = torch.from_numpy(np.stack([harmonic(120, 16000), harmonic(220, 16000)]))
+    both = ClipStats(LogMel(16000, n_mels=32, normalize="none"), 16000)(waves)
+    pitch = ClipStats(LogMel(16000, n_mels=32, normalize="none"), 16000, ("pitch",))(waves)
+    bands = ClipStats(LogMel(16000, n_mels=32, normalize="none"), 16000, ("bands",))(waves)
+    torch.testing.assert_close(pitch, both[:, :, 64:])
+    torch.testing.assert_close(bands, both[:, :, :64])
+
+
+def test_unknown_clip_stats_are_one_line(tmp_path) -> None:
+    from competition.errors import UserError
+    from conftest import make_config
+
+    with pytest.raises(UserError, match=r"'frontend\.stats' is \['pitch', 'formants'\]; give one or both of bands, pitch"):
+        make_config(tmp_path, {}, frontend={"kind": "clip_stats", "stats": ["pitch", "formants"]})
