@@ -50,16 +50,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import REPO, Stopwatch, exit_cleanly_on_sigterm, hardware_line, log, markdown_table
+from common import (REPO, Stopwatch, exit_cleanly_on_sigterm, hardware_line, log, markdown_table, project_root,
+                    toolkit, toolkit_env)
 
 import numpy as np
 import pandas as pd
@@ -80,7 +77,6 @@ BASELINE = "baseline (log-mel + LR)"
 PROBE = "probe (speaker encoder + LR)"
 VOICE_ENCODER_RECIPE = REPO / "experiments" / "_recipes" / "voice_encoder.yaml"
 VOICE_PITCH_RECIPE = REPO / "experiments" / "_recipes" / "voice_pitch.yaml"
-TAIL_LINES = 40
 
 
 @dataclass
@@ -249,28 +245,6 @@ def run_linear(split: Split, clips: pd.DataFrame, features: dict[str, np.ndarray
 # Toolkit methods through the command line
 
 
-def toolkit(root: Path, name: str, args: list[str], env: dict[str, str]) -> None:
-    """One command in a subprocess, its output logged to logs/<name>.<command>.log; a failure ends the run."""
-    command = [sys.executable, "-m", *args]
-    logs = root / "logs"
-    logs.mkdir(exist_ok=True)
-    out_path = logs / f"{name}.{args[0].rsplit('.', 1)[-1]}.out"
-    err_path = logs / f"{name}.{args[0].rsplit('.', 1)[-1]}.err"
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        code = subprocess.call(command, cwd=root, env=env, stdout=out, stderr=err)
-    if code != 0:
-        tail = err_path.read_text(errors="replace").splitlines()[-TAIL_LINES:]
-        if not tail:
-            tail = out_path.read_text(errors="replace").splitlines()[-TAIL_LINES:]
-        log(f"FAILED (exit {code}): {' '.join(args)}  (cwd {root})")
-        log("\n".join("    " + line for line in tail))
-        raise ToolkitFailed(code)
-
-
-class ToolkitFailed(Exception):
-    pass
-
-
 def run_toolkit(root: Path, split: Split, method: str, grouping: str, exp: str, truth: pd.Series,
                 device: str, env: dict[str, str]) -> Result:
     with Stopwatch() as watch:
@@ -358,14 +332,11 @@ def main() -> None:
     clips["id"] = clips["clip"].str.replace(r"\.wav$", "", regex=True)
     speakers = pd.read_csv(DATA / "speakers.tsv", sep="\t", dtype=str)
     splits = draw_splits(speakers, regimes, args.many_draws, args.draws)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-               WANDB_MODE=os.environ.get("WANDB_MODE", "disabled"))  # no dashboards unless asked for
+    env = toolkit_env()
 
     started = time.perf_counter()
     results: list[Result] = []
-    root = Path(tempfile.mkdtemp(prefix="competition-accuracy-gender-"))
-    failed = None
-    try:
+    with project_root("competition-accuracy-gender-", args.keep) as root:
         log(f"project root {root}; {len(splits)} splits: {', '.join(s.tag for s in splits)}")
         with Stopwatch() as watch:
             features, seconds = baseline_features(clips)
@@ -398,15 +369,6 @@ def main() -> None:
             print(f"{split.tag}: " + "; ".join(
                 f"{r.method}{'' if r.grouping == '-' else ' / ' + r.grouping} test {r.test:.4f}"
                 + ("" if r.oof is None else f" (OOF {r.oof:.4f})") for r in done), flush=True)
-    except ToolkitFailed as exc:
-        failed = exc.args[0] or 1
-    finally:
-        if args.keep or failed:
-            log(f"kept {root}" if args.keep else f"project root {root} (removed; --keep keeps it)")
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
-    if failed:
-        sys.exit(failed)
 
     total = time.perf_counter() - started
     print()

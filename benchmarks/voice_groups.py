@@ -33,16 +33,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import REPO, Stopwatch, exit_cleanly_on_sigterm, hardware_line, log, markdown_table
+from common import (REPO, Stopwatch, exit_cleanly_on_sigterm, hardware_line, log, markdown_table, project_root,
+                    toolkit, toolkit_env)
 
 import numpy as np
 import pandas as pd
@@ -56,7 +52,6 @@ DURATION = 3.0
 N_SPLITS = 3
 TEST_PER_GENDER = 15  # 30 of 102 speakers held out
 GROUPINGS = {"clip": "per clip", "voice": "folds.groups=voice", "speaker": "true speakers (reference)"}
-TAIL_LINES = 40
 
 
 @dataclass
@@ -119,25 +114,6 @@ def write_experiment(root: Path, name: str, base: Path, grouping: str) -> None:
     (folder / "config.yaml").write_text(json.dumps({"contest": str(contest_path), "recipe": str(VOICE_RECIPE)}) + "\n")
 
 
-class ToolkitFailed(Exception):
-    pass
-
-
-def toolkit(root: Path, name: str, args: list[str], env: dict[str, str]) -> None:
-    """One command in a subprocess, its output in logs/<name>.<verb>.{out,err}; a failure ends the run."""
-    logs = root / "logs"
-    logs.mkdir(exist_ok=True)
-    verb = args[0].rsplit(".", 1)[-1]
-    out_path, err_path = logs / f"{name}.{verb}.out", logs / f"{name}.{verb}.err"
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        code = subprocess.call([sys.executable, "-m", *args], cwd=root, env=env, stdout=out, stderr=err)
-    if code != 0:
-        tail = (err_path.read_text(errors="replace") or out_path.read_text(errors="replace")).splitlines()
-        log(f"FAILED (exit {code}): {' '.join(args)}  (cwd {root})")
-        log("\n".join("    " + line for line in tail[-TAIL_LINES:]))
-        raise ToolkitFailed(code)
-
-
 def run_one(root: Path, name: str, draw: int, grouping: str, truth: pd.Series, speaker_of: pd.Series, device: str,
             env: dict[str, str]) -> Result:
     with Stopwatch() as watch:
@@ -182,13 +158,11 @@ def main() -> None:
     clips["id"] = clips["clip"].str.replace(r"\.wav$", "", regex=True)
     speaker_of = clips.set_index("id")["speaker"]
     speakers = pd.read_csv(DATA / "speakers.tsv", sep="\t", dtype=str)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env = toolkit_env()
 
     started = time.perf_counter()
     results: list[Result] = []
-    root = Path(tempfile.mkdtemp(prefix="competition-voice-groups-"))
-    failed = None
-    try:
+    with project_root("competition-voice-groups-", args.keep) as root:
         log(f"project root {root}; {args.draws} draws")
         for draw in range(args.draws):
             train, test = draw_split(speakers, draw)
@@ -203,15 +177,6 @@ def main() -> None:
                     + ("" if result.purity is None else f", {result.groups} groups, purity {result.purity:.3f}, "
                        f"pairs together {result.together:.3f}, {result.spanning} speakers span folds")
                     + f" ({result.seconds:.0f}s)")
-    except ToolkitFailed as exc:
-        failed = exc.args[0] or 1
-    finally:
-        if args.keep or failed:
-            log(f"kept {root}" if args.keep else f"project root {root} (removed; --keep keeps it)")
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
-    if failed:
-        sys.exit(failed)
 
     total = time.perf_counter() - started
     print("## Speaker groups found by voice (speechocean762_gender, no speaker column)")
