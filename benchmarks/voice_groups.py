@@ -1,7 +1,8 @@
 """Speaker groups found by voice (`folds.groups: voice`): does the local (OOF) score of a contest that names no
 speaker come back down to what unseen speakers score?
 
-    python benchmarks/voice_groups.py [--draws 5] [--groupings clip,voice,speaker] [--device cpu] [--keep]
+    python benchmarks/voice_groups.py [--draws 5] [--train-per-gender N] [--groupings clip,voice,speaker]
+                                      [--device cpu] [--keep]
 
 Why: the voice-gender contest's `targets.tsv` is `id<TAB>gender`, with no speaker column, so every clip is its own
 group and per-clip folds put one speaker's clips in several folds: the OOF score then rewards recognising voices the
@@ -67,12 +68,15 @@ class Result:
     spanning: int | None = None  # training speakers with clips in more than one fold
 
 
-def draw_split(speakers: pd.DataFrame, draw: int) -> tuple[list[str], list[str]]:
-    """(training speakers, test speakers): 15 of each gender held out, drawn with default_rng(draw)."""
+def draw_split(speakers: pd.DataFrame, draw: int, train_per_gender: int = 0) -> tuple[list[str], list[str]]:
+    """(training speakers, test speakers), drawn with default_rng(draw) per gender: 15 of each gender held out, or,
+    with `train_per_gender`, that many of each trained on and the rest held out (accuracy_gender.py's few regime)."""
     rng = np.random.default_rng(draw)
-    test = sorted(s for g in ("0", "1") for s in
-                  rng.choice(sorted(speakers.loc[speakers["gender"] == g, "speaker"]), TEST_PER_GENDER, replace=False))
-    return sorted(set(speakers["speaker"]) - set(test)), test
+    picked = sorted(s for g in ("0", "1") for s in
+                    rng.choice(sorted(speakers.loc[speakers["gender"] == g, "speaker"]),
+                               train_per_gender or TEST_PER_GENDER, replace=False))
+    rest = sorted(set(speakers["speaker"]) - set(picked))
+    return (picked, rest) if train_per_gender else (rest, picked)
 
 
 def lay_out(root: Path, name: str, clips: pd.DataFrame, train: list[str], test: list[str]) -> Path:
@@ -143,6 +147,8 @@ def fmt(value: float | None, digits: int = 4) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--draws", type=int, default=5, help="speaker splits (default 5)")
+    parser.add_argument("--train-per-gender", type=int, default=0,
+                        help="train on this many speakers of each gender, test on the rest (default: hold out 15 each)")
     parser.add_argument("--groupings", default=",".join(GROUPINGS),
                         help=f"fold groupings to run: {', '.join(GROUPINGS)} (default all)")
     parser.add_argument("--device", default="cpu", help="device= of competition.run: cpu, cuda, cuda:N or auto")
@@ -165,7 +171,7 @@ def main() -> None:
     with project_root("competition-voice-groups-", args.keep) as root:
         log(f"project root {root}; {args.draws} draws")
         for draw in range(args.draws):
-            train, test = draw_split(speakers, draw)
+            train, test = draw_split(speakers, draw, args.train_per_gender)
             truth = clips[clips["speaker"].isin(test)].set_index("id")["gender"]
             base = lay_out(root, f"d{draw}", clips, train, test)
             for grouping in groupings:
@@ -182,11 +188,11 @@ def main() -> None:
     print("## Speaker groups found by voice (speechocean762_gender, no speaker column)")
     print()
     print(f"Hardware: {hardware_line(args.device if args.device != 'auto' else 'cpu')}")
-    print(f"voice.yaml recipe; 72 training speakers (432 clips), 30 unseen test speakers (180 clips) per draw; "
+    print(f"voice.yaml recipe; {len(train)} training speakers, {len(test)} unseen test speakers per draw; "
           f"{N_SPLITS} folds, seed 42, no holdout. Total wall time {total / 60:.1f} min")
     print()
     print(markdown_table(["draw", "grouping", "OOF accuracy", "unseen-speaker test accuracy", "OOF - test", "groups",
-                          "purity", "same-speaker pairs together", "speakers in >1 fold (of 72)", "seconds"],
+                          "purity", "same-speaker pairs together", f"speakers in >1 fold (of {len(train)})", "seconds"],
                          [[r.draw, r.grouping, fmt(r.oof), fmt(r.test), f"{r.oof - r.test:+.4f}",
                            "-" if r.groups is None else r.groups, fmt(r.purity, 3), fmt(r.together, 3),
                            "-" if r.spanning is None else r.spanning, f"{r.seconds:.0f}"] for r in results]))
