@@ -202,6 +202,9 @@ def transformers_encoder(source: str, device: torch.device, layer: int = -1) -> 
 
 ENCODERS: dict[str, Callable[..., Encoder]] = {"speaker": speaker_encoder, "words": words_encoder,
                                                "hf": transformers_encoder}
+# Encoders whose weights come in a pinned wheel: the only ones a bundle may name. A transformers encoder is a folder
+# or hub id of the packer's machine, which a bundle neither carries nor should make another machine read or fetch.
+BUNDLE_ENCODERS = ("speaker", "words")
 
 
 def check_encoder_name(name: str) -> None:

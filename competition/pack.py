@@ -44,6 +44,7 @@ from safetensors.torch import save as save_tensors
 from competition.blend import METHODS, TTA, class_prior, load_members, parse_method, submission_format
 from competition.cli import main_guard, parse_bool
 from competition.config import SubmissionConfig, parse_cli
+from competition.encoders import BUNDLE_ENCODERS
 from competition.errors import UserError
 from competition.files import atomic_write
 from competition.foldrun import fold_list, timestamp
@@ -85,6 +86,11 @@ def pack(names: list[str], out: Path, method: str, blend_report: str, half: bool
     classes = members[0].folds[0].classes
     method, weights = choose(method, blend_report, [m.name for m in members], len(classes))
     models = []
+    for member in members:
+        if member.cfg.frontend.kind == "encoder" and member.cfg.frontend.encoder not in BUNDLE_ENCODERS:
+            raise UserError(f"{member.name}: frontend.encoder={member.cfg.frontend.encoder} is a transformers model, "
+                            f"which a bundle cannot carry yet (only {', '.join(BUNDLE_ENCODERS)}, whose weights come "
+                            "in their wheels); predict with exps= on a machine that has the model")
     for member in members:
         for fold in member.folds:
             checkpoint = torch.load(fold.dir / "model.pt", map_location="cpu", weights_only=True)
@@ -344,6 +350,10 @@ def from_bundle(path: Path, views: list[str] | None, test: dict, name: str, meth
         except (OmegaConfBaseException, RecursionError) as exc:
             raise UserError(f"bundle {path}: {MANIFEST} models[{i}].config is not a valid config "
                             f"({str(exc).splitlines()[0]}); pack it again") from None
+        if cfg.frontend.kind == "encoder" and cfg.frontend.encoder not in BUNDLE_ENCODERS:
+            raise UserError(f"bundle {path}: {MANIFEST} models[{i}].config.frontend.encoder is "
+                            f"'{cfg.frontend.encoder}', but a bundle may name only the encoders shipped in wheels "
+                            f"({', '.join(BUNDLE_ENCODERS)}); predict with exps= where that model is, or pack it again")
         cfg.data.cache_dir = ""  # the local default ($COMPETITION_CACHE), whatever the packer's machine used
         cfg.data.workers = 0
         models.append(FoldModel(entry["experiment"], entry["fold"], cfg, classes, _bundle_state(read, entry["file"]),

@@ -52,17 +52,25 @@ def test_the_keyword_encoder_embeds_each_window_of_a_clip() -> None:
     assert one.shape == (1, 2048) and three.shape == (3, 2048) and np.isfinite(three).all()
 
 
-def test_a_transformers_model_is_read_from_a_folder_offline(tmp_path: Path) -> None:
-    transformers = pytest.importorskip("transformers")
+@pytest.fixture(scope="module")
+def tiny_w2v(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small randomly initialised wav2vec2 saved as a user saves a hub model for offline use."""
+    import transformers
+
+    folder = tmp_path_factory.mktemp("models") / "w2v"
     config = transformers.Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                          intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8),
                                          num_feat_extract_layers=2, num_conv_pos_embeddings=16,
                                          num_conv_pos_embedding_groups=2)
     torch.manual_seed(0)
-    transformers.Wav2Vec2Model(config).save_pretrained(tmp_path / "w2v")
-    transformers.Wav2Vec2FeatureExtractor(sampling_rate=16000).save_pretrained(tmp_path / "w2v")
-    last = load_encoder(f"hf:{tmp_path / 'w2v'}", -1, "cpu")
-    first = load_encoder(f"hf:{tmp_path / 'w2v'}", 1, "cpu")
+    transformers.Wav2Vec2Model(config).save_pretrained(folder)
+    transformers.Wav2Vec2FeatureExtractor(sampling_rate=16000).save_pretrained(folder)
+    return folder
+
+
+def test_a_transformers_model_is_read_from_a_folder_offline(tiny_w2v: Path, tmp_path: Path) -> None:
+    last = load_encoder(f"hf:{tiny_w2v}", -1, "cpu")
+    first = load_encoder(f"hf:{tiny_w2v}", 1, "cpu")
     wave = voice_like(16000, 1.0, 150, 0)
     frames = last.frames([wave])[0]
     assert frames.shape[1] == 32 and 40 < frames.shape[0] < 900  # one frame per 20 samples of the 16,000
@@ -146,6 +154,24 @@ def test_an_encoder_bundle_predicts_like_the_folds_and_names_its_weights(encoded
     assert code == 0, err
     answers = [pd.read_csv(encoded / "submissions" / f"{name}.csv") for name in ("enc", "later-soft")]
     assert answers[0].equals(answers[1])
+
+
+def test_a_bundle_may_name_only_the_encoders_shipped_in_wheels(encoded: Path, tmp_path: Path, tiny_w2v: Path, capsys,
+                                                                monkeypatch) -> None:
+    monkeypatch.chdir(encoded)
+    code, _, err = cli(capsys, pack, "exps=enc", f"out={tmp_path / 'bundle'}", "method=soft")
+    assert code == 0, err
+    manifest_path = tmp_path / "bundle" / pack.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest["models"][0]["config"]["frontend"]["encoder"] = f"hf:{tiny_w2v}"
+    manifest_path.write_text(json.dumps(manifest))
+    code, _, err = cli(capsys, predict, f"bundle={tmp_path / 'bundle'}", "test=data/test", "name=sneaky")
+    assert code == 2 and "manifest.json models[0].config.frontend.encoder" in error_line(err), err
+    assert not (encoded / "predictions" / "sneaky").exists()
+    write_tones_experiment(encoded, "w2v", **{**ENCODER, "frontend": {"kind": "encoder", "encoder": f"hf:{tiny_w2v}"}})
+    assert train_fold(load_experiment("w2v"), 0, "cpu")["n_train"] > 0  # a transformers encoder trains a fold
+    code, _, err = cli(capsys, pack, "exps=w2v", f"out={tmp_path / 'w2v.zip'}", "missing=skip")
+    assert code == 2 and "a bundle cannot carry yet" in error_line(err) and "speaker, words" in err
 
 
 def test_a_fold_trained_on_other_encoder_weights_is_refused_with_the_install_command(encoded: Path,
