@@ -38,15 +38,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import REPO, Stopwatch, exit_cleanly_on_sigterm, hardware_line, log, markdown_table
+from common import (REPO, Stopwatch, exit_cleanly_on_sigterm, hardware_line, log, markdown_table, project_root,
+                    toolkit, toolkit_env)
 
 import numpy as np
 import pandas as pd
@@ -59,7 +56,6 @@ SAMPLE_RATE = 8000
 N_SPLITS = 5
 PROBE_CS = (1.0, 10.0)
 QUICK_SPEAKER = "theo"
-TAIL_LINES = 40
 
 # The CNN recipe cut to CPU size as benchmarks/accuracy_fsdd.py's FAST_RECIPE (resnet10t, 40 mels, 20 ms hop, 6
 # epochs, cheap batched augmentation), with fsdd's 8 kHz STFT (n_fft 512) and the plain view only.
@@ -84,10 +80,6 @@ class Held:
     cnn: float | None = None
     cnn_oof: float | None = None
     cnn_seconds: float = 0.0
-
-
-class ToolkitFailed(Exception):
-    pass
 
 
 def clips_table() -> pd.DataFrame:
@@ -126,21 +118,6 @@ def write_experiment(root: Path, name: str, contest: Path, recipe: Path, extra: 
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(json.dumps({"contest": str(contest), "recipe": str(recipe), **(extra or {})},
                                                    indent=2) + "\n")
-
-
-def toolkit(root: Path, name: str, args: list[str], env: dict[str, str]) -> None:
-    """One command in a subprocess, its output in logs/<name>.<command>.{out,err}; a failure ends the run."""
-    logs = root / "logs"
-    logs.mkdir(exist_ok=True)
-    stem = f"{name}.{args[0].rsplit('.', 1)[-1]}"
-    with open(logs / f"{stem}.out", "wb") as out, open(logs / f"{stem}.err", "wb") as err:
-        code = subprocess.call([sys.executable, "-m", *args], cwd=root, env=env, stdout=out, stderr=err)
-    if code != 0:
-        tail = ((logs / f"{stem}.err").read_text(errors="replace").splitlines()
-                or (logs / f"{stem}.out").read_text(errors="replace").splitlines())[-TAIL_LINES:]
-        log(f"FAILED (exit {code}): {' '.join(args)}  (cwd {root})")
-        log("\n".join("    " + line for line in tail))
-        raise ToolkitFailed(code)
 
 
 def run_and_score(root: Path, exp: str, truth: pd.Series, device: str,
@@ -231,14 +208,11 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown speakers {unknown}; FSDD has {', '.join(everyone)}")
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           "WANDB_MODE": "disabled"}
+    env = toolkit_env()
     started = time.perf_counter()
-    root = Path(tempfile.mkdtemp(prefix="competition-fsdd-speakers-"))
-    log(f"project root {root}")
     results: list[Held] = []
-    failed = 0
-    try:
+    with project_root("competition-fsdd-speakers-", args.keep) as root:
+        log(f"project root {root}")
         with Stopwatch() as probe_watch:
             features = probe_features(clips)
         log(f"probe features of {len(clips)} clips: {probe_watch.seconds:.0f}s")
@@ -261,15 +235,6 @@ def main() -> None:
                 + ", ".join(f"probe C={c:g} {a:.4f}" for c, a in held.probe.items())
                 + ("" if held.cnn is None else f", cnn {held.cnn:.4f} (OOF {held.cnn_oof:.4f}, "
                                                f"{held.cnn_seconds:.0f}s)"))
-    except ToolkitFailed as exc:
-        failed = exc.args[0] or 1
-    finally:
-        if args.keep or failed:
-            log(f"kept {root}" if args.keep else f"project root {root} (removed; --keep keeps it)")
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
-    if failed:
-        sys.exit(failed)
 
     total = time.perf_counter() - started
     header = ["held speaker", "words 5-fold soft ensemble", *(f"probe LR C={c:g}" for c in PROBE_CS), "words OOF",
