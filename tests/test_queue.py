@@ -266,23 +266,6 @@ def test_ctrl_c_with_jobs_still_waiting_exits_at_once_and_a_second_queue_leaves_
     assert processes_in(tmp_path) == []
 
 
-def test_ctrl_c_on_ray_stops_the_running_job_cleanly_and_cancels_the_waiting_ones(tmp_path: Path) -> None:
-    require_ray()
-    write_tones_data(tmp_path)
-    write_tones_experiment(tmp_path, "long", **{**FAST, "train": {"epochs": LONG}})
-    fold_dir = tmp_path / "experiments" / "long" / "fold_0"
-    queue = start_queue(tmp_path, "exp=long", "fold=all", "launcher=ray", "ray.address=local",
-                        f"ray.cpus={cpu_cores()}", "device=cpu")  # a cluster of its own, one job at a time
-    wait_for_checkpoint(queue, tmp_path, fold_dir)
-    code, took = interrupt(queue, tmp_path)
-    text = (tmp_path / "queue.out").read_text()
-    assert code == 130 and took < GRACE_SECONDS and "by force" not in text, text  # the running job stopped cleanly
-    assert "long fold 0: interrupted (resume=true continues it)" in text and can_resume(fold_dir)
-    statuses = [summary(tmp_path)[("long", fold)]["status"] for fold in range(3)]
-    assert statuses[0] == "interrupted" and "not started" in statuses
-    assert set(statuses) <= {"interrupted", "not started"}
-
-
 def test_a_job_whose_fold_another_process_finished_meanwhile_is_skipped_not_failed(
         grid: tuple[Path, subprocess.CompletedProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture) -> None:
