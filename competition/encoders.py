@@ -252,14 +252,15 @@ class EmbeddingStore:
 
     def put(self, keys: list[str], values: np.ndarray) -> None:
         name = f"{uuid.uuid4().hex}.npz"
+        stored = values.astype(np.float16)
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as handle:
-                np.savez(handle, keys=np.array(keys), values=values.astype(np.float16))
+                np.savez(handle, keys=np.array(keys), values=stored)
 
         atomic_write(self.folder / name, write)
         self.seen.add(name)
-        self.vectors.update(zip(keys, values.astype(np.float16)))
+        self.vectors.update(zip(keys, stored))
 
 
 def embeddings_root(cfg: DictConfig) -> Path:
