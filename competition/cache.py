@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from competition.data import Source, Split, _examples
+from competition.data import Source, Split, examples
 from competition.errors import UserError
 
 CACHE_FORMAT = 3
@@ -270,7 +270,7 @@ def build_cache(split: Split, sample_rate: int, cache_dir: Path, workers: int, d
         shutil.rmtree(partial, ignore_errors=True)
     if truncated:
         print(f"warning: {split.source}: {len(truncated)} truncated audio files, used as far as they go: "
-              f"{_examples(truncated)}", file=sys.stderr)
+              f"{examples(truncated)}", file=sys.stderr)
     if resampled:  # said once, when the cache is built; the cache holds every clip at the configured rate
         rates = ", ".join(f"{count} at {rate} Hz" for rate, count in sorted(resampled.items()))
         print(f"{split.source}: {sum(resampled.values())} of {len(records)} {split.name} clips resampled to "
@@ -286,7 +286,7 @@ def load_split(split: Split, cfg, skip_bad: bool,
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
     cache = build_cache(split, cfg.audio.sample_rate, cache_dir, cfg.data.workers, cfg.data.name)
     if len(cache.bad):
-        listing = _examples([f"{p} ({e})" for p, e in zip(cache.bad["path"], cache.bad["error"])])
+        listing = examples([f"{p} ({e})" for p, e in zip(cache.bad["path"], cache.bad["error"])])
         if not skip_bad:
             raise UserError(f"{split.source}: {len(cache.bad)} unreadable audio files: {listing}; "
                             f"replace them or set {skip_key}=true to leave them out")

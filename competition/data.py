@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from competition.errors import UserError
 
 
-def _examples(items: list[str], n: int = 3) -> str:
+def examples(items: list[str], n: int = 3) -> str:
+    """The first `n` items and how many more: a message names a few, not thousands."""
     shown = ", ".join(items[:n])
     return f"{shown} and {len(items) - n} more" if len(items) > n else shown
 
@@ -90,7 +91,7 @@ class Source:
             escaping = [self._member(n) for n in names if n.startswith("/") or ".." in PurePosixPath(n).parts]
             if escaping:  # such a name is no file of the folder it claims to be in; never skip it as a dot folder
                 raise UserError(f"{self.path}: the zip has members whose path has '..' or a leading '/' "
-                                f"({_examples([repr(n) for n in escaping])}); rename them inside the zip")
+                                f"({examples([repr(n) for n in escaping])}); rename them inside the zip")
         else:
             root = self.path / self.subdir
             names = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
@@ -147,7 +148,7 @@ def _audio_files(source: Source, extensions: list[str]) -> list[str]:
         raise UserError(f"{source}: no audio files ({', '.join(sorted(allowed))}); check the path or data.extensions")
     undecodable = [repr(os.fsencode(f)) for f in files if not _utf8(f)]  # a zip refuses them when opened
     if undecodable:
-        raise UserError(f"{source}: {len(undecodable)} file names are not valid UTF-8 ({_examples(undecodable)}); "
+        raise UserError(f"{source}: {len(undecodable)} file names are not valid UTF-8 ({examples(undecodable)}); "
                         "rename these files")
     by_id: dict[str, list[str]] = {}
     for rel in files:
@@ -155,7 +156,7 @@ def _audio_files(source: Source, extensions: list[str]) -> list[str]:
     clashes = [group for group in by_id.values() if len(group) > 1]
     if clashes:  # x.wav beside x.flac: one id twice would multiply its rows through folds and predictions
         raise UserError(f"{source}: {sum(map(len, clashes))} files share an id with another file "
-                        f"({_examples([' and '.join(group) for group in clashes])}); "
+                        f"({examples([' and '.join(group) for group in clashes])}); "
                         "keep one of each, or narrow data.extensions")
     return files
 
@@ -208,11 +209,11 @@ def _read_table(source: Source, cfg: DictConfig) -> pd.DataFrame:
         empty = (values == "").to_numpy().nonzero()[0]
         if len(empty):
             lines = [str(i + first_line) for i in empty]
-            raise UserError(f"{name}: empty {column} on line {_examples(lines)}; fix or remove those lines")
+            raise UserError(f"{name}: empty {column} on line {examples(lines)}; fix or remove those lines")
         table[column] = values
     dupes = table["id"][table["id"].duplicated()].tolist()
     if dupes:
-        raise UserError(f"{name}: id listed twice: {_examples(dupes)}; each clip needs one label")
+        raise UserError(f"{name}: id listed twice: {examples(dupes)}; each clip needs one label")
     return table
 
 
@@ -223,14 +224,14 @@ def _match_table(table: pd.DataFrame, files: list[str], source: Source, strict: 
     twice = table["path"][table["path"].duplicated(keep=False)].dropna()
     if len(twice):  # e.g. ids 'a' and 'a.wav': one clip, two labels
         ids = table.loc[twice.index, "id"].tolist()
-        raise UserError(f"{source}: ids {_examples(ids)} name the same audio file; each clip needs one label")
+        raise UserError(f"{source}: ids {examples(ids)} name the same audio file; each clip needs one label")
     no_audio = table.loc[table["path"].isna(), "id"].tolist()
     unlabelled = sorted(set(files) - set(table["path"].dropna()))
     problems = []
     if no_audio:
-        problems.append(f"{len(no_audio)} ids in the label table have no audio file ({_examples(no_audio)})")
+        problems.append(f"{len(no_audio)} ids in the label table have no audio file ({examples(no_audio)})")
     if unlabelled:
-        problems.append(f"{len(unlabelled)} audio files have no label ({_examples(unlabelled)})")
+        problems.append(f"{len(unlabelled)} audio files have no label ({examples(unlabelled)})")
     if problems and strict:
         raise UserError(f"{source}: {'; '.join(problems)}; fix the table or set data.strict=false to leave them out")
     for problem in problems:
@@ -257,7 +258,7 @@ def _filename_fields(files: list[str], pattern: str, source: Source) -> pd.DataF
             fields.append(match.groupdict())
     if unmatched:
         raise UserError(f"{source}: {len(unmatched)} file names do not match data.train.filename_regex "
-                        f"'{pattern}' ({_examples(unmatched)}); fix the regex or move those files")
+                        f"'{pattern}' ({examples(unmatched)}); fix the regex or move those files")
     return pd.DataFrame(fields, index=range(len(files)), columns=list(regex.groupindex))
 
 
@@ -282,7 +283,7 @@ def index_train(cfg: DictConfig) -> Split:
             nested = [f for f in files if "/" in f]
             if len(nested) != len(files):
                 loose = sorted(set(files) - set(nested))
-                raise UserError(f"{source}: {len(loose)} files lie outside any class folder ({_examples(loose)}); "
+                raise UserError(f"{source}: {len(loose)} files lie outside any class folder ({examples(loose)}); "
                                 "layout 'class_folders' expects <label>/<file>")
             clips["label"] = [f.split("/", 1)[0] for f in files]
         elif spec.layout == "filename":

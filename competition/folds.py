@@ -28,7 +28,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from competition.cli import main_guard, parse_bool
 from competition.config import load_experiment, parse_cli
-from competition.data import _examples
+from competition.data import examples
 from competition.errors import UserError
 from competition.files import atomic_write
 
@@ -144,7 +144,7 @@ def _split(clips: pd.DataFrame, n_splits: int, seed: int, holdout: float) -> pd.
     folds.loc[train, "fold"] = _stratified_group_split(pool, n_splits, seed)
     held_classes = _wholly_held(folds)
     if len(held_classes):
-        listing = _examples([f"'{c}' ({n} clips)" for c, n in held_classes.items()])
+        listing = examples([f"'{c}' ({n} clips)" for c, n in held_classes.items()])
         raise _Refused(f"folds.holdout={holdout} holds out every clip of class {listing}, so no fold could learn it",
                        "holds out every clip of some class")
     return folds
@@ -374,27 +374,27 @@ def validate_folds(folds: pd.DataFrame, n_splits: int, path: Path, exp: str) -> 
     unexpected = [str(k) for k in numbers if not -1 <= k < n_splits]
     missing = [str(k) for k in range(n_splits) if k not in numbers]
     if unexpected or missing:
-        found = ([f"fold {_examples(unexpected)}"] if unexpected else []) + \
-                ([f"no fold {_examples(missing)}"] if missing else [])
+        found = ([f"fold {examples(unexpected)}"] if unexpected else []) + \
+                ([f"no fold {examples(missing)}"] if missing else [])
         raise UserError(f"{path}: folds must be 0..{n_splits - 1} (folds.n_splits={n_splits}) and -1 for the holdout, "
                         f"but it has {' and '.join(found)}; fix the file or remake it with {remake}")
     folds_of_group = folds.groupby("group")["fold"].unique()
     split = folds_of_group[folds_of_group.map(len) > 1]
     if len(split):
-        listing = _examples([f"'{g}' in folds {', '.join(map(str, sorted(ks)))}" for g, ks in split.items()])
+        listing = examples([f"'{g}' in folds {', '.join(map(str, sorted(ks)))}" for g, ks in split.items()])
         raise UserError(f"{path}: every group (speaker) must be in one fold, or validation scores voices the model "
                         f"trained on, but it has {listing}; fix the file or remake it with {remake}")
     in_training = folds[folds["fold"] >= 0]
     held = _wholly_held(folds)
     if len(held):
-        listing = _examples([f"'{c}' ({n} clips)" for c, n in held.items()])
+        listing = examples([f"'{c}' ({n} clips)" for c, n in held.items()])
         raise UserError(f"{path}: the holdout (fold -1) has every clip of class {listing}, so no fold can learn it; "
                         f"try another folds.seed or a smaller folds.holdout (0 for none), then remake the folds "
                         f"with {remake}")
     per_class = in_training.groupby("label")["fold"].agg(["nunique", "first", "size"])
     alone = per_class[per_class["nunique"] == 1]
     if len(alone):
-        listing = _examples([f"'{c}' only in fold {k} ({n} clips)" for c, k, n in
+        listing = examples([f"'{c}' only in fold {k} ({n} clips)" for c, k, n in
                              zip(alone.index, alone["first"], alone["size"])])
         print(f"warning: {path}: the model of a fold never trains on a class found only in that fold: {listing}",
               file=sys.stderr)

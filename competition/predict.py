@@ -25,6 +25,7 @@ unless plain, and its test clips are cached where this machine caches them ($COM
 it carries says. precision=bf16 runs the models under bf16 autocast on the CPU: 1.3-1.6x faster on CPUs with bf16
 instructions (benchmarks/predict_speed.py), probabilities within about 1e-4 of fp32 (on CUDA, train.amp decides).
 """
+
 from __future__ import annotations
 
 from competition.cli import exit_on_help
@@ -35,67 +36,31 @@ if __name__ == "__main__":
 import json
 import sys
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from competition.blend import (METHODS, ViewPreds, answered, class_prior, combine_models, load_members, offered,
-                               parse_method, submission_format, test_record)
+from competition.bundle import from_bundle
 from competition.cache import load_split
 from competition.cli import main_guard, parse_bool
-from competition.config import Config, parse_cli, parse_value
-from competition.data import index_test, with_test_source
+from competition.config import parse_cli, parse_value
+from competition.data import index_test
+from competition.ensemble import (METHODS, Ensemble, FoldModel, answered, choose, combine_models, parse_method,
+                                  with_views)
 from competition.errors import UserError
 from competition.files import atomic_write_text
+from competition.members import ViewPreds, class_prior, load_members, submission_format, test_record
 from competition.submission import SUBMISSIONS_DIR, answer_path, write_answer
 from competition.train import (Part, Predictor, build_fold_model, crop_samples, predict_together, predictions_frame,
                                resolve_device, with_mean, write_csv)
 
 COMMAND_KEYS = {"exps": "", "bundle": "", "test": "", "name": "", "method": "", "blend": "", "device": "auto",
                 "precision": "fp32", "overwrite": "false", "skip_bad_audio": "false", "models_per_pass": "0"}
-PREDICTIONS_DIR = Path("predictions")
-
-
-@dataclass
-class FoldModel:
-    """One trained fold, ready to predict: the config it was trained with (TTA views possibly replaced), its classes,
-    its weights loaded on demand (tensors only), and where its predictions on the named test set go."""
-
-    experiment: str
-    fold: int
-    cfg: DictConfig
-    classes: list[str]
-    state: Callable[[], tuple[dict, dict | None]]  # (model weights, frontend statistics or None)
-    out: Path
-
-    @property
-    def title(self) -> str:
-        return f"{self.experiment} fold {self.fold}"
-
-
-@dataclass
-class Ensemble:
-    """What predict needs besides the test clips: the models, how to combine them, the answer format, the prior."""
-
-    models: list[FoldModel]
-    method: str
-    weights: dict[str, float]  # per experiment, shared equally by its folds
-    answer_format: DictConfig
-    prior: np.ndarray  # the training clips' class frequencies, for clips that cannot be read
-    records: dict[str, Path]  # per experiment, where to record the test set (none from a bundle)
-
-
-def with_views(cfg: DictConfig, views: list[str] | None, test: dict) -> DictConfig:
-    """A fold's config on the schema (older folds lack newer keys), with other TTA views and the named test source."""
-    merged = OmegaConf.merge(OmegaConf.structured(Config), {k: v for k, v in OmegaConf.to_container(cfg).items()
-                                                            if k not in ("base", "recipe", "contest")})
-    return OmegaConf.merge(with_test_source(merged, test), {"tta": {"views": views}} if views else {})
 
 
 def from_experiments(names: list[str], views: list[str] | None, test: dict, name: str, method: str,
@@ -120,34 +85,6 @@ def _checkpoint_state(path: Path) -> Callable[[], tuple[dict, dict | None]]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # tensors only: never runs code
         return checkpoint["model"], checkpoint.get("frontend")
     return state
-
-
-def choose(method: str, blend_report: str, experiments: list[str], n_classes: int) -> tuple[str, dict[str, float]]:
-    """method= with equal weights, or the method and weights a blend recorded (blend=<name>); soft by default."""
-    if blend_report:
-        if method:
-            raise UserError(f"method={method} together with blend={blend_report}: the blend's report names its method")
-        path = SUBMISSIONS_DIR / f"{blend_report}.json"
-        try:
-            report = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"blend={blend_report}: cannot read {path} ({exc}); run python -m competition.blend "
-                            "first, or give method=") from None
-        blended = [member["experiment"] for member in report["members"]]
-        if sorted(blended) != sorted(experiments):
-            raise UserError(f"blend={blend_report} blended {', '.join(blended)}, not {', '.join(experiments)}; predict "
-                            "with the same exps=")
-        return report["method"], {k: float(v) for k, v in report["weights"].items()}
-    method = method or "soft"
-    name, _ = parse_method(method)
-    if name not in offered(n_classes):
-        raise UserError(f"method={method}: rank averaging on two classes only says whether a clip lies above the "
-                        "median clip; use method=soft")
-    if METHODS[name].fit is not None:
-        raise UserError(f"method={method} has weights fitted on OOF predictions: fit them with python -m "
-                        f"competition.blend exps={','.join(experiments)} method={method}, then predict with "
-                        "blend=<the name it printed>")
-    return method, {experiment: 1.0 / len(experiments) for experiment in experiments}
 
 
 def split_overrides(overrides: list[str]) -> tuple[dict, list[str] | None]:
@@ -286,8 +223,6 @@ def main(argv: list[str]) -> None:
                         "clips (0: all of them, the default; fewer holds fewer models in memory at once)")
     models_per_pass = int(models_per_pass)
     if options["bundle"]:
-        from competition.pack import from_bundle
-
         ensemble = from_bundle(Path(options["bundle"]), views, test, name, options["method"], options["blend"])
     else:
         names = [n.strip() for n in options["exps"].split(",") if n.strip()]

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from omegaconf import DictConfig
 
-from competition.data import _examples
+from competition.data import examples
 from competition.errors import UserError
 from competition.files import atomic_write_text
 
@@ -49,16 +49,16 @@ def check_answer(text: str, test_ids: Sequence[str], classes: Sequence[str], sub
     problems = []
     missing = sorted(expected_ids - counts.keys())
     if missing:
-        problems.append(f"{len(missing)} test ids missing ({_examples(missing)})")
+        problems.append(f"{len(missing)} test ids missing ({examples(missing)})")
     duplicate = sorted(clip for clip, n in counts.items() if n > 1)
     if duplicate:
-        problems.append(f"{len(duplicate)} ids on more than one line ({_examples(duplicate)})")
+        problems.append(f"{len(duplicate)} ids on more than one line ({examples(duplicate)})")
     unknown = sorted(counts.keys() - expected_ids)
     if unknown:
-        problems.append(f"{len(unknown)} ids that are not test clips ({_examples(unknown)})")
+        problems.append(f"{len(unknown)} ids that are not test clips ({examples(unknown)})")
     labels = sorted({row[1] for row in rows} - set(classes))
     if labels:
-        problems.append(f"labels that are not classes ({_examples(labels)})")
+        problems.append(f"labels that are not classes ({examples(labels)})")
     if problems:
         raise UserError(f"{origin}: not a valid answer: {'; '.join(problems)}")
 

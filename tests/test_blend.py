@@ -15,9 +15,11 @@ import yaml
 from omegaconf import OmegaConf
 from scipy.stats import binomtest
 
-from competition import blend
-from competition.blend import (METHODS, ViewPreds, fit_caruana, fit_scipy, geometric_mean, hard_vote, mean_probability,
-                               nested_score, paired_test, rank_average)
+from competition import blend, evidence
+from competition.ensemble import (METHODS, fit_caruana, fit_scipy, geometric_mean, hard_vote, mean_probability,
+                                  nested_score, rank_average)
+from competition.evidence import paired_test
+from competition.members import ViewPreds
 from competition.config import SubmissionConfig
 from conftest import error_line, run_verb, tone, write_clip, write_tones_data, write_tones_experiment
 from competition.errors import UserError
@@ -507,7 +509,7 @@ def test_fitted_weights_within_noise_of_equal_ones_are_not_written(tmp_path: Pat
     weighted = {step["candidate"]: step for step in report["decision"] if step["candidate"] in ("caruana", "scipy")}
     assert set(weighted) == {"caruana", "scipy"}
     for step in weighted.values():
-        assert step["against"] == "soft" and step["kept"] == "soft" and step["p_value"] >= blend.ALPHA
+        assert step["against"] == "soft" and step["kept"] == "soft" and step["p_value"] >= evidence.ALPHA
         assert step["oof_candidate"] == pytest.approx(rows[step["candidate"]]["oof_nested"])  # judged nested
     assert "weights: caruana nested OOF" in out and "blend  soft *" in out
 

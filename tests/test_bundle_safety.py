@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from competition import pack, predict
+from competition import bundle, pack, predict
 from competition.config import load_experiment
 from competition.train import train_fold
 from conftest import error_line, run_verb as cli, write_tone, write_tones_data, write_tones_experiment, zip_folder
@@ -60,9 +60,9 @@ def outside(project: Path) -> list[str]:
     return sorted(str(p.relative_to(top)) for p in top.rglob("*") if p != project and project not in p.parents)
 
 
-def edit_manifest(bundle: Path, change: Callable[[dict], object]) -> None:
+def edit_manifest(folder: Path, change: Callable[[dict], object]) -> None:
     """Change the manifest as a stranger could; the files' checksums stay valid (the manifest has none of its own)."""
-    path = bundle / pack.MANIFEST
+    path = folder / bundle.MANIFEST
     manifest = json.loads(path.read_text())
     change(manifest)
     path.write_text(json.dumps(manifest))
@@ -150,7 +150,7 @@ def test_the_reader_never_reads_more_than_the_recorded_size_and_one(project: Pat
     """However big a file is, a read stops one byte past what the manifest allows, and the checksum covers what was
     read: a file that grew after the sizes were checked is still caught, at a bounded cost."""
     (project / "bundle" / "grown").write_bytes(b"x" * 3 * 2**20)
-    data, digest = pack.Store(project / "bundle").read("grown", 1000)
+    data, digest = bundle.Store(project / "bundle").read("grown", 1000)
     assert len(data) == 1001 and digest == hashlib.sha256(b"x" * 1001).hexdigest()
 
 
@@ -158,20 +158,20 @@ def test_the_reader_never_reads_more_than_the_recorded_size_and_one(project: Pat
 def test_an_oversized_manifest_is_refused_before_it_is_read(project: Path, capsys, as_zip: bool) -> None:
     size = 20 * 2**20
     if as_zip:  # 20 MB of whitespace, which is valid JSON around the manifest, in a zip of 20 kB
-        manifest = (project / "bundle" / pack.MANIFEST).read_text()
+        manifest = (project / "bundle" / bundle.MANIFEST).read_text()
         with zipfile.ZipFile(project / "bundle.zip", "w", zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr(pack.MANIFEST, manifest + " " * (size - len(manifest)))
+            archive.writestr(bundle.MANIFEST, manifest + " " * (size - len(manifest)))
             archive.write(project / "bundle" / MODEL, MODEL)
         del manifest
-        bundle = "bundle.zip"
+        given = "bundle.zip"
     else:
-        with open(project / "bundle" / pack.MANIFEST, "ab") as handle:
+        with open(project / "bundle" / bundle.MANIFEST, "ab") as handle:
             handle.truncate(size)  # sparse
-        bundle = "bundle"
+        given = "bundle"
     outcome = {}
-    peak = peak_bytes(lambda: outcome.update(run=cli(capsys, predict, f"bundle={bundle}", "test=later")))
+    peak = peak_bytes(lambda: outcome.update(run=cli(capsys, predict, f"bundle={given}", "test=later")))
     code, _, err = outcome["run"]
-    assert code == 2 and f"manifest.json is {size} bytes, over the {pack.MANIFEST_LIMIT} bytes" in error_line(err), err
+    assert code == 2 and f"manifest.json is {size} bytes, over the {bundle.MANIFEST_LIMIT} bytes" in error_line(err), err
     assert peak < 4 * 2**20
 
 
@@ -210,7 +210,7 @@ def test_a_manifest_nested_past_the_recursion_limit_is_one_line(project: Path, c
     edit_manifest(project / "bundle", lambda m: m["models"][0]["config"].update(extra=nested(900)))
     code, _, err = cli(capsys, predict, "bundle=bundle", "test=later")
     assert code == 2 and "manifest.json models[0].config is not a valid config" in error_line(err), err
-    (project / "bundle" / pack.MANIFEST).write_text("[" * 100_000 + "]" * 100_000)
+    (project / "bundle" / bundle.MANIFEST).write_text("[" * 100_000 + "]" * 100_000)
     code, _, err = cli(capsys, predict, "bundle=bundle", "test=later")
     assert code == 2 and "manifest.json is not JSON that can be read" in error_line(err), err
 
@@ -230,8 +230,8 @@ def test_pack_replaces_only_a_bundle(project: Path, capsys) -> None:
     for out in ("bundle", "bundle.zip"):  # a bundle is replaced, folder or zip
         code, _, err = cli(capsys, pack, "exps=t", f"out={out}", "missing=skip", "overwrite=true")
         assert code == 0, err
-        manifest = pack.open_bundle(project / out)[0]
-        assert manifest["version"] == pack.VERSION and manifest["files"][MODEL]["size"] > 0
+        manifest = bundle.open_bundle(project / out)[0]
+        assert manifest["version"] == bundle.VERSION and manifest["files"][MODEL]["size"] > 0
 
 
 def test_pack_names_the_folds_it_packs_and_refuses_missing_ones_unless_told(project: Path, capsys) -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from competition import blend, pack, predict
+from competition import blend, bundle, pack, predict
 from competition.config import load_experiment
 from competition.encoders import EmbeddingStore, EncoderFrontend, load_encoder, strip_padding
 from competition.errors import UserError
@@ -161,7 +161,7 @@ def test_a_bundle_may_name_only_the_encoders_shipped_in_wheels(encoded: Path, tm
     monkeypatch.chdir(encoded)
     code, _, err = cli(capsys, pack, "exps=enc", f"out={tmp_path / 'bundle'}", "method=soft")
     assert code == 0, err
-    manifest_path = tmp_path / "bundle" / pack.MANIFEST
+    manifest_path = tmp_path / "bundle" / bundle.MANIFEST
     manifest = json.loads(manifest_path.read_text())
     manifest["models"][0]["config"]["frontend"]["encoder"] = f"hf:{tiny_w2v}"
     manifest_path.write_text(json.dumps(manifest))

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from competition import blend, pack, predict
+from competition import blend, bundle, pack, predict
 from competition.cache import load_split
 from competition.config import load_experiment
 from competition.data import Source, Split
@@ -207,10 +207,10 @@ def test_unreadable_test_clips_are_named_or_answered_with_the_prior(project: Pat
 def test_a_bundle_of_another_layout_version_is_refused(project: Path, capsys) -> None:
     assert cli(capsys, pack, "exps=t", "out=bundle")[0] == 0
     manifest = json.loads((project / "bundle" / "manifest.json").read_text())
-    for version, shown in ((99, "99"), (str(pack.VERSION), f'"{pack.VERSION}"')):  # a string shows as one
+    for version, shown in ((99, "99"), (str(bundle.VERSION), f'"{bundle.VERSION}"')):  # a string shows as one
         (project / "bundle" / "manifest.json").write_text(json.dumps({**manifest, "version": version}))
         code, _, err = cli(capsys, predict, "bundle=bundle", "test=later")
-        assert code == 2 and f"layout version {shown}, this version of competition reads version {pack.VERSION};" \
+        assert code == 2 and f"layout version {shown}, this version of competition reads version {bundle.VERSION};" \
             in error_line(err), err
 
 

@@ -1,0 +1,304 @@
+"""How models' predictions become one: the combiners, the weight fitters fitted on OOF predictions, and the fold
+models an ensemble predicts with.
+
+A combiner maps (models, clips, classes) probabilities and weights summing to one to (clips, classes) probabilities,
+rows summing to one; a weight fitter maps (members, clips, classes) OOF probabilities, the true classes and the
+metric to weights summing to one. A new blend method is one entry in METHODS: blend's table, its nested
+cross-validation, `+tta`, method=auto, predict and bundles pick it up from there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+from scipy.optimize import minimize
+from scipy.stats import rankdata
+
+from competition.config import Config
+from competition.data import with_test_source
+from competition.errors import UserError
+from competition.members import Member, Probs, ViewPreds
+from competition.metrics import Metric
+from competition.submission import SUBMISSIONS_DIR
+
+TTA = "+tta"
+EPS = 1e-15  # the floor of a probability under a logarithm, as in sklearn's log loss
+
+
+def mean_probability(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted mean of the probabilities."""
+    return np.tensordot(weights, probs, axes=1)
+
+
+def hard_vote(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Majority of the models' labels, ties broken by summed probability: the vote counts plus the mean probability
+    as one more, fractional, ballot (with equal weights it moves the argmax only between tied classes), scaled to
+    sum to one so that log loss and ROC AUC still apply."""
+    m = len(probs)
+    votes = np.tensordot(weights, np.eye(probs.shape[2])[probs.argmax(2)], axes=1)
+    return (m * votes + mean_probability(probs, weights)) / (m + 1)
+
+
+def geometric_mean(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted geometric mean of the probabilities (floored at 1e-15), renormalised: one confident 'no' counts."""
+    log = np.tensordot(weights, np.log(np.clip(probs, EPS, None)), axes=1)
+    combined = np.exp(log - log.max(1, keepdims=True))
+    return combined / combined.sum(1, keepdims=True)
+
+
+def rank_average(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted mean of each model's per-class ranks over the clips (ties share the average rank, scaled to (0, 1]),
+    renormalised per clip: only the order of a model's scores counts, not their calibration.
+
+    Not offered on two classes: there p1 = 1 - p0, so a clip's two ranks mirror each other and the argmax only says
+    whether the clip lies above the median clip, a threshold at the median whatever the class balance (0.92 OOF where
+    every fold model scored 1.000)."""
+    ranks = rankdata(probs, axis=1) / probs.shape[1]
+    combined = np.tensordot(weights, ranks, axes=1)
+    return combined / combined.sum(1, keepdims=True)
+
+
+def fit_caruana(probs: np.ndarray, y: np.ndarray, metric: Metric, rounds: int = 50, patience: int = 10) -> np.ndarray:
+    """Greedy ensemble selection with replacement (Caruana et al., 2004): start from the best member, then keep adding
+    the member that gives the best mean (at most 50 picks, stopping after 10 without a gain); weights are the picks
+    up to the best round (the earliest on ties), so a member that never helps gets none."""
+    sign = 1.0 if metric.greater_is_better else -1.0
+    counts, total = np.zeros(len(probs)), np.zeros(probs.shape[1:])
+    best, best_counts, best_round = None, None, 0
+    for round_ in range(rounds):
+        scores = [sign * score(metric, y, (total + p) / (counts.sum() + 1)) for p in probs]
+        pick = int(np.nanargmax(scores))
+        counts, total = counts + np.eye(len(probs))[pick], total + probs[pick]
+        if best is None or scores[pick] > best:
+            best, best_counts, best_round = scores[pick], counts, round_
+        elif round_ - best_round >= patience:
+            break
+    return best_counts / best_counts.sum()
+
+
+def fit_scipy(probs: np.ndarray, y: np.ndarray, metric: Metric) -> np.ndarray:
+    """Weights minimising the OOF log loss of the weighted mean over the simplex (scipy's SLSQP, exact gradient):
+    smooth where accuracy is a step function, so the optimiser has a slope to follow whatever the metric."""
+    right = probs[:, np.arange(len(y)), y]  # each member's probability of the true class
+
+    def loss(weights: np.ndarray) -> tuple[float, np.ndarray]:
+        mixed = np.clip(weights @ right, EPS, None)
+        return -np.log(mixed).mean(), -(right / mixed).mean(1)
+
+    m = len(probs)
+    result = minimize(loss, np.full(m, 1 / m), jac=True, method="SLSQP", bounds=[(0, 1)] * m,
+                      constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1, "jac": lambda w: np.ones(m)}])
+    weights = np.clip(result.x, 0, None)
+    return weights / weights.sum()
+
+
+@dataclass(frozen=True)
+class Method:
+    """How predictions are combined and, for a weighted method, how weights are fitted on OOF predictions. A new
+    blend method is one entry in METHODS; the table, nested CV, +tta and the CLI pick it up from there."""
+
+    combine: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    fit: Callable[[np.ndarray, np.ndarray, Metric], np.ndarray] | None = None  # None: equal weights
+    # whether it also works across clips (as ranks do), so that even one model per clip shows what it changes
+    across_clips: bool = False
+
+
+METHODS = {
+    "hard": Method(hard_vote),
+    "soft": Method(mean_probability),
+    "geometric": Method(geometric_mean),
+    "rank": Method(rank_average, across_clips=True),
+    "caruana": Method(mean_probability, fit_caruana),
+    "scipy": Method(mean_probability, fit_scipy),
+}
+
+
+def score(metric: Metric, y: np.ndarray, probs: np.ndarray) -> float:
+    """The metric on rows renormalised to sum to one (files keep six digits); NaN where it is undefined, such as
+    ROC AUC on clips that lack a class."""
+    try:
+        return float(metric.score(y, probs / probs.sum(1, keepdims=True)))
+    except ValueError:
+        return math.nan
+
+
+def parse_method(value: str) -> tuple[str, bool]:
+    name, tta = (value[:-len(TTA)], True) if value.endswith(TTA) else (value, False)
+    if name not in METHODS:
+        choices = ", ".join(f"{m}[{TTA}]" for m in METHODS)
+        raise UserError(f"method={value} is unknown; choose auto or one of {choices}")
+    return name, tta
+
+
+def offered(n_classes: int) -> list[str]:
+    """The methods that mean something for this many classes: rank needs more than two (see rank_average)."""
+    return [name for name in METHODS if not (name == "rank" and n_classes == 2)]
+
+
+def aligned(parts: list[Probs], names: list[str], what: str) -> list[Probs]:
+    """Every part on the same clips in the first one's order; different clips are a mismatch worth stopping for."""
+    ref = parts[0]
+    out = [ref]
+    for part, name in zip(parts[1:], names[1:]):
+        position = pd.Index(part.ids).get_indexer(ref.ids)
+        if len(part.ids) != len(ref.ids) or (position < 0).any():
+            example = sorted(set(part.ids) ^ set(ref.ids))[0]
+            raise UserError(f"{names[0]} and {name} have different {what} ids ({len(ref.ids)} and {len(part.ids)} "
+                            f"clips; e.g. {example} is in only one); retrain one of them, or blend them apart "
+                            "with exps=")
+        out.append(Probs(ref.ids, None if part.y is None else part.y[position], part.p[position]))
+    return out
+
+
+def present(parts: list, names: list[str], what: str) -> bool:
+    """Whether every part has the split; some with and some without it cannot be combined."""
+    have = [name for part, name in zip(parts, names) if part is not None]
+    if have and len(have) < len(parts):
+        lacking = next(name for part, name in zip(parts, names) if part is None)
+        raise UserError(f"{have[0]} has {what} predictions but {lacking} has none; retrain {lacking} with "
+                        "overwrite=true, or leave it out with exps=")
+    return bool(have)
+
+
+def ensemble(members: list[Member], split: str, method: str, tta: bool, weights: np.ndarray) -> Probs | None:
+    """Every fold model of every member on the holdout or test clips, combined in one go by the method, each member's
+    weight shared equally by its folds (one level, so that a vote counts models and ranks are taken once)."""
+    preds, names, shares = [], [], []
+    for member, weight in zip(members, weights):
+        for fold in member.folds:
+            preds.append(getattr(fold, split))
+            names.append(str(fold.dir))
+            shares.append(weight / len(member.folds))
+    if not present(preds, names, split):
+        return None
+    return combine_models(preds, names, np.array(shares), method, tta, split)
+
+
+def combine_models(preds: list[ViewPreds], names: list[str], shares: np.ndarray, method: str, tta: bool,
+                   what: str) -> Probs:
+    """Models' predictions on the same clips (each model's views averaged first with tta), combined by the method."""
+    parts = aligned([pred.take(tta) for pred in preds], names, what)
+    return Probs(parts[0].ids, parts[0].y, METHODS[method].combine(np.stack([p.p for p in parts]), shares))
+
+
+def oof_stack(members: list[Member], tta: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The members' OOF probabilities (members, clips, classes) on the clips they all have, the true classes and
+    each clip's fold; a clip in different folds for different members means they used different fold files."""
+    parts = [member.oof(tta) for member in members]
+    for (part, _), member in zip(parts, members):
+        if len(set(part.ids)) < len(part.ids):
+            raise UserError(f"{member.name}: some clips are in the validation set of two folds, so its folds were "
+                            "trained on different fold files; retrain them on the current folds")
+    ids = np.array(sorted(set.intersection(*(set(part.ids) for part, _ in parts))))
+    if not len(ids):
+        raise UserError(f"{', '.join(m.name for m in members)} share no OOF clips; they were trained on other folds")
+    positions = [pd.Index(part.ids).get_indexer(ids) for part, _ in parts]
+    folds, y = parts[0][1][positions[0]], parts[0][0].y[positions[0]]
+    for (part, fold_of), position, member in zip(parts[1:], positions[1:], members[1:]):
+        differ = (fold_of[position] != folds) | (part.y[position] != y)
+        if differ.any():
+            raise UserError(f"{members[0].name} and {member.name} disagree on clip {ids[differ.argmax()]}'s fold or "
+                            "label: the fold file was remade between them; retrain one on the current folds")
+    return np.stack([part.p[position] for (part, _), position in zip(parts, positions)]), y, folds
+
+
+def nested_blend(method: Method, stack: np.ndarray, y: np.ndarray, folds: np.ndarray, metric: Metric) -> np.ndarray:
+    """Each fold's clips blended with weights fitted on the other folds' clips (folds keep speakers apart): what the
+    fitted weights make of clips they never saw."""
+    blended = np.empty(stack.shape[1:])
+    for k in np.unique(folds):
+        out = folds == k
+        blended[out] = method.combine(stack[:, out], method.fit(stack[:, ~out], y[~out], metric))
+    return blended
+
+
+def nested_score(method: Method, stack: np.ndarray, y: np.ndarray, folds: np.ndarray, metric: Metric) -> float:
+    """The nested blend scored: the fitted weights' worth on unseen clips, which the in-sample OOF score flatters."""
+    return score(metric, y, nested_blend(method, stack, y, folds, metric))
+
+
+def answered(combined: Probs, classes: list[str], unreadable: list[str],
+             prior: Callable[[], np.ndarray]) -> tuple[list[str], list[str]]:
+    """Each clip's label: the combined probabilities' most likely class, and for clips that could not be read (named,
+    one line each) the training clips' most frequent class (`prior`, read only when there are such clips)."""
+    ids, labels = list(combined.ids), [classes[i] for i in combined.p.argmax(1)]
+    if not unreadable:
+        return ids, labels
+    prior_label = classes[int(prior().argmax())]
+    for clip in unreadable:
+        print(f"{clip}: unreadable, answered with the training clips' most frequent class ({prior_label})",
+              file=sys.stderr)
+    return ids + list(unreadable), labels + [prior_label] * len(unreadable)
+
+
+# Fold models ready to predict (from experiments or a bundle)
+@dataclass
+class FoldModel:
+    """One trained fold, ready to predict: the config it was trained with (TTA views possibly replaced), its classes,
+    its weights loaded on demand (tensors only), and where its predictions on the named test set go."""
+
+    experiment: str
+    fold: int
+    cfg: DictConfig
+    classes: list[str]
+    state: Callable[[], tuple[dict, dict | None]]  # (model weights, frontend statistics or None)
+    out: Path
+
+    @property
+    def title(self) -> str:
+        return f"{self.experiment} fold {self.fold}"
+
+
+@dataclass
+class Ensemble:
+    """What predict needs besides the test clips: the models, how to combine them, the answer format, the prior."""
+
+    models: list[FoldModel]
+    method: str
+    weights: dict[str, float]  # per experiment, shared equally by its folds
+    answer_format: DictConfig
+    prior: np.ndarray  # the training clips' class frequencies, for clips that cannot be read
+    records: dict[str, Path]  # per experiment, where to record the test set (none from a bundle)
+
+
+def with_views(cfg: DictConfig, views: list[str] | None, test: dict) -> DictConfig:
+    """A fold's config on the schema (older folds lack newer keys), with other TTA views and the named test source."""
+    merged = OmegaConf.merge(OmegaConf.structured(Config), {k: v for k, v in OmegaConf.to_container(cfg).items()
+                                                            if k not in ("base", "recipe", "contest")})
+    return OmegaConf.merge(with_test_source(merged, test), {"tta": {"views": views}} if views else {})
+
+
+def choose(method: str, blend_report: str, experiments: list[str], n_classes: int) -> tuple[str, dict[str, float]]:
+    """method= with equal weights, or the method and weights a blend recorded (blend=<name>); soft by default."""
+    if blend_report:
+        if method:
+            raise UserError(f"method={method} together with blend={blend_report}: the blend's report names its method")
+        path = SUBMISSIONS_DIR / f"{blend_report}.json"
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"blend={blend_report}: cannot read {path} ({exc}); run python -m competition.blend "
+                            "first, or give method=") from None
+        blended = [member["experiment"] for member in report["members"]]
+        if sorted(blended) != sorted(experiments):
+            raise UserError(f"blend={blend_report} blended {', '.join(blended)}, not {', '.join(experiments)}; predict "
+                            "with the same exps=")
+        return report["method"], {k: float(v) for k, v in report["weights"].items()}
+    method = method or "soft"
+    name, _ = parse_method(method)
+    if name not in offered(n_classes):
+        raise UserError(f"method={method}: rank averaging on two classes only says whether a clip lies above the "
+                        "median clip; use method=soft")
+    if METHODS[name].fit is not None:
+        raise UserError(f"method={method} has weights fitted on OOF predictions: fit them with python -m "
+                        f"competition.blend exps={','.join(experiments)} method={method}, then predict with "
+                        "blend=<the name it printed>")
+    return method, {experiment: 1.0 / len(experiments) for experiment in experiments}
