@@ -108,6 +108,11 @@ class TrainConfig:
     ohem: float = 1.0  # keep this fraction of each batch's hardest samples in the loss; 1.0 keeps all
     grad_clip: float = 0.0  # max gradient norm; 0 leaves gradients alone
     ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999), used for evaluation
+    swa: int = 0  # the fold's model is the mean of the weights of the last N epochs run (stochastic weight
+    # averaging; the EMA's weights where train.ema is set), BatchNorm statistics re-estimated on the training clips;
+    # 0 keeps the best epoch
+    average_best: int = 0  # the fold's model is the mean of the weights of the K epochs with the best validation
+    # metric (checkpoint averaging), BatchNorm statistics re-estimated as for swa; 0 keeps the best epoch
     amp: bool = True  # mixed precision on CUDA (bf16 where supported); ignored on the CPU
     workers: int = 2  # loader processes, used only by the heavy (audiomentations) augmentations
     seed: int = 42
@@ -489,6 +494,14 @@ def validate(cfg: DictConfig, origin: str, command_line: set[str] = frozenset())
                 "tune.warmup_epochs", "tune.retries"):
         if OmegaConf.select(cfg, key) < 0:
             raise UserError(f"{where(key)}: '{key}' cannot be negative, got {OmegaConf.select(cfg, key)}")
+    for key in ("train.swa", "train.average_best"):
+        if not 0 <= OmegaConf.select(cfg, key) <= cfg.train.epochs:
+            raise UserError(f"{where(key)}: '{key}' counts epochs to average, from 0 (off) to train.epochs "
+                            f"({cfg.train.epochs}), got {OmegaConf.select(cfg, key)}")
+    if cfg.train.swa and cfg.train.average_best:
+        given = [where(key) for key in ("train.swa", "train.average_best")]
+        raise UserError(f"{'command line' if 'command line' in given else origin}: 'train.swa' and "
+                        "'train.average_best' are both set; average either the last epochs or the best ones, not both")
     for key in ("tune.keep_best", "tune.heartbeat"):
         if OmegaConf.select(cfg, key) < 1:
             raise UserError(f"{where(key)}: '{key}' must be at least 1, got {OmegaConf.select(cfg, key)}")

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from timm.utils import ModelEmaV3
+from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm import tqdm
 
 from competition.augment import Augmenter, HeavyAugment, heavy_enabled, parse_tta_view
@@ -372,6 +373,23 @@ class TrainState:
     best_loss: float = math.inf  # the best epoch's validation loss: breaks ties of the metric
     best_epoch: int = 0
     history: list[dict] = field(default_factory=list)
+    kept: list[dict] = field(default_factory=list)  # {"epoch", "weights" (on the CPU)} of the epochs to average
+
+    def keep(self, t: DictConfig, epoch: int) -> None:
+        """Keep this epoch's evaluated weights if the fold is to average them: the last train.swa epochs (a window,
+        since early stopping decides only after the fact which epochs were the last), or the train.average_best
+        epochs ranked best as the best epoch is (the metric, then the lower validation loss, then the earlier)."""
+        if not (t.swa or t.average_best):
+            return
+        weights = {name: tensor.detach().cpu().clone() for name, tensor in self.eval_model.state_dict().items()}
+        self.kept.append({"epoch": epoch, "weights": weights})
+        if t.swa:
+            self.kept = self.kept[-t.swa:]
+            return
+        rows = {row["epoch"]: row for row in self.history}
+        sign = -1 if METRICS[t.metric].greater_is_better else 1
+        self.kept = sorted(self.kept, key=lambda kept: (sign * rows[kept["epoch"]][f"val_{t.metric}"],
+                                                        rows[kept["epoch"]]["val_loss"]))[:t.average_best]
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -383,7 +401,7 @@ class TrainState:
                  "scaler": self.scaler.state_dict(), "rng": self.rng.bit_generator.state,
                  "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                  "epoch": self.epoch, "best": self.best, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
-                 "history": self.history}
+                 "history": self.history, "kept": self.kept}
         atomic_write(path, lambda tmp: torch.save(state, tmp))
 
     def load(self, path: Path) -> None:
@@ -400,6 +418,7 @@ class TrainState:
         self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
         self.best_loss = state.get("best_loss", math.inf)
         self.history = state["history"]
+        self.kept = state.get("kept", [])
 
 
 def _checkpoint_epochs(work: Path) -> str:
@@ -491,7 +510,10 @@ def _where_and_when(started_at: str) -> dict:
 def _report(exp: Experiment, fold: int, summary: dict) -> None:
     """One line with the fold's validation score and, where there is one, its locked-holdout score."""
     metric = exp.cfg.train.metric
-    line = f"{exp.name} fold {fold}: best epoch {summary['best_epoch']}, validation {metric} {summary['val_' + metric]:.4f}"
+    averaged = summary.get("averaged")
+    model = f"best epoch {summary['best_epoch']}" if not averaged else \
+        f"{averaged['kind']} of epochs {', '.join(map(str, averaged['epochs']))} (best epoch {summary['best_epoch']})"
+    line = f"{exp.name} fold {fold}: {model}, validation {metric} {summary['val_' + metric]:.4f}"
     if f"holdout_{metric}" in summary:
         line += f", locked holdout {metric} {summary['holdout_' + metric]:.4f}"
         if f"holdout_{metric}_mean" in summary:
@@ -594,6 +616,10 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
     _check_metric_defined(cfg, data, fold)
     torch.manual_seed(t.seed)
     model = create_model(cfg, len(data.classes)).to(device)
+    if hasattr(model, "fit") and (t.swa or t.average_best):
+        key = "train.swa" if t.swa else "train.average_best"
+        raise UserError(f"{key} averages the weights of several epochs, but {cfg.model.name} is fitted exactly in one "
+                        f"go, without epochs; set {key}=0")
     frontend = make_frontend(cfg).to(device)
     if cfg.frontend.kind == "logmel" and cfg.frontend.normalize == "dataset":
         frontend.fit(torch.from_numpy(wave) for _, wave in batches(data.train, t.eval_batch_size, crop_samples(cfg), None))
@@ -630,6 +656,7 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
         if improved:
             state.best, state.best_loss, state.best_epoch = row[f"val_{t.metric}"], row["val_loss"], epoch
             _save_model(work, state.eval_model, frontend, data.classes, epoch, cfg)
+        state.keep(t, epoch)
         state.epoch = epoch
         state.save(work / LAST)  # after model.pt, so a resumed run never lacks the best weights it recorded
         write_csv(pd.DataFrame(state.history), work / "metrics.csv")
@@ -641,9 +668,36 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
             observer.epoch(row)
     if t.patience and state.epoch < t.epochs:
         print(f"early stop: no better validation {t.metric} for {t.patience} epochs", flush=True)
-    best_model = state.eval_model
-    best_model.load_state_dict(torch.load(work / "model.pt", map_location=device, weights_only=True)["model"])
-    return _finish(cfg, best_model, frontend, data, device, work, state.history, state.best_epoch, started)
+    if state.kept:
+        model, averaged = _average(cfg, state, frontend, data, device)
+        _save_model(work, model, frontend, data.classes, max(averaged["epochs"]), cfg, averaged)
+    else:
+        model, averaged = state.eval_model, None
+        model.load_state_dict(torch.load(work / "model.pt", map_location=device, weights_only=True)["model"])
+    return _finish(cfg, model, frontend, data, device, work, state.history, state.best_epoch, started, averaged)
+
+
+def _average(cfg: DictConfig, state: TrainState, frontend: Frontend, data: FoldData,
+             device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The equal-weight mean of the kept epochs' weights (torch's AveragedModel: parameters only), its BatchNorm
+    statistics re-estimated on the training clips' centred crops through the frontend (update_bn), since the mean
+    of several epochs' statistics is not the statistics of the mean weights; then scored on the validation clips
+    as each epoch is. In fp32 (no autocast), one pass; a last batch of one clip is left out, as in training."""
+    t = cfg.train
+    averaged = AveragedModel(state.eval_model)
+    for kept in state.kept:
+        state.eval_model.load_state_dict(kept["weights"])
+        averaged.update_parameters(state.eval_model)
+    update_bn((frontend(torch.from_numpy(wave).to(device)) for _, wave in
+               batches(data.train, t.batch_size, crop_samples(cfg), None) if len(wave) > 1), averaged.module)
+    scores = _validation_scores(cfg, data.val.y, predict(averaged.module, frontend, data.val, cfg, device))
+    epochs = sorted(kept["epoch"] for kept in state.kept)
+    kind = "swa" if t.swa else "average_best"
+    best = next(row for row in state.history if row["epoch"] == state.best_epoch)
+    print(f"{kind} of epochs {', '.join(map(str, epochs))} | val loss {scores['val_loss']:.4f} {t.metric} "
+          f"{scores[f'val_{t.metric}']:.4f} | best single epoch {state.best_epoch}: val loss {best['val_loss']:.4f} "
+          f"{t.metric} {best[f'val_{t.metric}']:.4f}", flush=True)
+    return averaged.module, {"kind": kind, "epochs": epochs, **scores}
 
 
 def _validation_scores(cfg: DictConfig, y: np.ndarray, probs: np.ndarray) -> dict:
@@ -652,19 +706,22 @@ def _validation_scores(cfg: DictConfig, y: np.ndarray, probs: np.ndarray) -> dic
 
 
 def _save_model(work: Path, model: torch.nn.Module, frontend: Frontend, classes: list[str], epoch: int,
-                cfg: DictConfig) -> None:
+                cfg: DictConfig, averaged: dict | None = None) -> None:
+    """model.pt: the weights the fold predicts with (`epoch` the last epoch in them; `averaged` says which epochs'
+    mean they are, where they are one) and what is needed to rebuild and check the model."""
     best = {"model": model.state_dict(), "frontend": frontend.state_dict(), "classes": classes, "epoch": epoch,
-            "config": OmegaConf.to_container(cfg)}
+            "config": OmegaConf.to_container(cfg), **({"averaged": averaged} if averaged else {})}
     atomic_write(work / "model.pt", lambda tmp: torch.save(best, tmp))
 
 
 def _finish(cfg: DictConfig, model: torch.nn.Module, frontend: Frontend, data: FoldData, device: torch.device,
-            work: Path, history: list[dict], best_epoch: int, started: float) -> dict:
-    """The curves, the fold's summary and its predictions on every split through every view."""
+            work: Path, history: list[dict], best_epoch: int, started: float, averaged: dict | None = None) -> dict:
+    """The curves, the fold's summary (with which epochs' mean the model is and its validation scores, where it is
+    one) and its predictions on every split through every view."""
     plot_curves(pd.DataFrame(history), cfg.train.metric, work / "curves.png")
     summary = {"classes": data.classes, "best_epoch": best_epoch, "epochs_run": len(history) and history[-1]["epoch"],
                "device": str(device), "seconds": round(time.time() - started, 1), "n_train": len(data.train),
-               "tta_views": list(cfg.tta.views)}
+               "tta_views": list(cfg.tta.views), **({"averaged": averaged} if averaged else {})}
     summary.update(predict_splits(model, frontend, cfg, data, device, work))
     return summary
 

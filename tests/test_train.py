@@ -93,8 +93,15 @@ def test_interrupted_fold_does_not_look_finished(tones: Path, monkeypatch: pytes
     assert not (exp.dir / "fold_0.partial" / "DONE").exists()
 
 
-def test_killed_fold_resumes_to_the_same_result(tones: Path, capsys: pytest.CaptureFixture) -> None:
-    """SIGKILL mid-run, then resume=true: the fold finishes with the outputs an uninterrupted run gives."""
+@pytest.mark.parametrize("averaging,killed_after", [
+    ([], 1),
+    (["train.swa=3"], 4),  # the window of epochs 2-4 is in last.pt; 4 is still averaged after epochs 5 and 6
+    (["train.average_best=2"], 5),  # one epoch after the kill cannot make two best epochs alone
+], ids=["best_epoch", "swa", "average_best"])
+def test_killed_fold_resumes_to_the_same_result(tones: Path, capsys: pytest.CaptureFixture, averaging: list[str],
+                                                killed_after: int) -> None:
+    """SIGKILL mid-run, then resume=true: the fold finishes with the outputs an uninterrupted run gives, also when
+    it averages the weights of several epochs, some kept before the kill."""
     import shutil
     import signal
     import time
@@ -102,13 +109,17 @@ def test_killed_fold_resumes_to_the_same_result(tones: Path, capsys: pytest.Capt
     from competition import run
 
     shutil.copytree(tones / "experiments" / "tones", tones / "experiments" / "killed")
-    args = ["train.epochs=6", "train.ema=0.9", "train.label_smoothing=0.1", "device=cpu"]
+    args = ["train.epochs=6", "train.ema=0.9", "train.label_smoothing=0.1", *averaging, "device=cpu"]
     process = subprocess.Popen([sys.executable, "-m", "competition.run", "exp=killed", "fold=0", *args], cwd=tones,
                                env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    checkpoint = tones / "experiments" / "killed" / "fold_0.partial" / "last.pt"
+    history = tones / "experiments" / "killed" / "fold_0.partial" / "metrics.csv"  # written after last.pt
+
+    def epochs_done() -> int:
+        return len(history.read_text().splitlines()) - 1 if history.exists() else 0
+
     deadline = time.time() + 300
-    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+    while epochs_done() < killed_after and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL  # killed while training, not after finishing
@@ -131,6 +142,11 @@ def test_killed_fold_resumes_to_the_same_result(tones: Path, capsys: pytest.Capt
     columns = ["epoch", "train_loss", "val_loss", "val_accuracy"]
     pd.testing.assert_frame_equal(pd.read_csv(killed / "metrics.csv")[columns],
                                   pd.read_csv(reference / "metrics.csv")[columns])
+    resumed, uninterrupted = (torch.load(path / "model.pt", weights_only=True) for path in (killed, reference))
+    assert resumed.get("averaged") == uninterrupted.get("averaged") and (averaging == []) == ("averaged" not in resumed)
+    assert resumed["model"].keys() == uninterrupted["model"].keys()
+    for name, tensor in uninterrupted["model"].items():
+        assert torch.equal(resumed["model"][name], tensor), name
 
 
 def test_resume_without_a_checkpoint_is_refused(tones: Path) -> None:
@@ -144,6 +160,10 @@ def test_resume_without_a_checkpoint_is_refused(tones: Path) -> None:
     (["train.epoch=3"], "train.epochs"),
     (["device=cuda:9"], "device="),
     (["overwrite=maybe"], "overwrite=maybe"),
+    (["train.swa=-1"], "'train.swa' counts epochs to average, from 0 (off) to train.epochs (4), got -1"),
+    (["train.average_best=5"], "'train.average_best' counts epochs to average"),
+    (["train.swa=2", "train.average_best=2"], "'train.swa' and 'train.average_best' are both set"),
+    (["model.name=stats_linear", "frontend.kind=clip_stats", "train.swa=2"], "stats_linear is fitted exactly"),
 ])
 def test_run_user_mistakes_are_one_line(tones: Path, capsys: pytest.CaptureFixture, args: list[str],
                                         expected: str) -> None:
@@ -350,3 +370,86 @@ def test_a_metric_tie_goes_to_the_lower_validation_loss(tones: Path) -> None:
     history = pd.read_csv(tones / "experiments" / "tones" / "fold_0" / "metrics.csv")
     top = history[history["val_accuracy"] == history["val_accuracy"].max()]
     assert summary["best_epoch"] == int(top.loc[top["val_loss"].idxmin(), "epoch"])
+
+
+def epoch_weights(monkeypatch: pytest.MonkeyPatch) -> dict[int, dict[str, torch.Tensor]]:
+    """Each epoch's evaluated weights by epoch, copied as the fold's checkpoint saves them."""
+    import competition.train as train
+
+    weights = {}
+    save = train.TrainState.save
+
+    def spy(self, path: Path) -> None:
+        weights[self.epoch] = {name: tensor.clone() for name, tensor in self.eval_model.state_dict().items()}
+        save(self, path)
+
+    monkeypatch.setattr(train.TrainState, "save", spy)
+    return weights
+
+
+def scripted_accuracy(monkeypatch: pytest.MonkeyPatch, values: list[float]) -> None:
+    """The epochs' validation accuracy is `values` in turn (their losses stay real), so which epochs are best, and
+    when patience stops, is known in advance; later scores (the averaged model's) are real."""
+    import competition.train as train
+
+    real, script = train._validation_scores, iter(values)
+
+    def scores(cfg, y: np.ndarray, probs: np.ndarray) -> dict:
+        row = real(cfg, y, probs)
+        return {**row, "val_accuracy": next(script, row["val_accuracy"])}
+
+    monkeypatch.setattr(train, "_validation_scores", scores)
+
+
+def parameter_names(exp) -> list[str]:
+    from competition.models import create_model
+
+    return [name for name, _ in create_model(exp.cfg, len(TONES), pretrained=False).named_parameters()]
+
+
+def test_swa_averages_the_last_epochs_run_and_reestimates_batchnorm(tones: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    from competition.train import batches, crop_samples, load_data, load_fold_model
+
+    epochs = epoch_weights(monkeypatch)
+    scripted_accuracy(monkeypatch, [0.5, 0.9, 0.8, 0.7])  # best epoch 2; patience 2 stops after epoch 4
+    exp = load_experiment("tones", ["train.epochs=6", "train.patience=2", "train.swa=3"])
+    summary = train_fold(exp, 0, "cpu")
+    assert summary["epochs_run"] == 4 and summary["best_epoch"] == 2
+    averaged = summary["averaged"]
+    assert averaged["kind"] == "swa" and averaged["epochs"] == [2, 3, 4]
+    assert averaged["val_accuracy"] == summary["val_accuracy"]  # the model predicted is the averaged one
+    assert f"swa of epochs 2, 3, 4 | val loss {averaged['val_loss']:.4f} accuracy" in capsys.readouterr().out
+    weights = torch.load(exp.fold_dir(0) / "model.pt", weights_only=True)["model"]
+    for name in parameter_names(exp):
+        torch.testing.assert_close(weights[name], torch.stack([epochs[e][name] for e in (2, 3, 4)]).mean(0))
+    assert not torch.allclose(weights["fc.weight"], epochs[4]["fc.weight"])
+
+    running = [name for name in weights if name.endswith("running_mean")]
+    for epoch in epochs.values():  # neither any epoch's statistics nor their mean: estimated again
+        assert all(not torch.allclose(weights[name], epoch[name]) for name in running)
+    # the stem's first BatchNorm holds the mean over the training batches (centred crops, the frontend's log-mels)
+    # of its input's channel means
+    model, frontend = load_fold_model(exp.fold_dir(0) / "model.pt", exp.cfg, torch.device("cpu"))
+    with torch.no_grad():
+        means = [model.conv1[0](frontend(torch.from_numpy(wave))).mean((0, 2, 3)) for _, wave in
+                 batches(load_data(exp).fold(0).train, exp.cfg.train.batch_size, crop_samples(exp.cfg), None)
+                 if len(wave) > 1]
+    torch.testing.assert_close(model.conv1[1].running_mean, torch.stack(means).mean(0))
+
+
+def test_average_best_averages_the_epochs_with_the_best_validation_metric(tones: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    epochs = epoch_weights(monkeypatch)
+    scripted_accuracy(monkeypatch, [0.6, 0.9, 0.8, 0.9, 0.8])
+    exp = load_experiment("tones", ["train.epochs=5", "train.average_best=3"])
+    summary = train_fold(exp, 0, "cpu")
+    history = pd.read_csv(exp.fold_dir(0) / "metrics.csv").set_index("epoch")
+    third = history.loc[[3, 5], "val_loss"].idxmin()  # a tie on the metric goes to the lower validation loss
+    assert summary["averaged"]["kind"] == "average_best" and summary["averaged"]["epochs"] == sorted([2, 4, third])
+    assert summary["best_epoch"] == history.loc[[2, 4], "val_loss"].idxmin()
+    checkpoint = torch.load(exp.fold_dir(0) / "model.pt", weights_only=True)
+    assert checkpoint["averaged"]["epochs"] == summary["averaged"]["epochs"]
+    for name in parameter_names(exp):
+        torch.testing.assert_close(checkpoint["model"][name],
+                                   torch.stack([epochs[e][name] for e in (2, 4, third)]).mean(0))
