@@ -12,24 +12,26 @@ format is the experiments' current `submission:` section (it is not a training i
 An experiment is one member: its out-of-fold (OOF) predictions are its folds' validation predictions put together.
 On OOF the method combines the members; on the holdout and test clips it combines all their fold models at once,
 each member's weight split equally among its folds. Weights are equal, or for the weighted methods fitted on the
-members' OOF predictions. A method name with `+tta` first averages each model's test-time views. Every method is
-scored on OOF (fitted weights also by nested cross-validation over the folds, which in-sample OOF flatters) and on
-the locked holdout, the local stand-in for the leaderboard.
+members' OOF predictions. A stacker (stack: logistic regression, stack_mlp: a small MLP) is a meta-model fitted on
+the members' OOF log-probabilities; on the holdout and test clips it reads each member's fold ensemble. A method name
+with `+tta` first averages each model's test-time views. Every method is scored on OOF (fitted weights and stackers
+also by nested cross-validation over the folds, which in-sample OOF flatters) and on the locked holdout, the local
+stand-in for the leaderboard.
 
 The answer covers the configured test set (data.test), or with test=<name> a test set that competition.predict
 predicted under that name: its folds' test-<name>.csv, checked against the clips its record (experiments/<exp>/
 test-<name>.json) lists and against what its source holds now; its unreadable clips get the training clips' most
 frequent class, as predict gave them.
 
-The method written to submissions/<name>.<ext> is `method=` when given, otherwise (`auto`, the default) the one the
-OOF predictions support. Taking the best-scoring row would mostly pick noise among a dozen close scores, so auto
-starts from soft and departs from it only on a paired test of the same OOF clips at p < 0.05 (McNemar's exact test
-for accuracy, a paired bootstrap otherwise): +tta if it beats soft so, then another combiner, or fitted weights by
-their nested OOF score, if it beats that choice so (of several, the best OOF score). One such decision on thousands
-of OOF clips has the power that a pick among a dozen on a few hundred holdout clips lacks; the holdout takes no part
-and stays an honest check of it. Rank averaging is not offered on two classes (see rank_average). The report beside
-the answer (.md, .json, a bar chart of the scores and the written method's confusion matrix) shares its name and
-gives each step of the decision.
+The method written to submissions/<name>.<ext> is `method=` when given, otherwise (`auto`, the default) the one the OOF
+predictions support. Taking the best-scoring row would mostly pick noise among a dozen close scores, so auto starts from
+soft and departs from it only on a paired test of the same OOF clips at p < 0.05 (McNemar's exact test for accuracy, a
+paired bootstrap otherwise): +tta if it beats soft so, then another combiner, or fitted weights or a stacker by their
+nested OOF score, if it beats that choice so (of several, the best OOF score). One such decision on thousands of OOF
+clips has the power that a pick among a dozen on a few hundred holdout clips lacks; the holdout takes no part and stays
+an honest check of it. Rank averaging is not offered on two classes (see rank_average). The report beside the answer
+(.md, .json, a bar chart of the scores and the written method's confusion matrix) shares its name and gives each step of
+the decision.
 """
 
 from __future__ import annotations
@@ -42,14 +44,13 @@ if __name__ == "__main__":
 import sys
 from pathlib import Path
 
-import numpy as np
 from omegaconf import DictConfig
 
 from competition.cli import main_guard, parse_bool
 from competition.config import parse_cli
 from competition.ensemble import answered, ensemble, offered, parse_method
 from competition.errors import UserError
-from competition.evidence import AUTO, choose_method, evaluate, score_table
+from competition.evidence import AUTO, Row, choose_method, evaluate, score_table
 from competition.folds import FOLDS_DIR, per_clip_warning, read_folds
 from competition.members import (Member, TestSet, check_fold_files, check_test_predictions, class_prior,
                                  configured_test_set, load_members, named_test_set, pick_metric, submission_format)
@@ -61,12 +62,11 @@ COMMAND_KEYS = {"exps": "", "method": "auto", "name": "", "metric": "", "missing
                 "test": "", "overwrite": "false"}
 
 
-def submit(members: list[Member], label: str, weights: np.ndarray, fmt: DictConfig, path: Path,
-           test_set: TestSet) -> int:
+def submit(members: list[Member], chosen: Row, fmt: DictConfig, path: Path, test_set: TestSet) -> int:
     """The method's labels for the test clips, checked against the test set's own file list, written atomically;
     its unreadable clips (named, one line each) get the training clips' most frequent class."""
-    method, tta = parse_method(label)
-    test = ensemble(members, "test", method, tta, weights)  # every fold has its test predictions: see main
+    method, tta = parse_method(chosen.method)
+    test = ensemble(members, "test", method, tta, chosen.weights, chosen.stacker)  # every fold has them: see main
     classes = members[0].folds[0].classes
     ids, labels = answered(test, classes, test_set.unreadable,
                            lambda: class_prior(members[0].cfg.data.name, classes))
@@ -141,8 +141,7 @@ def main(argv: list[str]) -> None:
 
     SUBMISSIONS_DIR.mkdir(parents=True, exist_ok=True)
     if has_test:
-        n_rows = submit(members, label, np.array(list(chosen.weights.values())), fmt, answer,
-                        named or configured_test_set(members))
+        n_rows = submit(members, chosen, fmt, answer, named or configured_test_set(members))
         written = f"{answer} ({n_rows} rows)"
     else:
         written = f"none (no test set: data.test is not set for {data_name})"

@@ -1,8 +1,8 @@
 """The bundle format: trained fold models packed for offline inference, and read back as untrusted input.
 
 A bundle holds each fold's weights and frontend statistics (safetensors, optionally in half precision), the config it
-was trained with, the classes and their prior, the blend method and weights, the answer-file format, and a manifest
-with every file's size and SHA-256. competition.pack writes one; competition.predict bundle=... reads one.
+was trained with, the classes and their prior, the blend method and weights (and stacker), the answer-file format, and a
+manifest with every file's size and SHA-256. competition.pack writes one; competition.predict bundle=... reads one.
 
 Bundles travel between people, so a bundle is untrusted input: loading one never runs code from it (safetensors and
 JSON only); every name it gives that reaches a path (experiment, file, data.name, the answer's extension) must be a
@@ -32,7 +32,7 @@ from safetensors.torch import save as save_tensors
 
 from competition.config import SubmissionConfig
 from competition.encoders import BUNDLE_ENCODERS
-from competition.ensemble import METHODS, TTA, Ensemble, FoldModel, choose, with_views
+from competition.ensemble import METHODS, TTA, Ensemble, FoldModel, choose, network_problem, with_views
 from competition.errors import UserError
 from competition.files import atomic_write
 from competition.foldrun import timestamp
@@ -70,7 +70,8 @@ def check_out(out: Path, overwrite: bool) -> None:
 
 
 def write_bundle(out: Path, models: list[tuple[str, int, dict, dict, dict | None]], method: str,
-                 weights: dict[str, float], classes: list[str], prior: np.ndarray, answer_format: dict, half: bool,
+                 weights: dict[str, float], stacker: dict | None, classes: list[str], prior: np.ndarray,
+                 answer_format: dict, half: bool,
                  overwrite: bool) -> dict:
     """A bundle from (experiment, fold, training config, model weights, frontend statistics) per model."""
     files: dict[str, bytes] = {}
@@ -80,6 +81,7 @@ def write_bundle(out: Path, models: list[tuple[str, int, dict, dict, dict | None
         files[name] = tensors_bytes(model_state, frontend_state, half)
         entries.append({"experiment": experiment, "fold": fold, "file": name, "config": config})
     manifest = {"kind": KIND, "version": VERSION, "created": timestamp(), "method": method, "weights": weights,
+                "stacker": stacker,
                 "classes": classes, "prior": np.asarray(prior, float).tolist(), "answer_format": answer_format,
                 "half": half, "models": entries,
                 "files": {name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
@@ -255,6 +257,14 @@ def check_manifest(manifest: object, path: Path) -> dict:
             raise bad(f"{key}.config.data.name", f"{json.dumps(data_name)} is not a plain name (no /, \\ or ..)")
         if experiment not in weights:
             raise bad("weights", f"has no weight for {experiment}")
+    if METHODS[method.removesuffix(TTA)].stacks:
+        packed = {entry["experiment"] for entry in models}
+        if set(weights) != packed:
+            raise bad("weights", f"does not name exactly the packed experiments ({', '.join(sorted(packed))}), in the "
+                      "order its stacker takes them")
+        problem = network_problem(manifest.get("stacker"), len(weights) * len(classes), len(classes))
+        if problem:
+            raise bad("stacker", problem)
     return manifest
 
 
@@ -294,8 +304,8 @@ def from_bundle(path: Path, views: list[str] | None, test: dict, name: str, meth
                         "combine its models another way")
     classes = manifest["classes"]
     experiments = list(dict.fromkeys(m["experiment"] for m in manifest["models"]))
-    chosen, weights = (manifest["method"], manifest["weights"]) if not method else \
-        choose(method, "", experiments, len(classes))
+    chosen, weights, stacker = (manifest["method"], manifest["weights"], manifest.get("stacker")) if not method \
+        else choose(method, "", experiments, len(classes))
     models = []
     for i, entry in enumerate(manifest["models"]):
         try:
@@ -311,8 +321,8 @@ def from_bundle(path: Path, views: list[str] | None, test: dict, name: str, meth
         cfg.data.workers = 0
         models.append(FoldModel(entry["experiment"], entry["fold"], cfg, classes, _bundle_state(read, entry["file"]),
                                 PREDICTIONS_DIR / name / f"{entry['experiment']}-fold_{entry['fold']}.csv"))
-    return Ensemble(models, chosen, weights, OmegaConf.create(manifest["answer_format"]), np.array(manifest["prior"]),
-                    {})  # no experiments here: nothing to blend the test set with later
+    return Ensemble(models, chosen, weights, stacker, OmegaConf.create(manifest["answer_format"]),
+                    np.array(manifest["prior"]), {})  # no experiments here: nothing to blend the test set with later
 
 
 def _bundle_state(read: Callable[[str], bytes], name: str) -> Callable[[], tuple[dict, dict | None]]:

@@ -12,15 +12,17 @@ from __future__ import annotations
 import json
 import math
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from scipy.optimize import minimize
 from scipy.stats import rankdata
+from sklearn.exceptions import ConvergenceWarning
 
 from competition.config import Config
 from competition.data import with_test_source
@@ -100,15 +102,114 @@ def fit_scipy(probs: np.ndarray, y: np.ndarray, metric: Metric) -> np.ndarray:
     return weights / weights.sum()
 
 
+# Stackers: a meta-model on the members' probabilities. On OOF each clip has one model per member, so on the holdout
+# and test clips each member's fold models are averaged first. Its features are the members' log-probabilities
+# (floored at STACK_FLOOR), so that a stacker can do what a weighted geometric mean does and more: learn that a member's
+# "3" means 2, or trust one member on some classes and another on others. A fit returns the network as plain lists,
+# which a report and a bundle carry as JSON and which apply without pickle: logistic regression is a network without
+# hidden layers.
+
+STACK_FLOOR = 1e-4
+
+
+def stack_features(probs: np.ndarray) -> np.ndarray:
+    """(members, clips, classes) probabilities -> (clips, members x classes) log-probabilities."""
+    return np.log(np.clip(probs, STACK_FLOOR, 1.0)).transpose(1, 0, 2).reshape(probs.shape[1], -1)
+
+
+def as_network(weights: list[np.ndarray], biases: list[np.ndarray], classes: np.ndarray) -> dict:
+    """A fitted sklearn network (ReLU hidden layers, then softmax; with two classes one logistic unit z, written as
+    the two softmax units -z/2 and z/2, which give the same probabilities) as JSON-ready lists."""
+    weights, biases = [np.asarray(w, float) for w in weights], [np.asarray(b, float) for b in biases]
+    if weights[-1].shape[1] == 1 and len(classes) == 2:
+        weights[-1], biases[-1] = np.hstack([-weights[-1] / 2, weights[-1] / 2]), np.hstack([-biases[-1] / 2,
+                                                                                              biases[-1] / 2])
+    return {"layers": [{"weight": w.tolist(), "bias": b.tolist()} for w, b in zip(weights, biases)],
+            "classes": [int(c) for c in classes]}
+
+
+def constant_network(probs: np.ndarray, y: np.ndarray) -> dict | None:
+    """The only class seen, certain: what a stacker can learn from training clips of one class (a nested fold of a
+    tiny set); None when there are two or more."""
+    seen = np.unique(y)
+    if len(seen) > 1:
+        return None
+    return as_network([np.zeros((probs.shape[0] * probs.shape[2], 1))], [np.zeros(1)], seen)
+
+
+def fit_logistic_stacker(probs: np.ndarray, y: np.ndarray, metric: Metric) -> dict:
+    """Logistic regression (L2, C=1) on the members' log-probabilities: one weight per member and class pair."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=1.0, max_iter=1000)
+    return constant_network(probs, y) or as_network([model.fit(stack_features(probs), y).coef_.T],
+                                                    [model.intercept_], model.classes_)
+
+
+def fit_mlp_stacker(probs: np.ndarray, y: np.ndarray, metric: Metric) -> dict:
+    """A small MLP (32 ReLU units, L2 1e-2, Adam for at most 300 epochs) on the members' log-probabilities:
+    interactions between members that a linear stacker cannot express. No early stopping: on a validation tenth its
+    accuracy stalls in the first epochs and stops it there."""
+    from sklearn.neural_network import MLPClassifier
+
+    constant = constant_network(probs, y)
+    if constant:
+        return constant
+    model = MLPClassifier(hidden_layer_sizes=(32,), alpha=1e-2, max_iter=300, random_state=0)
+    with warnings.catch_warnings():  # 300 epochs on a small set need not converge to be useful
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(stack_features(probs), y)
+    return as_network(model.coefs_, model.intercepts_, model.classes_)
+
+
+def apply_stacker(probs: np.ndarray, network: dict) -> np.ndarray:
+    """The stacker's probabilities (clips, classes) from the members' (members, clips, classes); a class its training
+    clips lacked gets none."""
+    x = stack_features(probs)
+    layers = network["layers"]
+    for layer in layers[:-1]:
+        x = np.maximum(x @ np.asarray(layer["weight"]) + np.asarray(layer["bias"]), 0.0)
+    z = x @ np.asarray(layers[-1]["weight"]) + np.asarray(layers[-1]["bias"])
+    z = np.exp(z - z.max(1, keepdims=True))
+    out = np.zeros((probs.shape[1], probs.shape[2]))
+    out[:, network["classes"]] = z / z.sum(1, keepdims=True)
+    return out
+
+
+def network_problem(network: object, n_inputs: int, n_classes: int) -> str:
+    """What is wrong with a stacker's network read from a report or a bundle ('' if nothing): its shape, that every
+    number is finite, that its layers chain from `n_inputs` features to some of the `n_classes` classes."""
+    if not isinstance(network, dict) or not isinstance(network.get("layers"), list) or not network["layers"]:
+        return "is not a network {layers: [{weight, bias}, ...], classes}"
+    classes = network.get("classes")
+    if (not isinstance(classes, list) or not classes or len(set(map(str, classes))) < len(classes)
+            or not all(type(c) is int and 0 <= c < n_classes for c in classes)):
+        return f"classes is not a list of distinct class indices below {n_classes}"
+    width = n_inputs
+    for i, layer in enumerate(network["layers"]):
+        try:
+            weight, bias = np.asarray(layer["weight"], float), np.asarray(layer["bias"], float)
+        except (TypeError, KeyError, ValueError):
+            return f"layers[{i}] is not {{weight: rows of numbers, bias: numbers}}"
+        if weight.ndim != 2 or weight.shape[0] != width or bias.shape != (weight.shape[1],):
+            return f"layers[{i}] does not take {width} inputs to as many outputs as its bias has"
+        if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+            return f"layers[{i}] holds a number that is not finite"
+        width = weight.shape[1]
+    return "" if width == len(classes) else f"its last layer gives {width} outputs for {len(classes)} classes"
+
+
 @dataclass(frozen=True)
 class Method:
-    """How predictions are combined and, for a weighted method, how weights are fitted on OOF predictions. A new
-    blend method is one entry in METHODS; the table, nested CV, +tta and the CLI pick it up from there."""
+    """How predictions are combined and, for a fitted method, what is fitted on OOF predictions: weights, or a
+    stacker's network. A new blend method is one entry in METHODS; the table, nested CV, +tta, method=auto, predict
+    and bundles pick it up from there."""
 
-    combine: Callable[[np.ndarray, np.ndarray], np.ndarray]
-    fit: Callable[[np.ndarray, np.ndarray, Metric], np.ndarray] | None = None  # None: equal weights
+    combine: Callable[[np.ndarray, Any], np.ndarray]  # (probabilities, weights or the stacker's network)
+    fit: Callable[[np.ndarray, np.ndarray, Metric], Any] | None = None  # None: equal weights
     # whether it also works across clips (as ranks do), so that even one model per clip shows what it changes
     across_clips: bool = False
+    stacks: bool = False  # a stacker: fit returns a network, combine takes each member's fold ensemble
 
 
 METHODS = {
@@ -118,6 +219,8 @@ METHODS = {
     "rank": Method(rank_average, across_clips=True),
     "caruana": Method(mean_probability, fit_caruana),
     "scipy": Method(mean_probability, fit_scipy),
+    "stack": Method(apply_stacker, fit_logistic_stacker, stacks=True),
+    "stack_mlp": Method(apply_stacker, fit_mlp_stacker, stacks=True),
 }
 
 
@@ -168,25 +271,34 @@ def present(parts: list, names: list[str], what: str) -> bool:
     return bool(have)
 
 
-def ensemble(members: list[Member], split: str, method: str, tta: bool, weights: np.ndarray) -> Probs | None:
-    """Every fold model of every member on the holdout or test clips, combined in one go by the method, each member's
-    weight shared equally by its folds (one level, so that a vote counts models and ranks are taken once)."""
-    preds, names, shares = [], [], []
-    for member, weight in zip(members, weights):
+def ensemble(members: list[Member], split: str, method: str, tta: bool, weights: dict[str, float],
+             stacker: dict | None = None) -> Probs | None:
+    """Every fold model of every member on the holdout or test clips, combined by the method (see combine_models)."""
+    preds, names, experiments = [], [], []
+    for member in members:
         for fold in member.folds:
             preds.append(getattr(fold, split))
             names.append(str(fold.dir))
-            shares.append(weight / len(member.folds))
+            experiments.append(member.name)
     if not present(preds, names, split):
         return None
-    return combine_models(preds, names, np.array(shares), method, tta, split)
+    return combine_models(preds, names, experiments, weights, method, tta, split, stacker)
 
 
-def combine_models(preds: list[ViewPreds], names: list[str], shares: np.ndarray, method: str, tta: bool,
-                   what: str) -> Probs:
-    """Models' predictions on the same clips (each model's views averaged first with tta), combined by the method."""
+def combine_models(preds: list[ViewPreds], names: list[str], experiments: list[str], weights: dict[str, float],
+                   method: str, tta: bool, what: str, stacker: dict | None = None) -> Probs:
+    """Fold models' predictions on the same clips (each model's views averaged first with tta), combined by the method
+    in one go, each experiment's weight shared equally by its folds (one level, so that a vote counts models and
+    ranks are taken once); for a stacker, each experiment's fold models averaged first, in the order of `weights`
+    (the order it was fitted in), as on OOF each clip had one model per experiment."""
     parts = aligned([pred.take(tta) for pred in preds], names, what)
-    return Probs(parts[0].ids, parts[0].y, METHODS[method].combine(np.stack([p.p for p in parts]), shares))
+    probs, experiments = np.stack([p.p for p in parts]), np.asarray(experiments)
+    if METHODS[method].stacks:
+        combined = METHODS[method].combine(np.stack([probs[experiments == name].mean(0) for name in weights]), stacker)
+    else:
+        shares = np.array([weights[name] / (experiments == name).sum() for name in experiments])
+        combined = METHODS[method].combine(probs, shares)
+    return Probs(parts[0].ids, parts[0].y, combined)
 
 
 def oof_stack(members: list[Member], tta: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -264,6 +376,7 @@ class Ensemble:
     models: list[FoldModel]
     method: str
     weights: dict[str, float]  # per experiment, shared equally by its folds
+    stacker: dict | None  # a stacker's network (method=stack...), fitted by a blend
     answer_format: DictConfig
     prior: np.ndarray  # the training clips' class frequencies, for clips that cannot be read
     records: dict[str, Path]  # per experiment, where to record the test set (none from a bundle)
@@ -276,8 +389,10 @@ def with_views(cfg: DictConfig, views: list[str] | None, test: dict) -> DictConf
     return OmegaConf.merge(with_test_source(merged, test), {"tta": {"views": views}} if views else {})
 
 
-def choose(method: str, blend_report: str, experiments: list[str], n_classes: int) -> tuple[str, dict[str, float]]:
-    """method= with equal weights, or the method and weights a blend recorded (blend=<name>); soft by default."""
+def choose(method: str, blend_report: str, experiments: list[str],
+           n_classes: int) -> tuple[str, dict[str, float], dict | None]:
+    """method= with equal weights, or the method, weights and stacker a blend recorded (blend=<name>); soft by
+    default."""
     if blend_report:
         if method:
             raise UserError(f"method={method} together with blend={blend_report}: the blend's report names its method")
@@ -291,14 +406,21 @@ def choose(method: str, blend_report: str, experiments: list[str], n_classes: in
         if sorted(blended) != sorted(experiments):
             raise UserError(f"blend={blend_report} blended {', '.join(blended)}, not {', '.join(experiments)}; predict "
                             "with the same exps=")
-        return report["method"], {k: float(v) for k, v in report["weights"].items()}
+        weights, stacker = {k: float(v) for k, v in report["weights"].items()}, report.get("stacker")
+        if METHODS[parse_method(report["method"])[0]].stacks:
+            problem = network_problem(stacker, len(weights) * n_classes, n_classes)
+            if problem:
+                raise UserError(f"{path}: stacker {problem}; blend again with python -m competition.blend "
+                                f"exps={','.join(blended)} method={report['method']}")
+        return report["method"], weights, stacker
     method = method or "soft"
     name, _ = parse_method(method)
     if name not in offered(n_classes):
         raise UserError(f"method={method}: rank averaging on two classes only says whether a clip lies above the "
                         "median clip; use method=soft")
     if METHODS[name].fit is not None:
-        raise UserError(f"method={method} has weights fitted on OOF predictions: fit them with python -m "
+        fitted = "a stacker" if METHODS[name].stacks else "weights"
+        raise UserError(f"method={method} has {fitted} fitted on OOF predictions: fit it with python -m "
                         f"competition.blend exps={','.join(experiments)} method={method}, then predict with "
                         "blend=<the name it printed>")
-    return method, {experiment: 1.0 / len(experiments) for experiment in experiments}
+    return method, {experiment: 1.0 / len(experiments) for experiment in experiments}, None

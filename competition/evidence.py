@@ -53,20 +53,26 @@ class Row:
     nested: float | None = None
     holdout: float | None = None
     weights: dict[str, float] | None = None
-    fitted: bool = False  # weights fitted on OOF rather than equal
+    fitted: bool = False  # weights or a stacker fitted on OOF rather than equal weights
+    stacker: dict | None = None  # a stacker's network
 
 
 def evaluate(members: list[Member], method: str, tta: bool, metric: Metric) -> Row:
-    """One method over these members: its weights, OOF score (and nested estimate when fitted), holdout score."""
+    """One method over these members: its weights or stacker, OOF score (and nested estimate when fitted), holdout
+    score. Weights are fitted only across several members (one member's are one); a stacker also on one."""
     stack, y, folds = oof_stack(members, tta)
-    fitted = METHODS[method].fit is not None and len(members) > 1
-    weights = METHODS[method].fit(stack, y, metric) if fitted else np.full(len(members), 1 / len(members))
+    chosen = METHODS[method]
+    fitted = chosen.fit is not None and (len(members) > 1 or chosen.stacks)
+    equal = np.full(len(members), 1 / len(members))
+    params = chosen.fit(stack, y, metric) if fitted else equal
+    weights = equal if chosen.stacks else params
     row = Row(members[0].name if len(members) == 1 else "blend", method + (TTA if tta else ""),
-              score(metric, y, METHODS[method].combine(stack, weights)),
-              weights={m.name: float(w) for m, w in zip(members, weights)}, fitted=fitted)
+              score(metric, y, chosen.combine(stack, params)),
+              weights={m.name: float(w) for m, w in zip(members, weights)}, fitted=fitted,
+              stacker=params if chosen.stacks else None)
     if fitted and len(np.unique(folds)) > 1:
-        row.nested = nested_score(METHODS[method], stack, y, folds, metric)
-    holdout = ensemble(members, "holdout", method, tta, weights)
+        row.nested = nested_score(chosen, stack, y, folds, metric)
+    holdout = ensemble(members, "holdout", method, tta, row.weights, row.stacker)
     if holdout is not None:
         row.holdout = score(metric, holdout.y, holdout.p)
     return row
@@ -92,7 +98,7 @@ class Step:
 
     candidate: str
     against: str
-    oof_candidate: float  # nested for fitted weights
+    oof_candidate: float  # nested for fitted weights and stackers
     oof_against: float
     difference: float  # candidate minus against, positive when the candidate is better
     p_value: float
@@ -102,7 +108,8 @@ class Step:
     def line(self) -> str:
         name = parse_method(self.candidate)[0]
         fitted = METHODS[name].fit is not None
-        kind = "TTA" if name == "soft" else "weights" if fitted else "combiner"
+        kind = ("TTA" if name == "soft" else "stacker" if METHODS[name].stacks else "weights" if fitted
+                else "combiner")
         verdict = (f"kept {self.kept}" if self.p_value < ALPHA or self.kept == self.candidate
                    else f"within noise, kept the simpler {self.kept}")
         return (f"{kind}: {self.candidate} {'nested OOF' if fitted else 'OOF'} {fmt_score(self.oof_candidate)} vs "
@@ -113,10 +120,10 @@ class Step:
 def choose_method(members: list[Member], metric: Metric) -> tuple[str, list[Step]]:
     """`method=auto`: what to write and the comparisons that chose it, on OOF predictions only, so that the holdout
     stays an honest check of the choice. Soft; soft+tta if significantly better; then, with several members, each
-    other equal-weight combiner on that view and fitted weights by their nested OOF, against that choice: of those
-    significantly better, the best OOF score. Each is one decision on thousands of clips, not a pick among a dozen
-    close scores. With one member each OOF clip has a single model, so only the combiners that also work across
-    clips (rank) can be judged there; the others differ only in how they combine models."""
+    other equal-weight combiner on that view, and fitted weights and stackers by their nested OOF, against that
+    choice: of those significantly better, the best OOF score. Each is one decision on thousands of clips, not a pick
+    among a dozen close scores. With one member each OOF clip has a single model, so only the combiners that also
+    work across clips (rank) can be judged there; the others differ only in how they combine models."""
     sign = 1.0 if metric.greater_is_better else -1.0
     equal = np.full(len(members), 1 / len(members))
     stack, y, folds = oof_stack(members, False)
@@ -135,7 +142,7 @@ def choose_method(members: list[Member], metric: Metric) -> tuple[str, list[Step
         if steps[-1].kept != label:
             label, probs, stack = steps[-1].kept, tta, tta_stack
     view = TTA if label.endswith(TTA) else ""
-    nested = len(members) > 1 and len(np.unique(folds)) > 1  # fitted weights are judged on folds they never saw
+    nested = len(members) > 1 and len(np.unique(folds)) > 1  # what is fitted is judged on folds it never saw
     challengers = []
     for name in offered(stack.shape[2]):
         method = METHODS[name]

@@ -5,19 +5,13 @@
     python -m competition.predict bundle=<folder or .zip> test=<folder or zip>     # anywhere, later
 
 A bundle holds each current fold's weights and frontend statistics (safetensors, optionally in half precision), the
-config it was trained with, the classes and their prior, the blend method and weights, the answer-file format, and a
-manifest with every file's size and SHA-256. Every fold of each experiment is packed: a missing one is refused
-(missing=skip packs the finished ones, naming those left out). overwrite=true replaces only a bundle, never another
-folder or zip.
+config it was trained with, the classes and their prior, the blend method and weights (and stacker), the answer-file
+format, and a manifest with every file's size and SHA-256. Every fold of each experiment is packed: a missing one is
+refused (missing=skip packs the finished ones, naming those left out). overwrite=true replaces only a bundle, never
+another folder or zip.
 
-Bundles travel between people, so a bundle is untrusted input: loading one never runs code from it (safetensors and
-JSON only); every name it gives that reaches a path (experiment, file, data.name, the answer's extension) must be a
-plain name, and where the decoded test clips are cached is this machine's choice, not the bundle's, so predicting
-never writes outside the working directory and the local cache; the manifest is read only up to 16 MB, each file only
-if its size is the one recorded, and its checksum is computed while it is read, so a file that does not match
-(tampered or truncated) is refused without being read whole.
+Bundles travel between people, so predict reads one as untrusted input: see competition.bundle.
 """
-
 from __future__ import annotations
 
 from competition.cli import exit_on_help
@@ -61,7 +55,7 @@ def pack(names: list[str], out: Path, method: str, blend_report: str, half: bool
             print(f"warning: {member.name}: packing folds {fold_list([f.number for f in member.folds])}; "
                   f"{', '.join(member.left_out)}, left out (missing=skip)", file=sys.stderr)
     classes = members[0].folds[0].classes
-    method, weights = choose(method, blend_report, [m.name for m in members], len(classes))
+    method, weights, stacker = choose(method, blend_report, [m.name for m in members], len(classes))
     models = []
     for member in members:
         if member.cfg.frontend.kind == "encoder" and member.cfg.frontend.encoder not in BUNDLE_ENCODERS:
@@ -73,7 +67,7 @@ def pack(names: list[str], out: Path, method: str, blend_report: str, half: bool
             checkpoint = torch.load(fold.dir / "model.pt", map_location="cpu", weights_only=True)
             config = OmegaConf.to_container(OmegaConf.load(fold.dir / "config.yaml"))
             models.append((member.name, fold.number, config, checkpoint["model"], checkpoint.get("frontend")))
-    return write_bundle(out, models, method, weights, classes, class_prior(members[0].cfg.data.name, classes),
+    return write_bundle(out, models, method, weights, stacker, classes, class_prior(members[0].cfg.data.name, classes),
                         OmegaConf.to_container(submission_format(members, [])), half, overwrite)
 
 

@@ -7,8 +7,8 @@
 
 Every current finished fold of each experiment (stale ones are refused, as by blend) predicts the test clips through
 the TTA views it was trained with (or `tta.views=`); the models are combined by `method=` (soft by default; +tta
-averages each model's views first) with equal weights per experiment, or by the method and weights a blend fitted on
-OOF and recorded in its report (`blend=<name>` reads submissions/<name>.json). Written: the answer file
+averages each model's views first) with equal weights per experiment, or by the method and weights (or stacker) a
+blend fitted on OOF and recorded in its report (`blend=<name>` reads submissions/<name>.json). Written: the answer file
 submissions/<name>-<method>.<ext> in the contest's format, and each model's probabilities, named after the test set
 (`name=`, by default the test folder's name) so that several test sets coexist: fold_<k>/test-<name>.csv in the
 experiment folder, or predictions/<name>/<exp>-fold_<k>.csv from a bundle. With exps=, the test set is recorded
@@ -39,7 +39,6 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 import torch
 from omegaconf import OmegaConf
@@ -74,9 +73,9 @@ def from_experiments(names: list[str], views: list[str] | None, test: dict, name
             trained = OmegaConf.load(fold.dir / "config.yaml")
             models.append(FoldModel(member.name, fold.number, with_views(trained, views, test), classes,
                                     _checkpoint_state(fold.dir / "model.pt"), fold.dir / f"test-{name}.csv"))
-    method, weights = choose(method, blend_report, [m.name for m in members], len(classes))
+    method, weights, stacker = choose(method, blend_report, [m.name for m in members], len(classes))
     records = {member.name: test_record(member.name, name) for member in members}
-    return Ensemble(models, method, weights, submission_format(members, []),
+    return Ensemble(models, method, weights, stacker, submission_format(members, []),
                     class_prior(members[0].cfg.data.name, classes), records)
 
 
@@ -179,9 +178,8 @@ def predict(ensemble: Ensemble, name: str, test: dict, *, device: torch.device, 
     for record in ensemble.records.values():  # written again last: a run stopped half-way leaves no record to trust
         record.unlink(missing_ok=True)
     preds = run_models(ensemble, decoded, device, precision, models_per_pass)
-    counts = pd.Series([m.experiment for m in ensemble.models]).value_counts()
-    shares = np.array([ensemble.weights[m.experiment] / counts[m.experiment] for m in ensemble.models])
-    combined = combine_models(preds, [m.title for m in ensemble.models], shares, method, tta, f"test set {name}")
+    combined = combine_models(preds, [m.title for m in ensemble.models], [m.experiment for m in ensemble.models],
+                              ensemble.weights, method, tta, f"test set {name}", ensemble.stacker)
     classes = ensemble.models[0].classes
     ids, labels = answered(combined, classes, bad, lambda: ensemble.prior)
     SUBMISSIONS_DIR.mkdir(parents=True, exist_ok=True)

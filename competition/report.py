@@ -19,12 +19,21 @@ from competition.metrics import Metric
 COLUMNS = ["scope", "method", "oof", "oof nested", "holdout", "weights"]
 
 
+def fitted_cell(row: Row) -> str:
+    """What a row fitted on OOF: its weights, or its stacker's shape; blank for equal weights."""
+    if row.stacker is not None:
+        layers = row.stacker["layers"]
+        hidden = "".join(f" -> {len(layer['bias'])}" for layer in layers[:-1])
+        return f"stacker: {len(layers[0]['weight'])} inputs{hidden} -> {len(row.stacker['classes'])} classes"
+    return ", ".join(f"{name} {w:.2f}" for name, w in row.weights.items()) if row.fitted else ""
+
+
 def table_cells(rows: list[Row], chosen: Row) -> list[list[str]]:
     cells = []
     for row in rows:
-        weights = ", ".join(f"{name} {w:.2f}" for name, w in row.weights.items()) if row.fitted else ""
         mark = " *" if row is chosen else ""
-        cells.append([row.scope, row.method + mark, fmt_score(row.oof), fmt_score(row.nested), fmt_score(row.holdout), weights])
+        cells.append([row.scope, row.method + mark, fmt_score(row.oof), fmt_score(row.nested), fmt_score(row.holdout),
+                      fitted_cell(row)])
     return cells
 
 
@@ -118,11 +127,11 @@ def write_reports(base: Path, members: list[Member], rows: list[Row], chosen: Ro
     """`<base>.md` and `.json` (method, how it was chosen, members, weights, the score table), the scores' bar chart
     and the chosen method's confusion matrix on the holdout (on OOF when there is none)."""
     method, tta = parse_method(label)
-    weights = np.array(list(chosen.weights.values()))
     stack, y_oof, _ = oof_stack(members, tta)
-    holdout = ensemble(members, "holdout", method, tta, weights)
+    holdout = ensemble(members, "holdout", method, tta, chosen.weights, chosen.stacker)
+    params = chosen.stacker if chosen.stacker is not None else np.array(list(chosen.weights.values()))
     on, y, probs = (("holdout", holdout.y, holdout.p) if holdout is not None
-                    else ("OOF", y_oof, METHODS[method].combine(stack, weights)))
+                    else ("OOF", y_oof, METHODS[method].combine(stack, params)))
     classes = members[0].folds[0].classes
     matrix = plot_confusion(y, probs, classes, f"{label} on {on} ({len(y)} clips)", Path(f"{base}.confusion.png"))
     plot_scores(rows, chosen, metric, Path(f"{base}.scores.png"))
@@ -135,13 +144,15 @@ def write_reports(base: Path, members: list[Member], rows: list[Row], chosen: Ro
         "metric": metric.name, "greater_is_better": metric.greater_is_better,
         "members": [{"experiment": m.name, "folds": [f.number for f in m.folds], "left_out": m.left_out,
                      "tta_views": list(m.folds[0].oof.views)} for m in members],
-        "weights": chosen.weights,
+        "weights": chosen.weights,  # in the members' order, which a stacker takes them in
+        "stacker": chosen.stacker,
         "scores": {"oof": _json_value(chosen.oof), "oof_nested": _json_value(chosen.nested),
                    "holdout": _json_value(chosen.holdout)},
         "n_oof": len(y_oof), "n_holdout": None if holdout is None else len(holdout.ids),
         "format": OmegaConf.to_container(fmt),
         "table": [{"scope": r.scope, "method": r.method, "oof": _json_value(r.oof), "oof_nested": _json_value(r.nested),
-                   "holdout": _json_value(r.holdout), "weights": r.weights} for r in rows],
+                   "holdout": _json_value(r.holdout), "weights": None if r.stacker else r.weights,
+                   "fitted": fitted_cell(r)} for r in rows],
         "confusion": {"on": on, "classes": classes, "matrix": matrix.tolist()},
     }
     atomic_write_text(Path(f"{base}.json"), json.dumps(report, indent=2) + "\n")
@@ -158,7 +169,8 @@ def write_reports(base: Path, members: list[Member], rows: list[Row], chosen: Ro
         f"- answer file: {answer}",
         f"- method: **{label}**: {describe(label)}",
         *chosen_by,
-        f"- weights: {', '.join(f'{n} {w:.3f}' for n, w in chosen.weights.items())}",
+        f"- weights: {', '.join(f'{n} {w:.3f}' for n, w in chosen.weights.items())}" if chosen.stacker is None
+        else f"- {fitted_cell(chosen)} (its network is in {base.name}.json)",
         f"- {metric.name} ({better} is better): {scores}",
         f"- OOF clips: {len(y_oof)}; holdout clips: {'none' if holdout is None else len(holdout.ids)}",
         "- members:", *members_md, "",

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -15,9 +16,9 @@ import yaml
 from omegaconf import OmegaConf
 from scipy.stats import binomtest
 
-from competition import blend, evidence
-from competition.ensemble import (METHODS, fit_caruana, fit_scipy, geometric_mean, hard_vote, mean_probability,
-                                  nested_score, rank_average)
+from competition import blend, evidence, predict
+from competition.ensemble import (METHODS, apply_stacker, as_network, fit_caruana, fit_scipy, geometric_mean,
+                                  hard_vote, mean_probability, nested_score, rank_average, stack_features)
 from competition.evidence import paired_test
 from competition.members import ViewPreds
 from competition.config import SubmissionConfig
@@ -538,6 +539,100 @@ def test_rank_is_not_offered_on_two_classes(tmp_path: Path, monkeypatch: pytest.
         assert code == 2 and "on two classes" in error_line(err) and "use method=soft" in error_line(err)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_a_stackers_network_gives_what_sklearn_predicts(n_classes: int) -> None:
+    """Logistic regression and an MLP, fitted by sklearn on members' log-probabilities, carried as plain lists: the
+    probabilities they give are sklearn's own, two classes (one logistic unit) included."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+
+    rng = np.random.default_rng(n_classes)
+    y = rng.integers(0, n_classes, 400)
+    probs = rng.dirichlet(np.ones(n_classes), size=(2, 400)) + np.eye(n_classes)[y]  # two members, both mostly right
+    probs /= probs.sum(2, keepdims=True)
+    features = stack_features(probs)
+    logistic = LogisticRegression(max_iter=500).fit(features, y)
+    mlp = MLPClassifier(hidden_layer_sizes=(8, 5), max_iter=100, random_state=0).fit(features, y)
+    for network, model in ((as_network([logistic.coef_.T], [logistic.intercept_], logistic.classes_), logistic),
+                           (as_network(mlp.coefs_, mlp.intercepts_, mlp.classes_), mlp)):
+        network = json.loads(json.dumps(network))  # as a report or a bundle carries it
+        assert np.allclose(apply_stacker(probs, network), model.predict_proba(features), atol=1e-10)
+
+
+def stacking_contest(root: Path, members: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]],
+                     clips: int, classes: list[str] = CLASSES) -> None:
+    """Three folds of `clips` OOF clips per member, each member's probabilities made from the true classes; the
+    holdout and test clips of the three-class contest only with its classes."""
+    write_contest_data(root)
+    for k in range(3):
+        y = np.random.default_rng(k).integers(0, len(classes), clips)
+        for seed, (name, make) in enumerate(members.items()):
+            probs = make(y, np.random.default_rng(100 * k + seed))
+            other = {} if classes == CLASSES else {"ladder": None, "test_ids": None}
+            write_fold(root, name, k, classes=classes, oof=(y, probs, probs), **other)
+
+
+def confused(wrong_on: int, says: int) -> Callable[[np.ndarray, np.random.Generator], np.ndarray]:
+    """A member right on every class but one, whose clips it calls `says`, surely (0.9), while it is less sure (0.6)
+    where it is right: what soft voting cannot undo and a stacker can learn."""
+    def predict(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        called = np.where(y == wrong_on, says, y)
+        probs = np.where(y == wrong_on, 0.9, 0.6)[:, None] * np.eye(3)[called]
+        probs += (1 - probs.sum(1, keepdims=True)) / 2 * (1 - np.eye(3)[called])
+        probs = probs * rng.uniform(0.9, 1.1, probs.shape)
+        return probs / probs.sum(1, keepdims=True)
+    return predict
+
+
+def test_stacking_wins_where_members_err_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture) -> None:
+    """a calls class 2 clips 1, b calls class 0 clips 2, both surely: soft, weights and geometric mean stay wrong on
+    those, a stacker learns to read each through the other. auto writes a stacker on its nested OOF score."""
+    stacking_contest(tmp_path, {"a": confused(2, 1), "b": confused(0, 2)}, clips=200)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = blend_cli(capsys, "name=auto")
+    assert code == 0, err
+    report = json.loads((tmp_path / "submissions" / "auto.json").read_text())
+    rows = {row["method"]: row for row in report["table"] if row["scope"] == "blend"}
+    assert rows["soft"]["oof"] < 0.8 and rows["caruana"]["oof_nested"] < 0.8 and rows["geometric"]["oof"] < 0.8
+    assert rows["stack"]["oof_nested"] > 0.95 and rows["stack_mlp"]["oof_nested"] > 0.95
+    assert report["method"] in ("stack", "stack_mlp") and report["chosen_by"] == "auto"
+    step = next(step for step in report["decision"] if step["candidate"] == report["method"])
+    assert step["kept"] == report["method"] and step["p_value"] < evidence.ALPHA
+    assert report["scores"]["oof_nested"] == pytest.approx(step["oof_candidate"])  # the nested score, reported
+    assert report["stacker"]["layers"] and report["weights"] == {"a": 0.5, "b": 0.5}
+    markdown = (tmp_path / "submissions" / "auto.md").read_text()
+    assert f"stacker: {report['method']} nested OOF" in markdown and "- stacker: 6 inputs" in markdown
+
+
+
+def test_stacking_loses_to_soft_on_too_few_clips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """Three members whose errors are independent noise, ten classes and 20 OOF clips a fold: a stacker has 30
+    features to fit on 40 clips and nothing to learn that averaging does not do, so its nested score falls below
+    soft's and auto keeps soft."""
+    classes = [f"c{i}" for i in range(10)]
+
+    def noisy(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        predicted = np.where(rng.random(len(y)) < 0.7, y, rng.integers(0, 10, len(y)))
+        logits = 2 * np.eye(10)[predicted] + rng.normal(0, 0.7, (len(y), 10))
+        return np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+
+    stacking_contest(tmp_path, {"a": noisy, "b": noisy, "c": noisy}, clips=20, classes=classes)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = blend_cli(capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "submissions" / "w-soft.json").read_text())
+    rows = {row["method"]: row for row in report["table"] if row["scope"] == "blend"}
+    for stacker in ("stack", "stack_mlp"):
+        assert rows[stacker]["oof_nested"] < rows["soft"]["oof"] - 0.05, (stacker, rows[stacker], rows["soft"])
+        assert rows[stacker]["oof"] > rows[stacker]["oof_nested"]  # in sample it flatters itself
+        step = next(step for step in report["decision"] if step["candidate"] == stacker)
+        assert step["kept"] == "soft"
+    assert report["method"] == "soft" and report["stacker"] is None
+
+
 # End to end on really trained folds: the tones contest, two folds with two TTA views, and a copy of them as a second
 # experiment (training a second one would double the test's time; the hand-made folds above cover different members)
 
@@ -584,3 +679,30 @@ def test_blend_cli_on_trained_folds(trained: Path) -> None:
     assert {("tones", "fold 0"), ("tones", "hard"), ("tones", "soft"), ("tones", "soft+tta")} <= holdout_rows
     for suffix in ("md", "scores.png", "confusion.png"):
         assert (trained / "submissions" / f"tones-{label}.{suffix}").is_file()
+
+
+def test_a_stacked_answer_is_reproduced_by_predict_and_from_a_bundle(trained: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """The stacker a blend fitted travels in its report to predict, and in a bundle: each member's fold ensemble on
+    the test clips, in the order it was fitted in whatever order exps= gives, answers as the blend did."""
+    import shutil
+
+    from competition import pack
+
+    shutil.copytree(trained, tmp_path / "project")
+    monkeypatch.chdir(tmp_path / "project")
+    code, _, err = blend_cli(capsys, "exps=tones,tones_copy", "method=stack+tta", "name=stacked")
+    assert code == 0, err
+    report = json.loads(Path("submissions/stacked.json").read_text())
+    assert report["method"] == "stack+tta" and len(report["stacker"]["layers"][0]["weight"]) == 2 * 3
+    blended = Path("submissions/stacked.csv").read_text()
+    code, _, err = run_verb(capsys, predict, "exps=tones_copy,tones", "blend=stacked", "test=data/test", "name=again")
+    assert code == 0, err
+    assert Path("submissions/again-stack+tta.csv").read_text() == blended
+    assert run_verb(capsys, pack, "exps=tones,tones_copy", "blend=stacked", "out=bundle.zip")[0] == 0
+    code, _, err = run_verb(capsys, predict, "bundle=bundle.zip", "test=data/test", "name=bundled")
+    assert code == 0, err
+    assert Path("submissions/bundled-stack+tta.csv").read_text() == blended
+    code, _, err = run_verb(capsys, predict, "exps=tones,tones_copy", "method=stack", "test=data/test")
+    assert code == 2 and "has a stacker fitted on OOF predictions" in error_line(err)

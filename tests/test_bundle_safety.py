@@ -192,6 +192,15 @@ def test_an_oversized_manifest_is_refused_before_it_is_read(project: Path, capsy
     (lambda m: m.update(weights={}), "manifest.json weights has no weight for t"),
     (lambda m: m["answer_format"].update(header="maybe"), "manifest.json answer_format is not an answer format"),
     (lambda m: m.update(half="no"), "manifest.json half is \"no\", not true or false"),
+    (lambda m: m.update(method="stack"), "manifest.json stacker is not a network"),
+    (lambda m: m.update(method="stack", stacker={"layers": [{"weight": [[0, 0, 0]] * 6, "bias": [0, 0, 0]}],
+                                                 "classes": [0, 1, 2]}),
+     "manifest.json stacker layers[0] does not take 3 inputs"),
+    (lambda m: m.update(method="stack", stacker={"layers": [{"weight": [[0, 0]] * 3, "bias": [0, 0]}],
+                                                 "classes": [0, 7]}),
+     "manifest.json stacker classes is not a list of distinct class indices below 3"),
+    (lambda m: m.update(method="stack", stacker={"layers": [{"weight": [["x"]] * 3, "bias": [0]}], "classes": [0]}),
+     "manifest.json stacker layers[0] is not {weight: rows of numbers, bias: numbers}"),
 ])
 def test_a_malformed_manifest_is_one_line_naming_the_key(project: Path, capsys, change, expected: str) -> None:
     edit_manifest(project / "bundle", change)
