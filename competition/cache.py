@@ -186,6 +186,32 @@ class WaveCache:
         return np.stack([self.waves[offset + start: offset + start + length] for start in starts]) / np.float32(32768.0)
 
 
+@dataclass
+class JoinedCache:
+    """Two caches read as one, rows past the first's in the second: the training clips and the pseudo-labelled
+    clips of another split (competition.labels), without copying either."""
+
+    first: WaveCache
+    second: WaveCache
+
+    @property
+    def clips(self) -> pd.DataFrame:
+        """Each row's length (the offsets index the two caches apart, so they are not given)."""
+        return pd.concat([self.first.clips[["length"]], self.second.clips[["length"]]], ignore_index=True)
+
+    def crops(self, rows: np.ndarray, length: int, rng: np.random.Generator | None = None,
+              move: int = 0) -> np.ndarray:
+        split = len(self.first.clips)
+        batch, mine = np.empty((len(rows), length), np.float32), rows < split
+        batch[mine] = self.first.crops(rows[mine], length, rng, move)
+        batch[~mine] = self.second.crops(rows[~mine] - split, length, rng, move)
+        return batch
+
+    def windows(self, row: int, length: int) -> np.ndarray:
+        split = len(self.first.clips)
+        return self.first.windows(row, length) if row < split else self.second.windows(row - split, length)
+
+
 def window_starts(size: int, length: int) -> list[int]:
     """Where the windows of `length` samples over a clip of `size` samples start: half a window apart, the last one
     ending at the clip's end; a clip no longer than one window has one (its centred crop)."""

@@ -164,6 +164,17 @@ class WandbConfig:
 
 
 @dataclass
+class PseudoConfig:
+    """Pseudo-labels (competition.labels): unlabelled clips labelled by other experiments' fold models, fold k by
+    their fold k models alone, added to each fold's training clips only."""
+
+    source: list[str] = field(default_factory=list)  # experiments whose folds label the clips; empty: none
+    test: str = ""  # the clips: "" the configured test set (fold_<k>/test.csv), else a set predict named
+    threshold: float = 0.9  # keep clips whose most likely class has at least this probability
+    targets: str = "hard"  # hard: that class | soft: the probabilities (models fitted exactly take the class)
+
+
+@dataclass
 class TrackingConfig:
     """Dashboards that mirror folds, trials and blends; the project's own files stay the source of truth."""
 
@@ -186,6 +197,7 @@ class Config:
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
 
 
 SPACE_KEYS = ("choices", "low", "high", "log", "step")
@@ -193,6 +205,7 @@ CHOICES = {
     "data.train.layout": ("table", "class_folders", "filename", "files"),
     "frontend.kind": ("logmel", "clip_stats", "encoder"),
     "folds.groups": ("", "voice"),
+    "pseudo.targets": ("hard", "soft"),
     "frontend.pool": POOLS,
     "frontend.normalize": ("clip", "dataset", "none"),
     "train.schedule": ("onecycle", "cosine", "linear", "constant"),
@@ -304,7 +317,8 @@ def _read_yaml(path: Path) -> DictConfig:
 META_KEYS = ("base", "recipe", "contest")  # top-level keys naming other files; popped before merging
 RECIPE_SECTIONS = ("frontend", "model", "train", "augment", "tta", "tune")
 CONTEST_SECTIONS = ("data", "audio", "folds", "submission")
-EXPERIMENT_SECTIONS = ("tracking",)  # where an experiment's runs are mirrored: set by the experiment, not its parts
+# set by the experiment, not its parts: where its runs are mirrored, and which other experiments label clips for it
+EXPERIMENT_SECTIONS = ("tracking", "pseudo")
 _SECTIONS = {"recipe": RECIPE_SECTIONS, "contest": CONTEST_SECTIONS}
 
 
@@ -473,6 +487,13 @@ def validate(cfg: DictConfig, origin: str, command_line: set[str] = frozenset())
     if not 0.0 < cfg.train.ohem <= 1.0:
         raise UserError(f"{where('train.ohem')}: 'train.ohem' is the fraction of each batch kept, in (0, 1], got {cfg.train.ohem}")
     validate_augment(cfg.augment, where("augment"))
+    if not 0.0 <= cfg.pseudo.threshold <= 1.0:
+        raise UserError(f"{where('pseudo.threshold')}: 'pseudo.threshold' is a probability in [0, 1], got "
+                        f"{cfg.pseudo.threshold}")
+    for name in [*cfg.pseudo.source, cfg.pseudo.test]:
+        if "/" in name or name.startswith("."):
+            key = "pseudo.test" if name == cfg.pseudo.test else "pseudo.source"
+            raise UserError(f"{where(key)}: '{key}' names '{name}'; give experiment and test set names, not paths")
     if cfg.frontend.kind in ("clip_stats", "encoder"):
         for key in ("spec_time", "spec_freq", "cutmix"):
             if cfg.augment[key].p > 0:

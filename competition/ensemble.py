@@ -27,8 +27,9 @@ from sklearn.exceptions import ConvergenceWarning
 from competition.config import Config
 from competition.data import with_test_source
 from competition.errors import UserError
-from competition.members import Member, Probs, ViewPreds
+from competition.members import Member
 from competition.metrics import Metric
+from competition.predictions import Probs, ViewPreds
 from competition.submission import SUBMISSIONS_DIR
 
 TTA = "+tta"

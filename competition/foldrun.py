@@ -39,13 +39,15 @@ NOT_MODEL_KEYS = ("tta", "tune", "tracking", "data.test", "submission", "data.tr
 @dataclass(frozen=True)
 class Inputs:
     """What a fold is made from: the resolved config with the command-line overrides that went into it, the fold
-    file's content hash, and fingerprints of the decoded training and test clips (None: no test set)."""
+    file's content hash, fingerprints of the decoded training and test clips (None: no test set) and, per fold, the
+    SHA-256 of the predictions that pseudo-labelled its extra training clips (competition.labels)."""
 
     config: dict[str, Any]
     overrides: list[str]
     fold_file: str
     train_data: str
     test_data: str | None
+    pseudo_labels: dict[str, str] = field(default_factory=dict)  # fold number -> digest
 
     @property
     def views(self) -> list[str]:
@@ -101,13 +103,19 @@ def _changes(recorded: dict, current: dict) -> str:
     return f"{shown} and {len(changes) - 4} more" if len(changes) > 4 else shown
 
 
+def fold_number(folder: Path) -> int:
+    """The fold of a fold folder or its work folder (fold_<k>, fold_<k>.partial)."""
+    return int(folder.name.removeprefix("fold_").removesuffix(".partial"))
+
+
 def staleness(folder: Path, current: Inputs) -> Staleness:
     """What differs between the inputs a fold (or its interrupted work folder) recorded and the current ones."""
-    return differences(read_record(folder), current)
+    return differences(read_record(folder), current, fold_number(folder))
 
 
-def differences(recorded: Inputs | None, current: Inputs) -> Staleness:
-    """What differs between recorded inputs (None: no record) and the current ones."""
+def differences(recorded: Inputs | None, current: Inputs, fold: int | None = None) -> Staleness:
+    """What differs between recorded inputs (None: no record) and the current ones: for one fold's pseudo-labels when
+    `fold` is given, else for every fold's."""
     if recorded is None:
         return Staleness(model=["no record of what it was made from"])
     stale = Staleness()
@@ -118,6 +126,12 @@ def differences(recorded: Inputs | None, current: Inputs) -> Staleness:
         stale.model.append(f"the fold file folds/{current.config['data']['name']}.csv changed")
     if recorded.train_data != current.train_data:
         stale.model.append("the training clips changed")
+    recorded_labels, current_labels = recorded.pseudo_labels, current.pseudo_labels
+    if fold is not None:
+        recorded_labels, current_labels = recorded_labels.get(str(fold)), current_labels.get(str(fold))
+    if recorded_labels != current_labels:
+        sources = ", ".join(current.config.get("pseudo", {}).get("source", [])) or "none now"
+        stale.model.append(f"the predictions that pseudo-label its extra clips changed (pseudo.source: {sources})")
     if recorded.views != current.views:
         stale.predictions.append(f"tta.views changed ({', '.join(recorded.views)} -> {', '.join(current.views)})")
     if current.test_data is not None and recorded.test_data != current.test_data:

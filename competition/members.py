@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -25,28 +24,7 @@ from competition.foldrun import (DONE, commands_per_overrides, finished_folds, r
                                 retrain_command, staleness)
 from competition.folds import FOLDS_DIR, read_folds
 from competition.metrics import METRICS, Metric
-
-
-@dataclass
-class Probs:
-    """Probabilities (clips, classes) for a list of clips and, where known, their true class indices."""
-
-    ids: np.ndarray
-    y: np.ndarray | None
-    p: np.ndarray
-
-
-@dataclass
-class ViewPreds:
-    """One model's predictions on one set of clips, one array per TTA view; the first view is the plain one."""
-
-    ids: np.ndarray
-    y: np.ndarray | None
-    views: dict[str, np.ndarray]
-
-    def take(self, tta: bool) -> Probs:
-        views = list(self.views.values())
-        return Probs(self.ids, self.y, np.mean(views, axis=0) if tta else views[0])
+from competition.predictions import Probs, ViewPreds, read_preds, test_record
 
 
 @dataclass
@@ -85,49 +63,6 @@ class Member:
         folds = np.concatenate([np.full(len(part.ids), fold.number) for part, fold in zip(parts, self.folds)])
         return Probs(np.concatenate([part.ids for part in parts]), np.concatenate([part.y for part in parts]),
                      np.concatenate([part.p for part in parts])), folds
-
-
-def read_preds(path: Path, classes: list[str], views: list[str] | None) -> ViewPreds:
-    """A long-format prediction file (id, view, [label,] one column per class) as one array per view (`views`, or
-    those in the file, in its order)."""
-    try:
-        frame = pd.read_csv(path, dtype={"id": str, "view": str, "label": str}, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise UserError(f"{path}: cannot read predictions ({str(exc).splitlines()[0]})") from None
-    lacking = [column for column in ["id", *classes] if column not in frame.columns]
-    if lacking:
-        raise UserError(f"{path}: lacks the columns {', '.join(lacking)} that DONE promises; retrain the fold "
-                        "with overwrite=true")
-    if "view" not in frame.columns:  # written before test-time views existed: one, plain, view
-        frame["view"] = (views or ["plain"])[0]
-    views = views or list(dict.fromkeys(frame["view"]))
-    values = frame[classes].apply(pd.to_numeric, errors="coerce").to_numpy(np.float32)  # half of float64 on big tests
-    bad = ~(np.isfinite(values) & (values >= 0)).all(1)
-    if bad.any():
-        row = frame.iloc[int(bad.argmax())]
-        raise UserError(f"{path}: {bad.sum()} rows hold NaN, infinite or negative probabilities (e.g. clip "
-                        f"{row['id']}, view {row['view']}); retrain the fold with overwrite=true")
-    first = (frame["view"] == views[0]).to_numpy()
-    ids = frame["id"].to_numpy()[first]
-    if len(set(ids)) < len(ids):
-        raise UserError(f"{path}: clips appear more than once in view {views[0]}; retrain the fold with overwrite=true")
-    arrays = {}
-    for view in views:
-        rows = (frame["view"] == view).to_numpy()
-        index = pd.Index(frame["id"].to_numpy()[rows])
-        position = index.get_indexer(ids) if index.is_unique else np.array([-1])
-        if rows.sum() != len(ids) or (position < 0).any():
-            raise UserError(f"{path}: view {view} does not cover the clips of view {views[0]} once each; retrain the "
-                            "fold with overwrite=true")
-        arrays[view] = values[rows][position]
-    y = None
-    if "label" in frame.columns:
-        labels = frame["label"][first]
-        codes = labels.map({c: i for i, c in enumerate(classes)})
-        if codes.isna().any():
-            raise UserError(f"{path}: label {labels[codes.isna()].iloc[0]!r} is not one of the classes in DONE")
-        y = codes.to_numpy(int)
-    return ViewPreds(ids, y, arrays)
 
 
 def load_fold(fold_dir: Path, number: int, classes: list[str] | None, reference: str, test: str = "") -> FoldRun:
@@ -251,11 +186,6 @@ def load_members(names: list[str], fail_on_missing: bool, skip_stale: bool, test
     if not members:
         raise UserError(f"no fold is current: {stale_message(stale)}")
     return members
-
-
-def test_record(experiment: str, name: str) -> Path:
-    """Where predict records the test set it predicted under `name` for an experiment: its source, clips, content."""
-    return EXPERIMENTS_DIR / experiment / f"test-{name}.json"
 
 
 def class_prior(data_name: str, classes: list[str]) -> np.ndarray:

@@ -53,7 +53,8 @@ from competition.ensemble import (METHODS, Ensemble, FoldModel, answered, choose
                                   with_views)
 from competition.errors import UserError
 from competition.files import atomic_write_text
-from competition.members import ViewPreds, class_prior, load_members, submission_format, test_record
+from competition.members import class_prior, load_members, submission_format
+from competition.predictions import ViewPreds, test_record
 from competition.submission import SUBMISSIONS_DIR, answer_path, write_answer
 from competition.train import (Part, Predictor, build_fold_model, crop_samples, predict_together, predictions_frame,
                                resolve_device, with_mean, write_csv)

@@ -27,10 +27,10 @@ from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm import tqdm
 
 from competition.augment import Augmenter, HeavyAugment, heavy_enabled, parse_tta_view
-from competition.cache import WaveCache, load_split, window_starts
+from competition.cache import JoinedCache, WaveCache, load_split, window_starts
 from competition.cli import format_seconds
 from competition.config import Experiment
-from competition.data import index_test, index_train
+from competition.data import index_test, index_train, with_test_source
 from competition.errors import UserError
 from competition.files import atomic_write, atomic_write_text, file_sha256
 from competition.foldrun import (DONE, LAST, FoldFinished, Inputs, Staleness, discard_unresumable, fold_lock,
@@ -38,52 +38,70 @@ from competition.foldrun import (DONE, LAST, FoldFinished, Inputs, Staleness, di
                                  retrain_command, staleness, start_work, timestamp)
 from competition.folds import ensure_folds, fold_path
 from competition.frontend import Frontend, make_frontend
+from competition.labels import fold_labels
 from competition.metrics import METRICS
 from competition.models import check_backbone, create_model
 from competition.observe import FoldObserver
+from competition.predictions import test_record
 
 RESERVED_COLUMNS = {"id", "label", "view"}
 
 
 @dataclass
 class Part:
-    """Clips of one role (train, val, holdout, test): where their audio is and, if known, their classes."""
+    """Clips of one role (train, val, holdout, test): where their audio is and, if known, their classes (and, for
+    pseudo-labelled training clips with pseudo.targets=soft, their target probabilities)."""
 
     ids: np.ndarray
-    cache: WaveCache
+    cache: WaveCache | JoinedCache
     rows: np.ndarray
     y: np.ndarray | None
+    soft: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
 
 
+def joined(part: Part, extra: Part, n_classes: int) -> Part:
+    """A fold's training clips and its pseudo-labelled clips as one Part (soft targets for all, if the extra have
+    them: one-hot for the labelled clips)."""
+    soft = None if extra.soft is None else np.concatenate([np.eye(n_classes)[part.y], extra.soft])
+    return Part(np.concatenate([part.ids, extra.ids]), JoinedCache(part.cache, extra.cache),
+                np.concatenate([part.rows, extra.rows + len(part.cache.clips)]), np.concatenate([part.y, extra.y]), soft)
+
+
 @dataclass
 class FoldData:
     classes: list[str]
-    train: Part
+    train: Part  # the pseudo-labelled clips last
     val: Part
     holdout: Part
     test: Part | None
+    n_pseudo: int = 0  # pseudo-labelled clips among the training clips
 
 
 @dataclass
 class DataSet:
-    """An experiment's data as every fold sees it: the training clips with their fold numbers, the test clips, and
-    the inputs record (config, fold-file hash, data fingerprints) that the fold outputs are checked against."""
+    """An experiment's data as every fold sees it: the training clips with their fold numbers, the test clips, each
+    fold's pseudo-labelled clips, and the inputs record (config, fold-file hash, data fingerprints, pseudo-labels'
+    provenance) that the fold outputs are checked against."""
 
     classes: list[str]
     train: Part  # every training clip, holdout included
     folds: np.ndarray  # each training clip's fold; -1 is the locked holdout
     test: Part | None
     inputs: Inputs
+    pseudo: dict[int, Part] = field(default_factory=dict)  # fold -> its pseudo-labelled clips (competition.labels)
 
     def fold(self, fold: int) -> FoldData:
         def part(mask: np.ndarray) -> Part:
             return Part(self.train.ids[mask], self.train.cache, self.train.rows[mask], self.train.y[mask])
 
-        return FoldData(self.classes, part((self.folds != fold) & (self.folds >= 0)), part(self.folds == fold),
-                        part(self.folds == -1), self.test)
+        train, extra = part((self.folds != fold) & (self.folds >= 0)), self.pseudo.get(fold)
+        if extra is not None and len(extra):
+            train = joined(train, extra, len(self.classes))
+        return FoldData(self.classes, train, part(self.folds == fold), part(self.folds == -1), self.test,
+                        len(extra) if extra is not None else 0)
 
 
 def load_data(exp: Experiment) -> DataSet:
@@ -105,9 +123,48 @@ def load_data(exp: Experiment) -> DataSet:
         test_split, test_cache = load_split(test_split, cfg, skip_bad=False)
         test = Part(test_split.clips["id"].to_numpy(), test_cache, test_cache.rows(test_split.clips["path"]), None)
         test_fingerprint = test_cache.fingerprint
-    inputs = Inputs(OmegaConf.to_container(cfg), list(exp.overrides), file_sha256(fold_path(cfg)),
-                    train_cache.fingerprint, test_fingerprint)
-    return DataSet(classes, train, clips["fold"].to_numpy(), test, inputs)
+    fold_file = file_sha256(fold_path(cfg))
+    pseudo, digests = pseudo_labelled(exp, classes, test, fold_file)
+    inputs = Inputs(OmegaConf.to_container(cfg), list(exp.overrides), fold_file, train_cache.fingerprint,
+                    test_fingerprint, digests)
+    return DataSet(classes, train, clips["fold"].to_numpy(), test, inputs, pseudo)
+
+
+def pseudo_labelled(exp: Experiment, classes: list[str], test: Part | None,
+                    fold_file: str) -> tuple[dict[int, Part], dict[str, str]]:
+    """Each fold's pseudo-labelled clips (competition.labels) and the digests of the predictions that labelled them;
+    none without pseudo.source."""
+    cfg = exp.cfg
+    if not cfg.pseudo.source:
+        return {}, {}
+    if exp.name in cfg.pseudo.source:
+        raise UserError(f"{exp.name}: pseudo.source names the experiment itself; name the experiments whose folds "
+                        "label its clips (e.g. the previous round)")
+    pool = test
+    if cfg.pseudo.test:  # a set predict named: its audio where the first source's record says predict read it
+        path = test_record(cfg.pseudo.source[0], cfg.pseudo.test)
+        try:
+            source = json.loads(path.read_text())["source"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"pseudo.test={cfg.pseudo.test}: {path} is missing or unreadable; predict that set with "
+                            f"python -m competition.predict exps={cfg.pseudo.source[0]} test=<folder> "
+                            f"name={cfg.pseudo.test}") from None
+        split, cache = load_split(index_test(with_test_source(cfg, source)), cfg, skip_bad=True)
+        pool = Part(split.clips["id"].to_numpy(), cache, cache.rows(split.clips["path"]), None)
+    if pool is None:
+        raise UserError(f"{exp.name}: pseudo.source is set but there are no clips to label: set data.test, or "
+                        "pseudo.test=<the name of a set competition.predict predicted>")
+    parts, digests = {}, {}
+    for fold in range(cfg.folds.n_splits):
+        labels = fold_labels(cfg, classes, fold, fold_file)
+        position = pd.Index(pool.ids).get_indexer(labels.ids)
+        if (position < 0).any():
+            raise UserError(f"pseudo.source: clip {labels.ids[position < 0][0]} that {', '.join(cfg.pseudo.source)} "
+                            "labelled is not among the clips to label now; predict the set again with the sources")
+        parts[fold] = Part(labels.ids, pool.cache, pool.rows[position], labels.probs.argmax(1),
+                           labels.probs.astype(np.float32) if cfg.pseudo.targets == "soft" else None)
+        digests[str(fold)] = labels.digest
+    return parts, digests
 
 
 def resolve_device(name: str) -> torch.device:
@@ -158,6 +215,14 @@ def make_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_
 def smooth_targets(y: torch.Tensor, n_classes: int, smoothing: float) -> torch.Tensor:
     """One-hot targets with `smoothing` of the mass spread evenly over all classes."""
     return F.one_hot(y, n_classes).float() * (1.0 - smoothing) + smoothing / n_classes
+
+
+def training_targets(part: Part, index: np.ndarray, n_classes: int, smoothing: float,
+                     device: torch.device) -> torch.Tensor:
+    """The batch's target distributions: smoothed one-hot labels, or the soft targets of pseudo-labelled clips."""
+    if part.soft is None:
+        return smooth_targets(torch.from_numpy(part.y[index]).to(device), n_classes, smoothing)
+    return torch.from_numpy(part.soft[index]).to(device) * (1.0 - smoothing) + smoothing / n_classes
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, keep: float = 1.0) -> torch.Tensor:
@@ -623,7 +688,8 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
     frontend = make_frontend(cfg).to(device)
     if cfg.frontend.kind == "logmel" and cfg.frontend.normalize == "dataset":
         frontend.fit(torch.from_numpy(wave) for _, wave in batches(data.train, t.eval_batch_size, crop_samples(cfg), None))
-    print(f"{title}: {len(data.train)} train, {len(data.val)} validation, {len(data.holdout)} holdout, "
+    pseudo = f" (of them {data.n_pseudo} pseudo-labelled)" if data.n_pseudo else ""
+    print(f"{title}: {len(data.train)} train{pseudo}, {len(data.val)} validation, {len(data.holdout)} holdout, "
           f"{len(data.test) if data.test else 0} test clips; {len(data.classes)} classes; "
           f"{cfg.model.name} on {device}", file=sys.stderr)
     if hasattr(model, "fit"):
@@ -721,6 +787,7 @@ def _finish(cfg: DictConfig, model: torch.nn.Module, frontend: Frontend, data: F
     plot_curves(pd.DataFrame(history), cfg.train.metric, work / "curves.png")
     summary = {"classes": data.classes, "best_epoch": best_epoch, "epochs_run": len(history) and history[-1]["epoch"],
                "device": str(device), "seconds": round(time.time() - started, 1), "n_train": len(data.train),
+               "n_pseudo": data.n_pseudo,
                "tta_views": list(cfg.tta.views), **({"averaged": averaged} if averaged else {})}
     summary.update(predict_splits(model, frontend, cfg, data, device, work))
     return summary
@@ -760,8 +827,8 @@ def _train_epoch(cfg: DictConfig, state: TrainState, data: FoldData, frontend: F
     for index, wave in bar:
         wave = augmenter.wave(wave.to(device, non_blocking=True), state.generator)
         x = augmenter.spec(frontend(wave), state.generator)
-        y = torch.from_numpy(data.train.y[index]).to(device)
-        x, targets = augmenter.mix(x, smooth_targets(y, len(data.classes), t.label_smoothing), state.generator)
+        x, targets = augmenter.mix(x, training_targets(data.train, index, len(data.classes), t.label_smoothing, device),
+                                   state.generator)
         if not losses:
             for observer in observers:
                 observer.inputs(x, targets, data.classes)

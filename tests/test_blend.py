@@ -20,7 +20,7 @@ from competition import blend, evidence, predict
 from competition.ensemble import (METHODS, apply_stacker, as_network, fit_caruana, fit_scipy, geometric_mean,
                                   hard_vote, mean_probability, nested_score, rank_average, stack_features)
 from competition.evidence import paired_test
-from competition.members import ViewPreds
+from competition.predictions import ViewPreds
 from competition.config import SubmissionConfig
 from conftest import error_line, run_verb, tone, write_clip, write_tones_data, write_tones_experiment
 from competition.errors import UserError
