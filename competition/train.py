@@ -519,9 +519,10 @@ def _prepare_work(exp: Experiment, fold: int, work: Path, inputs: Inputs, resume
 
 def train_fold(exp: Experiment, fold: int, device_name: str = "auto", overwrite: bool = False,
                resume: bool = False, data: DataSet | None = None, observers: Sequence[FoldObserver] = ()) -> dict:
-    """Train, pick the best epoch on the fold's validation clips, predict every split and publish the fold. A
-    finished fold is kept unless overwrite is asked for: if it is current it is refused, if only its predictions are
-    out of date (other views or test clips) they are redone from its model, and if it is stale the reasons are named."""
+    """Train, pick the best epoch on the fold's validation clips (or average several: train.swa, train.average_best),
+    predict every split and publish the fold. A finished fold is kept unless overwrite is asked for: if it is current
+    it is refused, if only its predictions are out of date (other views or test clips) they are redone from its
+    model, and if it is stale the reasons are named."""
     cfg = exp.cfg
     check_backbone(cfg.model.name)  # cheap checks before decoding any audio
     if not 0 <= fold < cfg.folds.n_splits:
