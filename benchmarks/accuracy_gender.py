@@ -31,6 +31,10 @@ Methods, each trained and scored on exactly the same split:
    embedding from the resemblyzer wheel, fitted exactly).
 6. `voice pitch + voice encoder`: `competition.blend exps=<voice pitch>,<voice encoder> method=soft`, the two
    experiments above blended (no training of its own; its seconds are the blend's).
+8. `the pair after a pseudo-label round` (`pl`): `competition.pseudo exps=<voice pitch>,<voice encoder>
+   threshold=0.9` and the same with the encoder first (each round is its first source's recipe trained again with
+   the test clips the two label at 0.9 or more; fold k labelled by their fold k alone), then the two rounds blended
+   soft as the pair is. Its seconds are the two rounds' and the blend's.
 7. `probe`: the frozen-encoder linear probe the encoder recipes must beat: the same speaker encoder on each whole
    clip (competition.encoders, mean of its windows, unit length) + one scikit-learn LogisticRegression (default C)
    on every training clip, no folds.
@@ -72,7 +76,10 @@ MANY_TEST_PER_GENDER = 15  # 30 of 102 speakers held out
 FEW_TRAIN_PER_GENDER = {"few": 8, "six": 3}  # training speakers per gender: 16 (86 test speakers), 6 (96)
 GROUPINGS = {"spk": "speaker", "clip": "per clip"}  # data-name suffix -> how the folds are made
 METHODS = {"old": "old default (cnn)", "new": "new default (voice)", "pitch": "voice pitch", "enc": "voice encoder",
-           "pair": "voice pitch + voice encoder"}  # pair blends the pitch and enc experiments: list it after both
+           "pair": "voice pitch + voice encoder", "pl": "the pair after a pseudo-label round"}
+# pair blends the pitch and enc experiments, pl trains a pseudo-label round of each on the pair's labels: list them
+# after both
+PSEUDO_THRESHOLD = 0.9  # pl: the test clips whose pair probability reaches this are trained on
 BASELINE = "baseline (log-mel + LR)"
 PROBE = "probe (speaker encoder + LR)"
 VOICE_ENCODER_RECIPE = REPO / "experiments" / "_recipes" / "voice_encoder.yaml"
@@ -251,6 +258,13 @@ def run_toolkit(root: Path, split: Split, method: str, grouping: str, exp: str, 
         if method == "pair":
             members = ",".join(exp.replace("_pair", f"_{part}") for part in ("pitch", "enc"))
             toolkit(root, exp, ["competition.blend", f"exps={members}", "method=soft", f"name={exp}"], env)
+        elif method == "pl":  # each of the pair again, on the test clips both label surely (the first is the base)
+            pitch, enc = (exp.replace("_pl", f"_{part}") for part in ("pitch", "enc"))
+            for sources, part in ((f"{pitch},{enc}", "pitch"), (f"{enc},{pitch}", "enc")):
+                toolkit(root, exp, ["competition.pseudo", f"exps={sources}", f"name={exp}_{part}",
+                                    f"threshold={PSEUDO_THRESHOLD}", f"device={device}"], env)
+            toolkit(root, exp, ["competition.blend", f"exps={exp}_pitch1,{exp}_enc1", "method=soft", f"name={exp}"],
+                    env)
         else:
             toolkit(root, exp, ["competition.run", f"exp={exp}", "fold=all", f"device={device}"], env)
             toolkit(root, exp, ["competition.blend", f"exps={exp}", f"name={exp}"], env)
@@ -325,8 +339,9 @@ def main() -> None:
     unknown = [r for r in regimes if r not in ("many", "few", "six")]
     if unknown or not regimes:
         raise SystemExit(f"--regimes: choose from many, few, six (got {args.regimes})")
-    if "pair" in methods and not {"pitch", "enc"} <= set(methods[:methods.index("pair")]):
-        raise SystemExit("--methods: pair blends pitch and enc, so list both before it")
+    for method in ("pair", "pl"):
+        if method in methods and not {"pitch", "enc"} <= set(methods[:methods.index(method)]):
+            raise SystemExit(f"--methods: {method} builds on pitch and enc, so list both before it")
 
     clips = pd.read_csv(DATA / "clips.tsv", sep="\t", dtype=str)
     clips["id"] = clips["clip"].str.replace(r"\.wav$", "", regex=True)
@@ -359,7 +374,7 @@ def main() -> None:
                                         with_speaker, args.splits)
                 for method in methods:
                     exp = f"{split.tag}_{grouping}_{method}"
-                    if method != "pair":
+                    if method not in ("pair", "pl"):
                         write_experiment(root, exp, contest, method, args.epochs)
                     result = run_toolkit(root, split, method, grouping, exp, truth, args.device, env)
                     done.append(result)
