@@ -690,6 +690,10 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
     if cfg.frontend.kind == "logmel" and cfg.frontend.normalize == "dataset":
         frontend.fit(torch.from_numpy(wave) for _, wave in batches(data.train, t.eval_batch_size, crop_samples(cfg), None))
     pseudo = f" (of them {data.n_pseudo} pseudo-labelled)" if data.n_pseudo else ""
+    if cfg.pseudo.source and not data.n_pseudo:  # e.g. a source fold that kept an early, unsure epoch
+        print(f"warning: {title}: no clip reaches pseudo.threshold={cfg.pseudo.threshold} in the predictions of "
+              f"fold {fold} of {', '.join(cfg.pseudo.source)}, so it trains without pseudo-labels; lower the "
+              "threshold, or look at that source fold's probabilities", file=sys.stderr)
     print(f"{title}: {len(data.train)} train{pseudo}, {len(data.val)} validation, {len(data.holdout)} holdout, "
           f"{len(data.test) if data.test else 0} test clips; {len(data.classes)} classes; "
           f"{cfg.model.name} on {device}", file=sys.stderr)

@@ -159,6 +159,11 @@ def test_the_command_trains_rounds_each_labelled_by_the_one_before(tmp_path: Pat
     assert [path.stat().st_mtime_ns for path in done] == stamps
     code, _, err = run_verb(capsys, pseudo, "exps=tones", "threshold=0.6", "device=cpu")
     assert code == 2 and "tones_pl1/config.yaml exists and says otherwise" in error_line(err)
+    # a fold that no label reaches says so
+    code, _, err = run_verb(capsys, run, "exp=tones_pl1", "fold=1", "device=cpu", "overwrite=true",
+                            "pseudo.threshold=1.0")
+    assert code == 0 and "warning: tones_pl1 fold 1: no clip reaches pseudo.threshold=1.0 in the predictions of fold 1 " \
+                         "of tones" in err
     # the source's fold 0 retrained (another penalty): round one's fold 0 is stale, and blend says why
     assert run_verb(capsys, run, "exp=tones", "fold=0", "device=cpu", "overwrite=true", "train.weight_decay=0.5")[0] == 0
     code, _, err = run_verb(capsys, blend, "exps=tones_pl1")
