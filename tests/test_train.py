@@ -94,10 +94,9 @@ def test_interrupted_fold_does_not_look_finished(tones: Path, monkeypatch: pytes
 
 
 @pytest.mark.parametrize("averaging,killed_after", [
-    ([], 1),
-    (["train.swa=3"], 4),  # the window of epochs 2-4 is in last.pt; 4 is still averaged after epochs 5 and 6
-    (["train.average_best=2"], 5),  # one epoch after the kill cannot make two best epochs alone
-], ids=["best_epoch", "swa", "average_best"])
+    (["train.swa=2"], 3),  # the window of epochs 2-3 is in last.pt; 3 is still averaged after epoch 4
+    (["train.average_best=2"], 3),  # one epoch after the kill cannot make two best epochs alone
+], ids=["swa", "average_best"])  # each also resumes what a plain fold does: weights, EMA, optimizer, schedule, RNGs
 def test_killed_fold_resumes_to_the_same_result(tones: Path, capsys: pytest.CaptureFixture, averaging: list[str],
                                                 killed_after: int) -> None:
     """SIGKILL mid-run, then resume=true: the fold finishes with the outputs an uninterrupted run gives, also when
@@ -109,7 +108,7 @@ def test_killed_fold_resumes_to_the_same_result(tones: Path, capsys: pytest.Capt
     from competition import run
 
     shutil.copytree(tones / "experiments" / "tones", tones / "experiments" / "killed")
-    args = ["train.epochs=6", "train.ema=0.9", "train.label_smoothing=0.1", *averaging, "device=cpu"]
+    args = ["train.epochs=4", "train.ema=0.9", "train.label_smoothing=0.1", *averaging, "device=cpu"]
     process = subprocess.Popen([sys.executable, "-m", "competition.run", "exp=killed", "fold=0", *args], cwd=tones,
                                env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -143,7 +142,7 @@ def test_killed_fold_resumes_to_the_same_result(tones: Path, capsys: pytest.Capt
     pd.testing.assert_frame_equal(pd.read_csv(killed / "metrics.csv")[columns],
                                   pd.read_csv(reference / "metrics.csv")[columns])
     resumed, uninterrupted = (torch.load(path / "model.pt", weights_only=True) for path in (killed, reference))
-    assert resumed.get("averaged") == uninterrupted.get("averaged") and (averaging == []) == ("averaged" not in resumed)
+    assert resumed.get("averaged") == uninterrupted.get("averaged") and "averaged" in resumed
     assert resumed["model"].keys() == uninterrupted["model"].keys()
     for name, tensor in uninterrupted["model"].items():
         assert torch.equal(resumed["model"][name], tensor), name
@@ -211,11 +210,11 @@ def test_pretrained_offline_says_how_to_supply_weights(tones: Path) -> None:
 def test_fsdd_subset_grouped_by_speaker_learns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Real recordings, folds by speaker: the validation speaker was never heard, and it still beats chance."""
     fsdd = shared_data("fsdd", "recordings")
-    subset = tmp_path / "fsdd"  # 4 speakers x 10 digits x 20 takes, linked, never copied
+    subset = tmp_path / "fsdd"  # 4 speakers x 10 digits x 12 takes, linked, never copied
     subset.mkdir()
     for path in fsdd.glob("*.wav"):
         digit, speaker, take = path.stem.split("_")
-        if speaker in {"jackson", "nicolas", "theo", "george"} and int(take) < 20:
+        if speaker in {"jackson", "nicolas", "theo", "george"} and int(take) < 12:
             (subset / path.name).symlink_to(path)
     exp = tmp_path / "experiments" / "fsdd"
     exp.mkdir(parents=True)
@@ -234,8 +233,8 @@ train: {{epochs: 8, batch_size: 32, lr: 0.003}}
     summary = train_fold(load_experiment("fsdd"), 0, "cpu")
     folds = pd.read_csv(tmp_path / "folds" / "fsdd_subset.csv")
     assert folds.groupby("group")["fold"].nunique().max() == 1  # no speaker in two folds
-    assert summary["n_val"] == 200 and summary["n_train"] == 600
-    assert summary["val_accuracy"] > 0.3  # chance is 0.1
+    assert summary["n_val"] == 120 and summary["n_train"] == 360
+    assert summary["val_accuracy"] > 0.3, summary["val_accuracy"]  # chance is 0.1
 
 
 def test_ohem_keeps_only_the_hardest_samples_and_smoothing_matches_torch() -> None:
