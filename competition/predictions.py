@@ -5,6 +5,7 @@ Long format: one row per clip and TTA view (id, view, [label,] one column per cl
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,3 +84,13 @@ def read_preds(path: Path, classes: list[str], views: list[str] | None) -> ViewP
 def test_record(experiment: str, name: str) -> Path:
     """Where predict records the test set it predicted under `name` for an experiment: its source, clips, content."""
     return EXPERIMENTS_DIR / experiment / f"test-{name}.json"
+
+
+def recorded_source(experiment: str, name: str) -> dict:
+    """Where predict read the test set it named `name` for `experiment` (path and source keys), from its record."""
+    path = test_record(experiment, name)
+    try:
+        return dict(json.loads(path.read_text())["source"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise UserError(f"{path} is missing or unreadable; predict that set with python -m competition.predict "
+                        f"exps={experiment} test=<folder> name={name}") from None

@@ -24,8 +24,6 @@ from competition.cli import exit_on_help
 if __name__ == "__main__":
     exit_on_help(__doc__)  # before the imports below: --help needs none of torch, timm or librosa
 
-import json
-
 from omegaconf import OmegaConf
 
 from competition import predict, run
@@ -33,7 +31,7 @@ from competition.cli import main_guard, parse_bool
 from competition.config import EXPERIMENTS_DIR, load_experiment, parse_cli, parse_overrides
 from competition.errors import UserError
 from competition.files import atomic_write_text
-from competition.predictions import test_record
+from competition.predictions import recorded_source
 
 COMMAND_KEYS = {"exps": "", "rounds": "1", "threshold": "0.9", "targets": "hard", "test": "", "name": "",
                 "device": "auto", "train": "true", "overwrite": "false"}
@@ -72,7 +70,7 @@ def write_round(name: str, text: str, overwrite: bool) -> None:
 
 def predict_named_set(experiment: str, labelled_by: str, name: str, device: str) -> None:
     """The round's folds predict the set `name` where the round before them read it, for the next round's labels."""
-    source = json.loads(test_record(labelled_by, name).read_text())["source"]
+    source = recorded_source(labelled_by, name)
     extra = [f"test.{key}={value}" for key, value in source.items() if key != "path" and value not in ("", None)]
     predict.main([f"exps={experiment}", f"test={source['path']}", f"name={name}", f"device={device}",
                   "overwrite=true", *extra])

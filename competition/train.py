@@ -42,7 +42,7 @@ from competition.labels import fold_labels
 from competition.metrics import METRICS
 from competition.models import check_backbone, create_model
 from competition.observe import FoldObserver
-from competition.predictions import test_record
+from competition.predictions import recorded_source
 
 RESERVED_COLUMNS = {"id", "label", "view"}
 
@@ -142,13 +142,10 @@ def pseudo_labelled(exp: Experiment, classes: list[str], test: Part | None,
                         "label its clips (e.g. the previous round)")
     pool = test
     if cfg.pseudo.test:  # a set predict named: its audio where the first source's record says predict read it
-        path = test_record(cfg.pseudo.source[0], cfg.pseudo.test)
         try:
-            source = json.loads(path.read_text())["source"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f"pseudo.test={cfg.pseudo.test}: {path} is missing or unreadable; predict that set with "
-                            f"python -m competition.predict exps={cfg.pseudo.source[0]} test=<folder> "
-                            f"name={cfg.pseudo.test}") from None
+            source = recorded_source(cfg.pseudo.source[0], cfg.pseudo.test)
+        except UserError as exc:
+            raise UserError(f"pseudo.test={cfg.pseudo.test}: {exc}") from None
         split, cache = load_split(index_test(with_test_source(cfg, source)), cfg, skip_bad=True)
         pool = Part(split.clips["id"].to_numpy(), cache, cache.rows(split.clips["path"]), None)
     if pool is None:
