@@ -1,4 +1,9 @@
-"""Scores on class probabilities, by name, so training, early stopping and blending agree on one definition."""
+"""Scores on class probabilities, by name, so training, early stopping and blending agree on one definition.
+
+A single-label contest scores `y`, class indices (clips,), against `p`, rows of probabilities that sum to one
+(clips, classes). A multi-label contest scores `y`, a float 0/1 array (clips, classes) whose soft values count as
+positive from 0.5 where a metric ranks or thresholds, against `p`, independent per-class probabilities (sigmoids)
+of the same shape. `Metric.tasks` says which of the two a metric accepts."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,26 +12,74 @@ from typing import Callable
 import numpy as np
 from sklearn import metrics
 
+TASKS = ("single", "multilabel")
+
 
 @dataclass(frozen=True)
 class Metric:
     name: str
-    score: Callable[[np.ndarray, np.ndarray], float]  # (true class indices, probabilities (n, classes))
+    score: Callable[[np.ndarray, np.ndarray], float]  # (truth, probabilities (clips, classes)): see the module doc
     greater_is_better: bool = True
+    tasks: tuple[str, ...] = ("single",)  # among TASKS: the contests whose `y` and `p` the score understands
 
     def better(self, new: float, old: float | None) -> bool:
         return old is None or (new > old if self.greater_is_better else new < old)
 
 
 def _roc_auc(y: np.ndarray, p: np.ndarray) -> float:
-    """Binary ROC AUC, or the macro one-vs-rest mean over the classes present in `y`: a class without clips has no
-    AUC, and letting it make the whole score NaN would blind early stopping. NaN only with fewer than two classes."""
+    """Binary ROC AUC, or the macro mean of per-class (one-vs-rest) AUCs over the classes that have both positive and
+    negative clips: a class without one of them has no AUC, and letting it make the whole score NaN would blind early
+    stopping. NaN only when no class qualifies. Multi-label when `y` is 2-D."""
+    if y.ndim == 2:
+        positive = y >= 0.5
+        counts = positive.sum(0)
+        scored = np.flatnonzero((counts > 0) & (counts < len(y)))
+        if len(scored) == 0:
+            return float("nan")
+        return float(np.mean([metrics.roc_auc_score(positive[:, c], p[:, c]) for c in scored]))
     present = np.unique(y)
     if len(present) < 2:
         return float("nan")
     if p.shape[1] == 2:
-        return metrics.roc_auc_score(y, p[:, 1])
+        return float(metrics.roc_auc_score(y, p[:, 1]))
     return float(np.mean([metrics.roc_auc_score(y == c, p[:, c]) for c in present]))
+
+
+def _lwlrap(y: np.ndarray, p: np.ndarray) -> float:
+    """Label-weighted label-ranking average precision (Freesound Audio Tagging 2019): for each positive (clip, label)
+    pair, the share of positive labels among the clip's labels scored at least as high; averaged with every pair
+    weighing the same, so a clip with many labels counts more than plain LRAP's one vote per clip. That is sklearn's
+    LRAP weighted by each clip's number of positives; clips without a positive carry no pair and are left out."""
+    positive = y >= 0.5
+    counts = positive.sum(1)
+    keep = counts > 0
+    if not keep.any():
+        return float("nan")
+    return float(metrics.label_ranking_average_precision_score(positive[keep], p[keep], sample_weight=counts[keep]))
+
+
+def _cmap(y: np.ndarray, p: np.ndarray, padding_factor: int = 5) -> float:
+    """Padded class-mean average precision (the BirdCLEF 2021/2022 Kaggle metric): `padding_factor` rows of all ones
+    appended to both truth and prediction, then the macro mean of per-class average precision. A class with no
+    positive clip would have no average precision; the padding gives every class positives scored at the top, so such
+    a class counts as perfect and each real class's score is pulled towards one, as on the leaderboard."""
+    pad = np.ones((padding_factor, y.shape[1]))
+    truth = np.vstack([y >= 0.5, pad])
+    return float(metrics.average_precision_score(truth, np.vstack([p, pad]), average="macro"))
+
+
+def _macro_f1_threshold(y: np.ndarray, p: np.ndarray) -> float:
+    """Macro F1 over classes of the predictions thresholded at 0.5 (p >= 0.5 is a positive); a class with neither a
+    true nor a predicted positive scores 0 rather than a warning."""
+    return float(metrics.f1_score(y >= 0.5, p >= 0.5, average="macro", zero_division=0))
+
+
+def _bce(y: np.ndarray, p: np.ndarray) -> float:
+    """Mean binary cross-entropy over clips and classes, the multi-label log loss: smooth where the ranking metrics
+    move in steps, and it takes soft labels as they are. Probabilities are clipped to [1e-15, 1 - 1e-15] so one
+    confident mistake costs a large finite amount instead of infinity."""
+    q = np.clip(p, 1e-15, 1 - 1e-15)
+    return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
 
 
 METRICS = {
@@ -34,5 +87,9 @@ METRICS = {
     "balanced_accuracy": Metric("balanced_accuracy", lambda y, p: metrics.balanced_accuracy_score(y, p.argmax(1))),
     "macro_f1": Metric("macro_f1", lambda y, p: metrics.f1_score(y, p.argmax(1), average="macro")),
     "log_loss": Metric("log_loss", lambda y, p: metrics.log_loss(y, p, labels=np.arange(p.shape[1])), False),
-    "roc_auc": Metric("roc_auc", _roc_auc),
+    "roc_auc": Metric("roc_auc", _roc_auc, tasks=TASKS),
+    "lwlrap": Metric("lwlrap", _lwlrap, tasks=("multilabel",)),
+    "cmap": Metric("cmap", _cmap, tasks=("multilabel",)),
+    "macro_f1_threshold": Metric("macro_f1_threshold", _macro_f1_threshold, tasks=("multilabel",)),
+    "bce": Metric("bce", _bce, False, tasks=("multilabel",)),
 }
