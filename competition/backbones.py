@@ -1,6 +1,7 @@
-"""Models of our own, registered with timm so that `model.name` picks them like any timm backbone.
+"""Models of our own, registered with timm so that `model.name` picks them like any timm backbone, and the SED head
+(`model.head=sed`) that `competition.models.create_model` puts on any timm CNN.
 
-A new one is a function here decorated with timm's `register_model`; `competition.models.create_model` builds it.
+A new model is a function here decorated with timm's `register_model`; `competition.models.create_model` builds it.
 """
 from __future__ import annotations
 
@@ -101,3 +102,57 @@ def embedding_mlp(pretrained: bool = False, num_classes: int = 2, drop_rate: flo
     if pretrained:
         raise ValueError("embedding_mlp has no pretrained weights")
     return EmbeddingMLP(num_classes, drop_rate=drop_rate)
+
+
+class SEDHead(torch.nn.Module):
+    """Sound event detection head, as PANNs' AttBlock (and the BirdCLEF / Cornell birdcall winners that reused it),
+    on a CNN's (batch, channels, freq, time) feature map: the map is averaged over frequency into one feature vector
+    per time frame, each smoothed with its neighbours (max + mean over 3 frames, as PANNs do), then two 1x1
+    convolutions over time give each frame a logit per class (`cla`) and an attention score per class (`att`).
+
+    The scores are normalised with a softmax over time and no tanh before it (PANNs bound them with tanh, so that no
+    frame ever weighs more than e^2 times another): the weights pool logits here, and a short event in a long clip
+    needs its few frames to dominate, up to max pooling where the training asks for it."""
+
+    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        self.dropout = torch.nn.Dropout(drop_rate)
+        self.cla = torch.nn.Conv1d(in_features, num_classes, 1)
+        self.att = torch.nn.Conv1d(in_features, num_classes, 1)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frame-wise logits and attention weights, each (batch, frames, classes); the weights sum to 1 over frames."""
+        x = features.mean(2)
+        x = self.dropout(F.max_pool1d(x, 3, 1, 1) + F.avg_pool1d(x, 3, 1, 1))
+        return self.cla(x).transpose(1, 2), self.att(x).softmax(2).transpose(1, 2)
+
+
+class SEDModel(torch.nn.Module):
+    """A timm CNN built with num_classes=0, global_pool="" (its pooling and classifier left out) under an SEDHead.
+
+    `forward` gives clip-wise logits (batch, classes), as every model here does, since the toolkit applies the
+    softmax (single-label) or sigmoid (multi-label) itself: per class, the frame-wise logits weighted by the attention
+    over time and summed. PANNs pool probabilities instead; pooling logits keeps one output for both tasks."""
+
+    def __init__(self, backbone: torch.nn.Module, num_classes: int, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = SEDHead(backbone.num_features, num_classes, drop_rate)
+
+    def frames(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frame-wise logits and their attention weights over time, each (batch, frames, classes) (see framewise)."""
+        return self.head(self.backbone.forward_features(x))
+
+    def framewise(self, x: torch.Tensor) -> torch.Tensor:
+        """Frame-wise logits (batch, frames, classes) of a (batch, 1, n_mels, spectrogram frames) input.
+
+        Frame i sums up spectrogram frames [i * r, (i + 1) * r), r the backbone's time stride (timm's
+        `feature_info[-1]["reduction"]`: 32 for resnets, efficientnets, mobilenets and convnexts), so it starts about
+        i * r * frontend.hop_length / audio.sample_rate seconds into the clip (0.32 s per frame at hop 160 and
+        16 kHz); it sees a wider context (the receptive field, and the 3-frame smoothing). There are about
+        spectrogram frames / r of them, rounded up or down by the backbone's padding: count them on the output."""
+        return self.frames(x)[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits, weights = self.frames(x)
+        return (logits * weights).sum(1)
