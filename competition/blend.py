@@ -55,7 +55,8 @@ from competition.folds import FOLDS_DIR, per_clip_warning, read_folds
 from competition.members import (Member, TestSet, check_fold_files, check_test_predictions, class_prior,
                                  configured_test_set, load_members, named_test_set, pick_metric, submission_format)
 from competition.report import table_cells, text_table, write_reports
-from competition.submission import SUBMISSIONS_DIR, answer_path, write_answer
+from competition.submission import SUBMISSIONS_DIR, answer_cells, answer_path, write_answer
+from competition.task import task_of
 from competition.tracking import mirror_blend
 
 COMMAND_KEYS = {"exps": "", "method": "auto", "name": "", "metric": "", "missing": "skip", "stale": "fail",
@@ -64,13 +65,13 @@ COMMAND_KEYS = {"exps": "", "method": "auto", "name": "", "metric": "", "missing
 
 def submit(members: list[Member], chosen: Row, fmt: DictConfig, path: Path, test_set: TestSet) -> int:
     """The method's labels for the test clips, checked against the test set's own file list, written atomically;
-    its unreadable clips (named, one line each) get the training clips' most frequent class."""
+    its unreadable clips (named, one line each) get the training clips' class frequencies."""
     method, tta = parse_method(chosen.method)
     test = ensemble(members, "test", method, tta, chosen.weights, chosen.stacker)  # every fold has them: see main
     classes = members[0].folds[0].classes
-    ids, labels = answered(test, classes, test_set.unreadable,
-                           lambda: class_prior(members[0].cfg.data.name, classes))
-    write_answer(path, ids, labels, test_set.ids, classes, fmt)
+    task = task_of(members[0].cfg)
+    ids, probs = answered(test, test_set.unreadable, lambda: class_prior(members[0].cfg.data.name, classes, task))
+    write_answer(path, ids, answer_cells(probs, classes, fmt, task), test_set.ids, classes, fmt, task)
     return len(ids)
 
 
@@ -106,10 +107,11 @@ def main(argv: list[str]) -> None:
         print(warning, file=sys.stderr)
     metric = pick_metric(members, options["metric"])
     fmt = submission_format(members, overrides)
-    methods = offered(len(members[0].folds[0].classes))
+    methods = offered(len(members[0].folds[0].classes), task_of(members[0].cfg).multilabel)
     if method != "auto" and parse_method(method)[0] not in methods:
-        raise UserError(f"method={method}: rank averaging on two classes only says whether a clip lies above the "
-                        "median clip (the classes' ranks mirror each other); use method=soft")
+        why = ("has no multi-label form" if task_of(members[0].cfg).multilabel else "(rank averaging on two classes) "
+               "only says whether a clip lies above the median clip (the classes' ranks mirror each other)")
+        raise UserError(f"method={method} {why}; use method=soft")
     label, decision = choose_method(members, metric) if method == "auto" else (method, None)
     name = options["name"] or f"{test_name or data_name}-{label}"
     answer = answer_path(name, fmt)

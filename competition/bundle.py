@@ -294,6 +294,12 @@ def open_bundle(path: Path) -> tuple[dict, Callable[[str], bytes]]:
     return manifest, checked
 
 
+def _multilabel(manifest: dict) -> bool:
+    """Whether the bundle's models answer a multi-label contest (their configs' data.task)."""
+    data = manifest["models"][0]["config"].get("data")
+    return isinstance(data, dict) and data.get("task") == "multilabel"
+
+
 def from_bundle(path: Path, views: list[str] | None, test: dict, name: str, method: str,
                 blend_report: str) -> Ensemble:
     """The bundle's fold models, each config on the schema with the test source of the command line and the local
@@ -305,7 +311,7 @@ def from_bundle(path: Path, views: list[str] | None, test: dict, name: str, meth
     classes = manifest["classes"]
     experiments = list(dict.fromkeys(m["experiment"] for m in manifest["models"]))
     chosen, weights, stacker = (manifest["method"], manifest["weights"], manifest.get("stacker")) if not method \
-        else choose(method, "", experiments, len(classes))
+        else choose(method, "", experiments, len(classes), _multilabel(manifest))
     models = []
     for i, entry in enumerate(manifest["models"]):
         try:

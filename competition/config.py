@@ -38,11 +38,16 @@ class SourceConfig:
     label_column: str = "label"
     group_column: str = ""  # a column naming the speaker (or any group that must stay in one fold)
     filename_regex: str = ""  # matched against the file name without extension; named groups: label, group
+    label_separator: str = " "  # data.task=multilabel: between a clip's labels in the label column ("" none: each
+    # clip one label)
+    label_columns: list[str] = field(default_factory=list)  # data.task=multilabel: one column per class instead of a
+    # label column (0/1, or probabilities for soft labels); the column names are the classes
 
 
 @dataclass
 class DataConfig:
     name: str = ""  # names the fold file folds/<name>.csv and the waveform cache
+    task: str = "single"  # single (one class per clip: softmax) | multilabel (any number: a sigmoid per class)
     train: SourceConfig = field(default_factory=lambda: SourceConfig(layout="table"))
     test: Optional[SourceConfig] = None
     extensions: list[str] = field(default_factory=lambda: [".wav", ".flac"])
@@ -91,6 +96,8 @@ class ModelConfig:
     pretrained: bool = False
     weights_file: str = ""  # local pretrained weights (.pth, .bin, .safetensors); adapted to in_chans=1
     drop_rate: float = 0.0
+    head: str = "plain"  # plain (the backbone's own pooling and classifier) | sed (frame-wise classifier over the
+    # feature map pooled over frequency, attention pooling over time: competition.backbones.SEDHead)
 
 
 @dataclass
@@ -103,8 +110,11 @@ class TrainConfig:
     schedule: str = "onecycle"  # onecycle | cosine | linear | constant, per step
     warmup_epochs: float = 0.0  # linear warm-up before the schedule (onecycle: its own rising phase)
     patience: int = 0  # stop after this many epochs without a better validation metric; 0 never stops early
-    metric: str = "accuracy"  # accuracy | balanced_accuracy | macro_f1 | log_loss | roc_auc
+    metric: str = ""  # single-label: accuracy | balanced_accuracy | macro_f1 | log_loss | roc_auc; multilabel
+    # (data.task): lwlrap | cmap | roc_auc | macro_f1_threshold | bce (competition.metrics.METRICS); "" is the task's
+    # first: accuracy, or lwlrap
     label_smoothing: float = 0.0
+    focal_gamma: float = 0.0  # data.task=multilabel: focal binary cross-entropy's gamma (e.g. 2); 0 is plain BCE
     ohem: float = 1.0  # keep this fraction of each batch's hardest samples in the loss; 1.0 keeps all
     grad_clip: float = 0.0  # max gradient norm; 0 leaves gradients alone
     ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999), used for evaluation
@@ -136,6 +146,9 @@ class SubmissionConfig:
     header: bool = True
     id_suffix: str = ""  # appended to each id, e.g. ".wav" when the contest names files
     extension: str = "csv"
+    columns: str = "label"  # label: one label column | classes: one probability column per class, named by it
+    threshold: float = 0.5  # data.task=multilabel, columns=label: a clip's labels are the classes at or above this
+    label_separator: str = " "  # data.task=multilabel, columns=label: between a clip's labels
 
 
 @dataclass
@@ -200,10 +213,14 @@ class Config:
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
 
 
+TASK_METRICS = {"single": "accuracy", "multilabel": "lwlrap"}  # train.metric when none is given
 SPACE_KEYS = ("choices", "low", "high", "log", "step")
 CHOICES = {
     "data.train.layout": ("table", "class_folders", "filename", "files"),
     "frontend.kind": ("logmel", "clip_stats", "encoder"),
+    "data.task": ("single", "multilabel"),
+    "model.head": ("plain", "sed"),
+    "submission.columns": ("label", "classes"),
     "folds.groups": ("", "voice"),
     "pseudo.targets": ("hard", "soft"),
     "frontend.pool": POOLS,
@@ -464,6 +481,21 @@ def validate(cfg: DictConfig, origin: str, command_line: set[str] = frozenset())
             hint = f"did you mean '{close[0]}'? " if close else ""
             listing = ", ".join(c or "''" for c in choices)  # '' is a choice too (folds.groups)
             raise UserError(f"{where(key)}: '{key}' is '{value}'; {hint}choose one of {listing}")
+    metric = METRICS[cfg.train.metric]
+    if cfg.data.task not in metric.tasks:
+        fitting = ", ".join(name for name, m in METRICS.items() if cfg.data.task in m.tasks)
+        given = [where(key) for key in ("train.metric", "data.task")]
+        raise UserError(f"{'command line' if 'command line' in given else origin}: 'train.metric' is {metric.name}, "
+                        f"which does not score data.task={cfg.data.task} contests; choose one of {fitting}")
+    if cfg.data.task == "multilabel" and cfg.pseudo.source:
+        raise UserError(f"{where('pseudo.source')}: pseudo-labels are made for single-label contests only "
+                        "(data.task=single); leave pseudo.source empty")
+    if cfg.train.focal_gamma < 0:
+        raise UserError(f"{where('train.focal_gamma')}: 'train.focal_gamma' cannot be negative, got "
+                        f"{cfg.train.focal_gamma}")
+    if not 0.0 < cfg.submission.threshold < 1.0:
+        raise UserError(f"{where('submission.threshold')}: 'submission.threshold' is a probability in (0, 1), got "
+                        f"{cfg.submission.threshold}")
     if cfg.data.test is not None and cfg.data.test.layout != "files":
         raise UserError(f"{where('data.test.layout')}: 'data.test.layout' must be 'files' (test clips carry no labels)")
     positive = ["audio.sample_rate", "audio.duration", "folds.n_splits", "frontend.n_mels", "frontend.n_fft",
@@ -616,6 +648,8 @@ def load_config(config_file: Path, overrides: list[str] = ()) -> DictConfig:
     except OmegaConfBaseException as exc:
         raise UserError(f"{config_file}: cannot resolve an interpolation: {str(exc).splitlines()[0]}") from None
     given = set(_flatten(OmegaConf.to_container(command_line)))
+    if not cfg.train.metric:  # resolved here, so that a fold's record names the metric it was scored with
+        cfg.train.metric = TASK_METRICS.get(cfg.data.task, "accuracy")
     if not cfg.data.name:
         origin = "command line" if "data.name" in given else config_file
         raise UserError(f"{origin}: 'data.name' is empty; name the data set (it names folds/<name>.csv)")

@@ -15,10 +15,12 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from competition.errors import UserError
+from competition.task import Task, task_of
 
 
 def examples(items: list[str], n: int = 3) -> str:
@@ -179,8 +181,10 @@ def _decode_table(data: bytes, name: str, encoding: str) -> str:
                         "to the table's encoding (e.g. cp1257, latin-1)") from None
 
 
-def _read_table(source: Source, cfg: DictConfig) -> pd.DataFrame:
-    """The label table as strings with columns id, label[, group]; bad lines named by number."""
+def _read_table(source: Source, cfg: DictConfig, task: Task) -> pd.DataFrame:
+    """The label table as strings with columns id, label[, group]; bad lines named by number. A multi-label table's
+    label is its label column (classes joined by data.train.label_separator; empty for none), or built from one 0/1
+    column per class (data.train.label_columns)."""
     data, name = source.open_table(cfg.table)
     text = _decode_table(data, name, cfg.encoding)
     delimiter = cfg.delimiter or ("\t" if name.lower().endswith(".tsv") else ",")
@@ -196,25 +200,41 @@ def _read_table(source: Source, cfg: DictConfig) -> pd.DataFrame:
         if table.shape[1] < 2:
             raise UserError(f"{name}: expected lines 'id{delimiter!r}label', found one column; check data.train.delimiter")
         table.columns = ["id", "label", "group", *[f"column{i}" for i in range(3, table.shape[1])]][: table.shape[1]]
-    wanted = {"id": cfg.id_column, "label": cfg.label_column}
+    by_class = list(cfg.label_columns) if task.multilabel else []
+    wanted = {"id": cfg.id_column} | ({} if by_class else {"label": cfg.label_column})
     if cfg.group_column:
         wanted["group"] = cfg.group_column
-    missing = [c for c in wanted.values() if c not in table.columns]
+    missing = [c for c in [*wanted.values(), *by_class] if c not in table.columns]
     if missing:
         raise UserError(f"{name}: no column {', '.join(map(repr, missing))}; columns are {', '.join(map(str, table.columns))}"
-                        f" (set data.train.id_column / label_column / group_column, or header=false)")
+                        f" (set data.train.id_column / label_column / label_columns / group_column, or header=false)")
+    if by_class:
+        table = table.assign(label=_labels_from_columns(table[by_class], name, first_line, task))
+        wanted["label"] = "label"
     table = table[list(wanted.values())].set_axis(list(wanted), axis=1)
     for column in wanted:
         values = table[column].fillna("").str.strip()  # a line with too few fields reads as missing (NaN)
         empty = (values == "").to_numpy().nonzero()[0]
-        if len(empty):
+        if len(empty) and not (column == "label" and task.multilabel):  # a multi-label clip may hold no class
             lines = [str(i + first_line) for i in empty]
             raise UserError(f"{name}: empty {column} on line {examples(lines)}; fix or remove those lines")
-        table[column] = values
+        table[column] = values.map(lambda label: task.join(task.split(label))) if column == "label" else values
     dupes = table["id"][table["id"].duplicated()].tolist()
     if dupes:
         raise UserError(f"{name}: id listed twice: {examples(dupes)}; each clip needs one label")
     return table
+
+
+def _labels_from_columns(columns: pd.DataFrame, name: str, first_line: int, task: Task) -> pd.Series:
+    """One 0/1 column per class as each clip's label string (the classes marked 1)."""
+    values = columns.apply(pd.to_numeric, errors="coerce")
+    bad = values.isna() | ~values.isin([0, 1])
+    if bad.to_numpy().any():
+        row, column = np.argwhere(bad.to_numpy())[0]
+        raise UserError(f"{name}: line {row + first_line}, column {columns.columns[column]!r} is "
+                        f"{columns.iat[row, column]!r}; class columns (data.train.label_columns) hold 0 or 1")
+    return pd.Series([task.join([c for c, v in zip(columns.columns, row) if v == 1]) for row in values.to_numpy()],
+                     index=columns.index)
 
 
 def _match_table(table: pd.DataFrame, files: list[str], source: Source, strict: bool) -> pd.DataFrame:
@@ -264,14 +284,14 @@ def _filename_fields(files: list[str], pattern: str, source: Source) -> pd.DataF
 
 def index_train(cfg: DictConfig) -> Split:
     """The labelled clips, with a group per clip (the clip itself when no group rule is configured)."""
-    spec = cfg.data.train
+    spec, task = cfg.data.train, task_of(cfg)
     source = Source(spec.path, spec.subdir, "data.train")
     files = _audio_files(source, cfg.data.extensions)
     regex_fields = _filename_fields(files, spec.filename_regex, source) if spec.filename_regex else None
     if spec.layout == "table":
         if not spec.table:
             raise UserError("data.train.table is empty: name the label table (e.g. targets.tsv) for layout 'table'")
-        clips = _match_table(_read_table(source, spec), files, source, cfg.data.strict)
+        clips = _match_table(_read_table(source, spec, task), files, source, cfg.data.strict)
         if regex_fields is not None:
             clips = clips.merge(regex_fields.drop(columns=["label"], errors="ignore").set_index(pd.Index(files)),
                                 left_on="path", right_index=True, how="left", suffixes=("", "_regex"))
@@ -294,8 +314,10 @@ def index_train(cfg: DictConfig) -> Split:
     if "group" not in clips or clips["group"].isna().all():
         clips["group"] = clips["id"]
     clips = clips[["id", "path", "label", "group"]].astype(str).reset_index(drop=True)
-    if clips["label"].nunique() < 2:
-        raise UserError(f"{source}: only one class ({clips['label'].iloc[0]}) found; a classifier needs at least two")
+    classes = task.classes(clips["label"])
+    if len(classes) < 2:
+        found = f"only one class ({classes[0]})" if classes else "no class"
+        raise UserError(f"{source}: {found} found; a classifier needs at least two")
     return Split("train", source, clips)
 
 

@@ -69,6 +69,27 @@ def rank_average(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return combined / combined.sum(1, keepdims=True)
 
 
+def hard_vote_per_class(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Multi-label hard vote: per class, the share of the models that say yes (p >= 0.5), ties broken by the mean
+    probability as one more, fractional, ballot: above 0.5 where most models say yes."""
+    m = len(probs)
+    return (m * np.tensordot(weights, (probs >= 0.5).astype(float), axes=1) + mean_probability(probs, weights)) / (m + 1)
+
+
+def geometric_mean_per_class(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Multi-label geometric mean: per class, the weighted geometric means of p and of 1 - p, as the odds of yes."""
+    yes = np.tensordot(weights, np.log(np.clip(probs, EPS, 1.0)), axes=1)
+    no = np.tensordot(weights, np.log(np.clip(1.0 - probs, EPS, 1.0)), axes=1)
+    return 1.0 / (1.0 + np.exp(no - yes))
+
+
+def rank_average_per_class(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Multi-label rank average: per class, the weighted mean of each model's ranks of the clips, scaled to (0, 1]:
+    the order of the clips for each class, which is all that lwlrap, ROC AUC and cmAP score; not a probability to
+    threshold."""
+    return np.tensordot(weights, rankdata(probs, axis=1) / probs.shape[1], axes=1)
+
+
 def fit_caruana(probs: np.ndarray, y: np.ndarray, metric: Metric, rounds: int = 50, patience: int = 10) -> np.ndarray:
     """Greedy ensemble selection with replacement (Caruana et al., 2004): start from the best member, then keep adding
     the member that gives the best mean (at most 50 picks, stopping after 10 without a gain); weights are the picks
@@ -89,8 +110,12 @@ def fit_caruana(probs: np.ndarray, y: np.ndarray, metric: Metric, rounds: int = 
 
 def fit_scipy(probs: np.ndarray, y: np.ndarray, metric: Metric) -> np.ndarray:
     """Weights minimising the OOF log loss of the weighted mean over the simplex (scipy's SLSQP, exact gradient):
-    smooth where accuracy is a step function, so the optimiser has a slope to follow whatever the metric."""
-    right = probs[:, np.arange(len(y)), y]  # each member's probability of the true class
+    smooth where accuracy is a step function, so the optimiser has a slope to follow whatever the metric. Multi-label
+    (y a 0/1 matrix): the binary log loss of every (clip, class), the probability of each clip's truth per class."""
+    if y.ndim == 2:  # a member's probability of what is true, per (clip, class)
+        right = (probs * y + (1 - probs) * (1 - y)).reshape(len(probs), -1)
+    else:
+        right = probs[:, np.arange(len(y)), y]  # each member's probability of the true class
 
     def loss(weights: np.ndarray) -> tuple[float, np.ndarray]:
         mixed = np.clip(weights @ right, EPS, None)
@@ -206,30 +231,34 @@ class Method:
     stacker's network. A new blend method is one entry in METHODS; the table, nested CV, +tta, method=auto, predict
     and bundles pick it up from there."""
 
-    combine: Callable[[np.ndarray, Any], np.ndarray]  # (probabilities, weights or the stacker's network)
+    single: Callable[[np.ndarray, Any], np.ndarray]  # (probabilities, weights or the stacker's network)
+    per_class: Callable[[np.ndarray, Any], np.ndarray] | None  # the same for multi-label contests; None: not offered
     fit: Callable[[np.ndarray, np.ndarray, Metric], Any] | None = None  # None: equal weights
     # whether it also works across clips (as ranks do), so that even one model per clip shows what it changes
     across_clips: bool = False
     stacks: bool = False  # a stacker: fit returns a network, combine takes each member's fold ensemble
 
+    def combine(self, probs: np.ndarray, params: Any, multilabel: bool = False) -> np.ndarray:
+        return (self.per_class if multilabel else self.single)(probs, params)
+
 
 METHODS = {
-    "hard": Method(hard_vote),
-    "soft": Method(mean_probability),
-    "geometric": Method(geometric_mean),
-    "rank": Method(rank_average, across_clips=True),
-    "caruana": Method(mean_probability, fit_caruana),
-    "scipy": Method(mean_probability, fit_scipy),
-    "stack": Method(apply_stacker, fit_logistic_stacker, stacks=True),
-    "stack_mlp": Method(apply_stacker, fit_mlp_stacker, stacks=True),
+    "hard": Method(hard_vote, hard_vote_per_class),
+    "soft": Method(mean_probability, mean_probability),
+    "geometric": Method(geometric_mean, geometric_mean_per_class),
+    "rank": Method(rank_average, rank_average_per_class, across_clips=True),
+    "caruana": Method(mean_probability, mean_probability, fit_caruana),
+    "scipy": Method(mean_probability, mean_probability, fit_scipy),
+    "stack": Method(apply_stacker, None, fit_logistic_stacker, stacks=True),
+    "stack_mlp": Method(apply_stacker, None, fit_mlp_stacker, stacks=True),
 }
 
 
 def score(metric: Metric, y: np.ndarray, probs: np.ndarray) -> float:
-    """The metric on rows renormalised to sum to one (files keep six digits); NaN where it is undefined, such as
-    ROC AUC on clips that lack a class."""
+    """The metric on rows renormalised to sum to one (files keep six digits; multi-label rows, y a matrix, are not
+    distributions); NaN where it is undefined, such as ROC AUC on clips that lack a class."""
     try:
-        return float(metric.score(y, probs / probs.sum(1, keepdims=True)))
+        return float(metric.score(y, probs if y.ndim == 2 else probs / probs.sum(1, keepdims=True)))
     except ValueError:
         return math.nan
 
@@ -242,8 +271,11 @@ def parse_method(value: str) -> tuple[str, bool]:
     return name, tta
 
 
-def offered(n_classes: int) -> list[str]:
-    """The methods that mean something for this many classes: rank needs more than two (see rank_average)."""
+def offered(n_classes: int, multilabel: bool = False) -> list[str]:
+    """The methods that mean something for this many classes and task: single-label rank needs more than two (see
+    rank_average); multi-label, those with a per-class combiner."""
+    if multilabel:
+        return [name for name, method in METHODS.items() if method.per_class is not None]
     return [name for name in METHODS if not (name == "rank" and n_classes == 2)]
 
 
@@ -283,11 +315,12 @@ def ensemble(members: list[Member], split: str, method: str, tta: bool, weights:
             experiments.append(member.name)
     if not present(preds, names, split):
         return None
-    return combine_models(preds, names, experiments, weights, method, tta, split, stacker)
+    return combine_models(preds, names, experiments, weights, method, tta, split, stacker,
+                          members[0].cfg.data.task == "multilabel")
 
 
 def combine_models(preds: list[ViewPreds], names: list[str], experiments: list[str], weights: dict[str, float],
-                   method: str, tta: bool, what: str, stacker: dict | None = None) -> Probs:
+                   method: str, tta: bool, what: str, stacker: dict | None = None, multilabel: bool = False) -> Probs:
     """Fold models' predictions on the same clips (each model's views averaged first with tta), combined by the method
     in one go, each experiment's weight shared equally by its folds (one level, so that a vote counts models and
     ranks are taken once); for a stacker, each experiment's fold models averaged first, in the order of `weights`
@@ -298,7 +331,7 @@ def combine_models(preds: list[ViewPreds], names: list[str], experiments: list[s
         combined = METHODS[method].combine(np.stack([probs[experiments == name].mean(0) for name in weights]), stacker)
     else:
         shares = np.array([weights[name] / (experiments == name).sum() for name in experiments])
-        combined = METHODS[method].combine(probs, shares)
+        combined = METHODS[method].combine(probs, shares, multilabel)
     return Probs(parts[0].ids, parts[0].y, combined)
 
 
@@ -316,7 +349,7 @@ def oof_stack(members: list[Member], tta: bool) -> tuple[np.ndarray, np.ndarray,
     positions = [pd.Index(part.ids).get_indexer(ids) for part, _ in parts]
     folds, y = parts[0][1][positions[0]], parts[0][0].y[positions[0]]
     for (part, fold_of), position, member in zip(parts[1:], positions[1:], members[1:]):
-        differ = (fold_of[position] != folds) | (part.y[position] != y)
+        differ = (fold_of[position] != folds) | (part.y[position] != y).reshape(len(y), -1).any(1)
         if differ.any():
             raise UserError(f"{members[0].name} and {member.name} disagree on clip {ids[differ.argmax()]}'s fold or "
                             "label: the fold file was remade between them; retrain one on the current folds")
@@ -329,7 +362,7 @@ def nested_blend(method: Method, stack: np.ndarray, y: np.ndarray, folds: np.nda
     blended = np.empty(stack.shape[1:])
     for k in np.unique(folds):
         out = folds == k
-        blended[out] = method.combine(stack[:, out], method.fit(stack[:, ~out], y[~out], metric))
+        blended[out] = method.combine(stack[:, out], method.fit(stack[:, ~out], y[~out], metric), y.ndim == 2)
     return blended
 
 
@@ -338,18 +371,14 @@ def nested_score(method: Method, stack: np.ndarray, y: np.ndarray, folds: np.nda
     return score(metric, y, nested_blend(method, stack, y, folds, metric))
 
 
-def answered(combined: Probs, classes: list[str], unreadable: list[str],
-             prior: Callable[[], np.ndarray]) -> tuple[list[str], list[str]]:
-    """Each clip's label: the combined probabilities' most likely class, and for clips that could not be read (named,
-    one line each) the training clips' most frequent class (`prior`, read only when there are such clips)."""
-    ids, labels = list(combined.ids), [classes[i] for i in combined.p.argmax(1)]
+def answered(combined: Probs, unreadable: list[str], prior: Callable[[], np.ndarray]) -> tuple[list[str], np.ndarray]:
+    """Each clip's probabilities, and for clips that could not be read (named, one line each) the training clips'
+    class frequencies (`prior`, read only when there are such clips)."""
     if not unreadable:
-        return ids, labels
-    prior_label = classes[int(prior().argmax())]
+        return list(combined.ids), combined.p
     for clip in unreadable:
-        print(f"{clip}: unreadable, answered with the training clips' most frequent class ({prior_label})",
-              file=sys.stderr)
-    return ids + list(unreadable), labels + [prior_label] * len(unreadable)
+        print(f"{clip}: unreadable, answered with the training clips' class frequencies", file=sys.stderr)
+    return list(combined.ids) + list(unreadable), np.vstack([combined.p, np.tile(prior(), (len(unreadable), 1))])
 
 
 # Fold models ready to predict (from experiments or a bundle)
@@ -390,8 +419,8 @@ def with_views(cfg: DictConfig, views: list[str] | None, test: dict) -> DictConf
     return OmegaConf.merge(with_test_source(merged, test), {"tta": {"views": views}} if views else {})
 
 
-def choose(method: str, blend_report: str, experiments: list[str],
-           n_classes: int) -> tuple[str, dict[str, float], dict | None]:
+def choose(method: str, blend_report: str, experiments: list[str], n_classes: int,
+           multilabel: bool = False) -> tuple[str, dict[str, float], dict | None]:
     """method= with equal weights, or the method, weights and stacker a blend recorded (blend=<name>); soft by
     default."""
     if blend_report:
@@ -416,9 +445,10 @@ def choose(method: str, blend_report: str, experiments: list[str],
         return report["method"], weights, stacker
     method = method or "soft"
     name, _ = parse_method(method)
-    if name not in offered(n_classes):
-        raise UserError(f"method={method}: rank averaging on two classes only says whether a clip lies above the "
-                        "median clip; use method=soft")
+    if name not in offered(n_classes, multilabel):
+        why = ("has no multi-label form" if multilabel else
+               "(rank averaging on two classes) only says whether a clip lies above the median clip")
+        raise UserError(f"method={method} {why}; use method=soft")
     if METHODS[name].fit is not None:
         fitted = "a stacker" if METHODS[name].stacks else "weights"
         raise UserError(f"method={method} has {fitted} fitted on OOF predictions: fit it with python -m "

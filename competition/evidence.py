@@ -67,7 +67,7 @@ def evaluate(members: list[Member], method: str, tta: bool, metric: Metric) -> R
     params = chosen.fit(stack, y, metric) if fitted else equal
     weights = equal if chosen.stacks else params
     row = Row(members[0].name if len(members) == 1 else "blend", method + (TTA if tta else ""),
-              score(metric, y, chosen.combine(stack, params)),
+              score(metric, y, chosen.combine(stack, params, y.ndim == 2)),
               weights={m.name: float(w) for m, w in zip(members, weights)}, fitted=fitted,
               stacker=params if chosen.stacks else None)
     if fitted and len(np.unique(folds)) > 1:
@@ -144,10 +144,10 @@ def choose_method(members: list[Member], metric: Metric) -> tuple[str, list[Step
     view = TTA if label.endswith(TTA) else ""
     nested = len(members) > 1 and len(np.unique(folds)) > 1  # what is fitted is judged on folds it never saw
     challengers = []
-    for name in offered(stack.shape[2]):
+    for name in offered(stack.shape[2], y.ndim == 2):
         method = METHODS[name]
         if name != "soft" and (len(members) > 1 or method.across_clips) and (method.fit is None or nested):
-            blended = (method.combine(stack, equal) if method.fit is None
+            blended = (method.combine(stack, equal, y.ndim == 2) if method.fit is None
                        else nested_blend(method, stack, y, folds, metric))
             challengers.append(compare(name + view, blended, label, probs))
     better = [step for step in challengers if step.kept == step.candidate]

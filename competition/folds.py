@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import StratifiedGroupKFold
 
 from competition.cli import main_guard, parse_bool
@@ -31,6 +32,7 @@ from competition.config import load_experiment, parse_cli
 from competition.data import examples
 from competition.errors import UserError
 from competition.files import atomic_write
+from competition.task import SINGLE, Task, task_of
 
 FOLDS_DIR = Path("folds")
 COLUMNS = ["id", "label", "group", "fold"]
@@ -61,21 +63,32 @@ class _Refused(UserError):
         self.why = why
 
 
-def _largest_class(clips: pd.DataFrame) -> tuple[str, int]:
+def _largest_class(clips: pd.DataFrame, task: Task) -> tuple[str, int]:
     """The most frequent class and its clip count: scikit-learn refuses a split only when even it is too small."""
-    counts = clips["label"].value_counts()
+    counts = task.explode(clips)["label"].value_counts()
     return counts.index[0], int(counts.iloc[0])
 
 
-def _stratified_group_split(clips: pd.DataFrame, n_splits: int, seed: int) -> np.ndarray:
-    """Fold number per clip; at least n_splits distinct groups are needed to put one in every fold."""
+def _stratified_group_split(clips: pd.DataFrame, n_splits: int, seed: int, task: Task) -> np.ndarray:
+    """Fold number per clip; at least n_splits distinct groups are needed to put one in every fold. Multi-label:
+    iterative stratification (Sechidis et al., 2011) of the groups on the classes each group holds, so that every
+    class, rare ones first, is spread over the folds while a group stays in one."""
     n_groups = clips["group"].nunique()
     if n_groups < n_splits:
         raise _Refused(f"only {n_groups} groups (speakers) for {n_splits} folds; lower folds.n_splits "
                        "or check the group rule (data.train.group_column / filename_regex)",
                        f"leaves fewer than {n_splits} groups to split")
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     folds = np.full(len(clips), -1)
+    if task.multilabel:
+        groups = pd.Series(pd.factorize(clips["group"])[0])
+        classes = task.classes(clips["label"])
+        held = np.zeros((groups.max() + 1, len(classes)))
+        np.maximum.at(held, groups.to_numpy(), task.encode(clips["label"], classes))
+        splitter = MultilabelStratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        for k, (_, val) in enumerate(splitter.split(held, held)):
+            folds[groups.isin(val).to_numpy()] = k
+        return folds
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     # a class smaller than n_splits just misses some folds; sklearn's multi-line warning about it gives way to
     # validate_folds' one line where that matters (a class left in a single fold)
     with warnings.catch_warnings():
@@ -86,33 +99,34 @@ def _stratified_group_split(clips: pd.DataFrame, n_splits: int, seed: int) -> np
     return folds
 
 
-def _wholly_held(folds: pd.DataFrame) -> pd.Series:
+def _wholly_held(folds: pd.DataFrame, task: Task) -> pd.Series:
     """Clips per class of the classes the holdout (fold -1) holds every clip of: no fold could learn them."""
-    return folds["label"].value_counts().drop(folds.loc[folds["fold"] >= 0, "label"].unique())
+    labels = task.explode(folds)
+    return labels["label"].value_counts().drop(labels.loc[labels["fold"] >= 0, "label"].unique())
 
 
-def make_folds(clips: pd.DataFrame, n_splits: int, seed: int, holdout: float = 0.0) -> pd.DataFrame:
+def make_folds(clips: pd.DataFrame, n_splits: int, seed: int, holdout: float = 0.0, task: Task = SINGLE) -> pd.DataFrame:
     """Assign every clip a fold in 0..n_splits-1, or -1 for the locked holdout (a `holdout` fraction of groups).
 
     The limits scikit-learn would fail on with a traceback are checked first, to name the key to change. A holdout
     these clips do not allow is refused with a setting that was tried and works (other holdouts and seeds, fewer
     folds), or with why none does: a suggestion that only passes the first check sends the user round in circles.
     """
-    label, largest = _largest_class(clips)
+    label, largest = _largest_class(clips, task)
     if largest < 2:
         raise UserError(f"every class has a single clip (e.g. '{label}'), so none can be both trained on and "
                         "validated; check the label rule (data.train.label_column / filename_regex)")
     try:
-        return _split(clips, n_splits, seed, holdout)
+        return _split(clips, n_splits, seed, holdout, task)
     except _Refused as refused:
         if holdout == 0:
             raise UserError(str(refused)) from None
-        raise UserError(f"{refused}; {_what_works(clips, n_splits, seed, holdout)}") from None
+        raise UserError(f"{refused}; {_what_works(clips, n_splits, seed, holdout, task)}") from None
 
 
-def _holdout_limits(clips: pd.DataFrame, holdout: float) -> None:
+def _holdout_limits(clips: pd.DataFrame, holdout: float, task: Task) -> None:
     """Refuse at once a holdout that needs more groups, or more clips in a class, than there are."""
-    parts, (label, largest) = _parts(holdout), _largest_class(clips)
+    parts, (label, largest) = _parts(holdout), _largest_class(clips, task)
     n_groups = clips["group"].nunique()
     if n_groups < parts:  # holding out one group in `parts` needs that many groups, whatever n_splits is
         raise _Refused(f"folds.holdout={holdout} holds out one group in {parts}, but there are only {n_groups} "
@@ -123,26 +137,26 @@ def _holdout_limits(clips: pd.DataFrame, holdout: float) -> None:
                        f"needs more than the {largest} clips of the largest class")
 
 
-def _split(clips: pd.DataFrame, n_splits: int, seed: int, holdout: float) -> pd.DataFrame:
+def _split(clips: pd.DataFrame, n_splits: int, seed: int, holdout: float, task: Task) -> pd.DataFrame:
     """make_folds for one setting, refusing (with why) what it cannot make; no suggestions."""
     folds = pd.DataFrame({"id": clips["id"], "label": clips["label"], "group": clips["group"], "fold": -1})
     train = np.ones(len(clips), bool)
     if holdout > 0:
-        _holdout_limits(clips, holdout)
-        held = _stratified_group_split(clips, _parts(holdout), seed) == 0
+        _holdout_limits(clips, holdout, task)
+        held = _stratified_group_split(clips, _parts(holdout), seed, task) == 0
         if held.all() or not held.any():
             raise _Refused(f"folds.holdout={holdout} leaves nothing to train or hold out", "leaves nothing to hold out")
         train = ~held
     pool = clips[train].reset_index(drop=True)
-    label, largest = _largest_class(pool)
+    label, largest = _largest_class(pool, task)
     if largest < n_splits:
         if holdout == 0:
             raise _Refused(f"folds.n_splits={n_splits} but no class has {n_splits} clips (the largest, '{label}', "
                            f"has {largest}); set folds.n_splits to at most {largest}", "")
         raise _Refused(f"folds.n_splits={n_splits} but no class has {n_splits} clips outside the holdout (the largest, "
                        f"'{label}', has {largest})", f"leaves no class {n_splits} clips outside the holdout")
-    folds.loc[train, "fold"] = _stratified_group_split(pool, n_splits, seed)
-    held_classes = _wholly_held(folds)
+    folds.loc[train, "fold"] = _stratified_group_split(pool, n_splits, seed, task)
+    held_classes = _wholly_held(folds, task)
     if len(held_classes):
         listing = examples([f"'{c}' ({n} clips)" for c, n in held_classes.items()])
         raise _Refused(f"folds.holdout={holdout} holds out every clip of class {listing}, so no fold could learn it",
@@ -167,7 +181,7 @@ def _near_holdouts(holdout: float) -> list[float]:
     return sorted(candidates.values(), key=lambda h: (abs(h - holdout), h))
 
 
-def _what_works(clips: pd.DataFrame, n_splits: int, seed: int, holdout: float) -> str:
+def _what_works(clips: pd.DataFrame, n_splits: int, seed: int, holdout: float, task: Task) -> str:
     """Settings near the refused ones that make valid folds, each tried: other holdouts (nearest first) with this seed
     and the next few, and fewer folds; or, when none does, why."""
     near = _near_holdouts(holdout)
@@ -178,11 +192,11 @@ def _what_works(clips: pd.DataFrame, n_splits: int, seed: int, holdout: float) -
         nonlocal budget
         for k, other, other_seed in settings:
             try:
-                _holdout_limits(clips, other)
+                _holdout_limits(clips, other, task)
                 if budget == 0:
                     return None
                 budget -= 1
-                _split(clips, k, other_seed, other)
+                _split(clips, k, other_seed, other, task)
             except _Refused as refused:
                 why.append(refused.why)
                 continue
@@ -305,13 +319,14 @@ def make_configured_folds(cfg: DictConfig, clips: pd.DataFrame, cache=None) -> p
     """make_folds with the config's settings, the groups found by voice first where folds.groups=voice asks."""
     if cfg.folds.groups == "voice":
         clips = clips.assign(group=voice_groups(cfg, clips, cache))
-    return make_folds(clips, cfg.folds.n_splits, cfg.folds.seed, cfg.folds.holdout)
+    return make_folds(clips, cfg.folds.n_splits, cfg.folds.seed, cfg.folds.holdout, task_of(cfg))
 
 
-def class_counts(folds: pd.DataFrame) -> pd.DataFrame:
+def class_counts(folds: pd.DataFrame, task: Task = SINGLE) -> pd.DataFrame:
     """Clips per class (rows) and fold (columns, 'holdout' for -1), for eyeballing stratification."""
-    counts = pd.crosstab(folds["label"], folds["fold"]).rename(columns={-1: "holdout"})
-    counts.loc["all clips"] = counts.sum()
+    labels = task.explode(folds)
+    counts = pd.crosstab(labels["label"], labels["fold"]).rename(columns={-1: "holdout"})
+    counts.loc["all clips"] = folds["fold"].value_counts().rename({-1: "holdout"})
     counts.loc["groups"] = folds.groupby("fold")["group"].nunique().rename({-1: "holdout"})
     return counts
 
@@ -358,7 +373,7 @@ def check_folds(folds: pd.DataFrame, clips: pd.DataFrame, path: Path, exp: str, 
                             f"(e.g. {changed['id'].iloc[0]}); {hint}")
 
 
-def validate_folds(folds: pd.DataFrame, n_splits: int, path: Path, exp: str) -> None:
+def validate_folds(folds: pd.DataFrame, n_splits: int, path: Path, exp: str, task: Task = SINGLE) -> None:
     """The fold file as a whole, made or hand-edited: folds 0..n_splits-1 (+ -1), whole groups, learnable classes.
 
     A file with more folds than the config would be trained only in part and blended without a word; a group in
@@ -384,8 +399,8 @@ def validate_folds(folds: pd.DataFrame, n_splits: int, path: Path, exp: str) -> 
         listing = examples([f"'{g}' in folds {', '.join(map(str, sorted(ks)))}" for g, ks in split.items()])
         raise UserError(f"{path}: every group (speaker) must be in one fold, or validation scores voices the model "
                         f"trained on, but it has {listing}; fix the file or remake it with {remake}")
-    in_training = folds[folds["fold"] >= 0]
-    held = _wholly_held(folds)
+    in_training = task.explode(folds[folds["fold"] >= 0])
+    held = _wholly_held(folds, task)
     if len(held):
         listing = examples([f"'{c}' ({n} clips)" for c, n in held.items()])
         raise UserError(f"{path}: the holdout (fold -1) has every clip of class {listing}, so no fold can learn it; "
@@ -429,11 +444,11 @@ def ensure_folds(cfg: DictConfig, clips: pd.DataFrame, exp: str) -> pd.DataFrame
     if path.exists():
         folds = read_folds(path)
         check_folds(folds, clips, path, exp, voice=cfg.folds.groups == "voice")
-        validate_folds(folds, cfg.folds.n_splits, path, exp)
+        validate_folds(folds, cfg.folds.n_splits, path, exp, task_of(cfg))
         return folds
     print(f"no fold file yet: making {path}", file=sys.stderr)
     folds = make_configured_folds(cfg, clips)
-    validate_folds(folds, cfg.folds.n_splits, path, exp)  # before writing: no invalid file is ever made
+    validate_folds(folds, cfg.folds.n_splits, path, exp, task_of(cfg))  # before writing: no invalid file is ever made
     write_folds(folds, path, overwrite=False)
     return folds
 
@@ -459,9 +474,9 @@ def main(argv: list[str]) -> None:
     split, cache = load_split(index_train(cfg), cfg, cfg.data.skip_bad_audio)
     folds = make_configured_folds(cfg, split.clips, cache)
     path = fold_path(cfg)
-    validate_folds(folds, cfg.folds.n_splits, path, exp.name)
+    validate_folds(folds, cfg.folds.n_splits, path, exp.name, task_of(cfg))
     written = write_folds(folds, path, overwrite=parse_bool("overwrite", options["overwrite"]))
-    print(class_counts(folds).to_string())
+    print(class_counts(folds, task_of(cfg)).to_string())
     warning = per_clip_warning(folds, path)
     if warning:
         print(warning, file=sys.stderr)

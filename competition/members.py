@@ -25,6 +25,7 @@ from competition.foldrun import (DONE, commands_per_overrides, finished_folds, r
 from competition.folds import FOLDS_DIR, read_folds
 from competition.metrics import METRICS, Metric
 from competition.predictions import Probs, ViewPreds, read_preds, test_record
+from competition.task import SINGLE, Task, task_of
 
 
 @dataclass
@@ -32,7 +33,7 @@ class TestSet:
     """The clips an answer file must cover: the configured test set, or one that predict named."""
 
     ids: list[str]
-    unreadable: list[str]  # answered with the training clips' most frequent class
+    unreadable: list[str]  # answered with the training clips' class frequencies (the most frequent class)
 
 
 @dataclass
@@ -65,7 +66,8 @@ class Member:
                      np.concatenate([part.p for part in parts])), folds
 
 
-def load_fold(fold_dir: Path, number: int, classes: list[str] | None, reference: str, test: str = "") -> FoldRun:
+def load_fold(fold_dir: Path, number: int, classes: list[str] | None, reference: str, test: str = "",
+              task: Task = SINGLE) -> FoldRun:
     """A finished fold, its class columns read in the order `classes` (the first fold's) when given; its test
     predictions are those of the test set predict named `test`, when given."""
     try:
@@ -83,14 +85,14 @@ def load_fold(fold_dir: Path, number: int, classes: list[str] | None, reference:
     splits = {}
     for split in ("oof", "holdout", "test"):
         path = fold_dir / f"{split}.csv"
-        preds = read_preds(path, classes, views) if path.is_file() else None
+        preds = read_preds(path, classes, views, task) if path.is_file() else None
         splits[split] = preds if preds is not None and len(preds.ids) else None
     if test:
         path = fold_dir / f"test-{test}.csv"
         if not path.is_file():
             raise UserError(f"{path} is missing: this fold was trained after test set {test} was predicted; predict "
                             f"it again with python -m competition.predict exps=... test=<its folder> name={test}")
-        splits["test"] = read_preds(path, classes, None)  # the views predict used, which tta.views= may have changed
+        splits["test"] = read_preds(path, classes, None, task)  # the views predict used, which tta.views= may have changed
     if splits["oof"] is None or splits["oof"].y is None:
         raise UserError(f"{fold_dir}: no labelled oof.csv; retrain the fold with overwrite=true")
     return FoldRun(number, fold_dir, classes, **splits)
@@ -163,7 +165,7 @@ def load_members(names: list[str], fail_on_missing: bool, skip_stale: bool, test
             continue
         folds = []
         for number in sorted(done):
-            folds.append(load_fold(done[number], number, classes, reference, test))
+            folds.append(load_fold(done[number], number, classes, reference, test, task_of(cfg)))
             if classes is None:  # the first fold read fixes the class order every other fold is read in
                 classes, reference = folds[-1].classes, str(folds[-1].dir)
         left_out, unfinished = [], []
@@ -179,6 +181,9 @@ def load_members(names: list[str], fail_on_missing: bool, skip_stale: bool, test
             raise UserError(f"{name}: {', '.join(unfinished)}; finish it with python -m competition.run exp={name} "
                             "fold=all, or pass missing=skip to blend the finished folds")
         members.append(Member(name, cfg, folds, left_out, n_train))
+        if task_of(cfg) != task_of(members[0].cfg):
+            raise UserError(f"{members[0].name} and {name} answer different tasks (data.task {members[0].cfg.data.task}"
+                            f" and {cfg.data.task}); blend experiments of one contest")
     stale = {name: folds for name, folds in stale.items() if folds}
     if stale and not skip_stale:
         raise UserError(f"stale folds are not blended: {stale_message(stale)}; or pass stale=skip to blend without "
@@ -188,11 +193,12 @@ def load_members(names: list[str], fail_on_missing: bool, skip_stale: bool, test
     return members
 
 
-def class_prior(data_name: str, classes: list[str]) -> np.ndarray:
-    """The training clips' class frequencies: the answer for clips that cannot be read."""
-    labels = read_folds(FOLDS_DIR / f"{data_name}.csv")["label"].astype(str)
-    counts = labels.value_counts().reindex(classes, fill_value=0).to_numpy(float)
-    return counts / counts.sum()
+def class_prior(data_name: str, classes: list[str], task: Task = SINGLE) -> np.ndarray:
+    """The training clips' class frequencies (for multilabel, the share of clips holding each class): the answer
+    for clips that cannot be read."""
+    folds = read_folds(FOLDS_DIR / f"{data_name}.csv")
+    counts = task.explode(folds)["label"].value_counts().reindex(classes, fill_value=0).to_numpy(float)
+    return task.normalise(counts / len(folds))
 
 
 def configured_test_set(members: list[Member]) -> TestSet:

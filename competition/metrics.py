@@ -49,13 +49,20 @@ def _lwlrap(y: np.ndarray, p: np.ndarray) -> float:
     """Label-weighted label-ranking average precision (Freesound Audio Tagging 2019): for each positive (clip, label)
     pair, the share of positive labels among the clip's labels scored at least as high; averaged with every pair
     weighing the same, so a clip with many labels counts more than plain LRAP's one vote per clip. That is sklearn's
-    LRAP weighted by each clip's number of positives; clips without a positive carry no pair and are left out."""
+    LRAP weighted by each clip's number of positives; clips without a positive carry no pair and are left out.
+    Computed here in numpy, a block of clips at a time (sklearn's loops over clips: 25 ms on 90 clips, and a paired
+    bootstrap scores thousands of resamples)."""
     positive = y >= 0.5
-    counts = positive.sum(1)
-    keep = counts > 0
-    if not keep.any():
+    if not positive.any():
         return float("nan")
-    return float(metrics.label_ranking_average_precision_score(positive[keep], p[keep], sample_weight=counts[keep]))
+    total = 0.0
+    block = max(1, 2_000_000 // max(1, p.shape[1]) ** 2)
+    for start in range(0, len(p), block):
+        scores, hits = p[start:start + block], positive[start:start + block]
+        at_least = scores[:, None, :] >= scores[:, :, None]  # [clip, label j, label k]: k scored at least as high as j
+        precision = (at_least & hits[:, None, :]).sum(2) / at_least.sum(2)
+        total += float((precision * hits).sum())
+    return total / int(positive.sum())
 
 
 def _cmap(y: np.ndarray, p: np.ndarray, padding_factor: int = 5) -> float:

@@ -33,6 +33,7 @@ from competition.ensemble import METHODS, choose, parse_method
 from competition.errors import UserError
 from competition.foldrun import fold_list
 from competition.members import class_prior, load_members, submission_format
+from competition.task import task_of
 
 COMMAND_KEYS = {"exps": "", "out": "", "method": "", "blend": "", "half": "false", "missing": "fail",
                 "overwrite": "false"}
@@ -55,7 +56,8 @@ def pack(names: list[str], out: Path, method: str, blend_report: str, half: bool
             print(f"warning: {member.name}: packing folds {fold_list([f.number for f in member.folds])}; "
                   f"{', '.join(member.left_out)}, left out (missing=skip)", file=sys.stderr)
     classes = members[0].folds[0].classes
-    method, weights, stacker = choose(method, blend_report, [m.name for m in members], len(classes))
+    task = task_of(members[0].cfg)
+    method, weights, stacker = choose(method, blend_report, [m.name for m in members], len(classes), task.multilabel)
     models = []
     for member in members:
         if member.cfg.frontend.kind == "encoder" and member.cfg.frontend.encoder not in BUNDLE_ENCODERS:
@@ -67,7 +69,7 @@ def pack(names: list[str], out: Path, method: str, blend_report: str, half: bool
             checkpoint = torch.load(fold.dir / "model.pt", map_location="cpu", weights_only=True)
             config = OmegaConf.to_container(OmegaConf.load(fold.dir / "config.yaml"))
             models.append((member.name, fold.number, config, checkpoint["model"], checkpoint.get("frontend")))
-    return write_bundle(out, models, method, weights, stacker, classes, class_prior(members[0].cfg.data.name, classes),
+    return write_bundle(out, models, method, weights, stacker, classes, class_prior(members[0].cfg.data.name, classes, task),
                         OmegaConf.to_container(submission_format(members, [])), half, overwrite)
 
 

@@ -55,7 +55,8 @@ from competition.errors import UserError
 from competition.files import atomic_write_text
 from competition.members import class_prior, load_members, submission_format
 from competition.predictions import ViewPreds, test_record
-from competition.submission import SUBMISSIONS_DIR, answer_path, write_answer
+from competition.submission import SUBMISSIONS_DIR, answer_cells, answer_path, write_answer
+from competition.task import task_of
 from competition.train import (Part, Predictor, build_fold_model, crop_samples, predict_together, predictions_frame,
                                resolve_device, with_mean, write_csv)
 
@@ -74,10 +75,11 @@ def from_experiments(names: list[str], views: list[str] | None, test: dict, name
             trained = OmegaConf.load(fold.dir / "config.yaml")
             models.append(FoldModel(member.name, fold.number, with_views(trained, views, test), classes,
                                     _checkpoint_state(fold.dir / "model.pt"), fold.dir / f"test-{name}.csv"))
-    method, weights, stacker = choose(method, blend_report, [m.name for m in members], len(classes))
+    multilabel = task_of(members[0].cfg).multilabel
+    method, weights, stacker = choose(method, blend_report, [m.name for m in members], len(classes), multilabel)
     records = {member.name: test_record(member.name, name) for member in members}
     return Ensemble(models, method, weights, stacker, submission_format(members, []),
-                    class_prior(members[0].cfg.data.name, classes), records)
+                    class_prior(members[0].cfg.data.name, classes, task_of(members[0].cfg)), records)
 
 
 def _checkpoint_state(path: Path) -> Callable[[], tuple[dict, dict | None]]:
@@ -155,7 +157,7 @@ def run_models(ensemble: Ensemble, decoded: dict, device: torch.device, precisio
             with precision_context(precision, device):
                 results = predict_together(predictors, part, device, lambda n: bar.update(n * len(chosen)))
             for i, model, views in zip(members[start:start + size], chosen, results):
-                write_csv(predictions_frame(part, with_mean(views), model.classes), model.out)  # as a fold's test.csv
+                write_csv(predictions_frame(part, with_mean(views), model.classes, task_of(model.cfg)), model.out)  # as a fold's test.csv
                 preds[i] = ViewPreds(part.ids, None, views)
     bar.close()
     return [preds[i] for i in range(len(ensemble.models))]
@@ -180,11 +182,13 @@ def predict(ensemble: Ensemble, name: str, test: dict, *, device: torch.device, 
         record.unlink(missing_ok=True)
     preds = run_models(ensemble, decoded, device, precision, models_per_pass)
     combined = combine_models(preds, [m.title for m in ensemble.models], [m.experiment for m in ensemble.models],
-                              ensemble.weights, method, tta, f"test set {name}", ensemble.stacker)
+                              ensemble.weights, method, tta, f"test set {name}", ensemble.stacker,
+                              task_of(ensemble.models[0].cfg).multilabel)
     classes = ensemble.models[0].classes
-    ids, labels = answered(combined, classes, bad, lambda: ensemble.prior)
+    ids, probs = answered(combined, bad, lambda: ensemble.prior)
     SUBMISSIONS_DIR.mkdir(parents=True, exist_ok=True)
-    write_answer(path, ids, labels, everything["id"].tolist(), classes, ensemble.answer_format)
+    task, fmt = task_of(ensemble.models[0].cfg), ensemble.answer_format
+    write_answer(path, ids, answer_cells(probs, classes, fmt, task), everything["id"].tolist(), classes, fmt, task)
     record_test_set(ensemble, decoded, test)
     return path
 

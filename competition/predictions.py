@@ -14,11 +14,13 @@ import pandas as pd
 
 from competition.config import EXPERIMENTS_DIR
 from competition.errors import UserError
+from competition.task import SINGLE, Task
 
 
 @dataclass
 class Probs:
-    """Probabilities (clips, classes) for a list of clips and, where known, their true class indices."""
+    """Probabilities (clips, classes) for a list of clips and, where known, their labels (class indices, or for
+    multi-label contests a (clips, classes) 0/1 matrix)."""
 
     ids: np.ndarray
     y: np.ndarray | None
@@ -38,9 +40,9 @@ class ViewPreds:
         return Probs(self.ids, self.y, np.mean(views, axis=0) if tta else views[0])
 
 
-def read_preds(path: Path, classes: list[str], views: list[str] | None) -> ViewPreds:
+def read_preds(path: Path, classes: list[str], views: list[str] | None, task: Task = SINGLE) -> ViewPreds:
     """A long-format prediction file (id, view, [label,] one column per class) as one array per view (`views`, or
-    those in the file, in its order)."""
+    those in the file, in its order), with the labels encoded for `task`."""
     try:
         frame = pd.read_csv(path, dtype={"id": str, "view": str, "label": str}, keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
@@ -74,10 +76,10 @@ def read_preds(path: Path, classes: list[str], views: list[str] | None) -> ViewP
     y = None
     if "label" in frame.columns:
         labels = frame["label"][first]
-        codes = labels.map({c: i for i, c in enumerate(classes)})
-        if codes.isna().any():
-            raise UserError(f"{path}: label {labels[codes.isna()].iloc[0]!r} is not one of the classes in DONE")
-        y = codes.to_numpy(int)
+        unknown = sorted(set(task.classes(labels)) - set(classes))
+        if unknown:
+            raise UserError(f"{path}: label {unknown[0]!r} is not one of the classes in DONE")
+        y = task.encode(labels, classes)
     return ViewPreds(ids, y, arrays)
 
 

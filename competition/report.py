@@ -84,24 +84,38 @@ def plot_scores(rows: list[Row], chosen: Row, metric: Metric, path: Path) -> Non
     _save(fig, path)
 
 
+MULTILABEL_COUNTS = ["found", "missed", "false alarms"]  # per class, at probability 0.5
+
+
+def confusion(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> tuple[np.ndarray, list[str]]:
+    """The confusion matrix (true class x predicted class), or for multi-label y (a 0/1 matrix) each class's clips
+    found, missed and falsely flagged at probability 0.5; and the names of its columns."""
+    from sklearn.metrics import confusion_matrix
+
+    if y.ndim == 2:
+        truth, said = y >= 0.5, probs >= 0.5
+        return np.stack([(truth & said).sum(0), (truth & ~said).sum(0), (~truth & said).sum(0)], 1), MULTILABEL_COUNTS
+    return confusion_matrix(y, probs.argmax(1), labels=np.arange(len(classes))), classes
+
+
 def plot_confusion(y: np.ndarray, probs: np.ndarray, classes: list[str], title: str, path: Path) -> np.ndarray:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.metrics import confusion_matrix
 
-    matrix = confusion_matrix(y, probs.argmax(1), labels=np.arange(len(classes)))
+    matrix, columns = confusion(y, probs, classes)
     size = max(4.0, 0.32 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size + 1, size))
-    image = ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=90)
+    image = ax.imshow(matrix, cmap="Blues", aspect="auto")
+    ax.set_xticks(range(len(columns)), columns, rotation=90)
     ax.set_yticks(range(len(classes)), classes)
     if len(classes) <= 15:
         for (i, j), count in np.ndenumerate(matrix):
             ax.text(j, i, str(count), ha="center", va="center",
                     color="white" if count > matrix.max() / 2 else "black")
-    ax.set(xlabel="predicted", ylabel="true", title=title)
+    ax.set(xlabel="predicted" if columns is classes else "clips at probability 0.5",
+           ylabel="true" if columns is classes else "class", title=title)
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     _save(fig, path)
@@ -114,7 +128,7 @@ def _json_value(value: float | None) -> float | None:
 
 def describe(method: str) -> str:
     name, tta = parse_method(method)
-    parts = [METHODS[name].combine.__doc__.split("\n\n")[0]]
+    parts = [METHODS[name].single.__doc__.split("\n\n")[0]]
     if METHODS[name].fit is not None:
         parts.append(METHODS[name].fit.__doc__.split("\n\n")[0])
     if tta:
@@ -131,7 +145,7 @@ def write_reports(base: Path, members: list[Member], rows: list[Row], chosen: Ro
     holdout = ensemble(members, "holdout", method, tta, chosen.weights, chosen.stacker)
     params = chosen.stacker if chosen.stacker is not None else np.array(list(chosen.weights.values()))
     on, y, probs = (("holdout", holdout.y, holdout.p) if holdout is not None
-                    else ("OOF", y_oof, METHODS[method].combine(stack, params)))
+                    else ("OOF", y_oof, METHODS[method].combine(stack, params, y_oof.ndim == 2)))
     classes = members[0].folds[0].classes
     matrix = plot_confusion(y, probs, classes, f"{label} on {on} ({len(y)} clips)", Path(f"{base}.confusion.png"))
     plot_scores(rows, chosen, metric, Path(f"{base}.scores.png"))

@@ -9,11 +9,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 from omegaconf import DictConfig
 
 from competition.data import examples
 from competition.errors import UserError
 from competition.files import atomic_write_text
+from competition.task import SINGLE, Task
 
 SUBMISSIONS_DIR = Path("submissions")
 
@@ -22,28 +24,62 @@ def answer_path(name: str, sub: DictConfig) -> Path:
     return SUBMISSIONS_DIR / f"{name}.{sub.extension.lstrip('.')}"
 
 
-def render_answer(ids: Sequence[str], labels: Sequence[str], sub: DictConfig) -> str:
-    """One line per clip, `<id><id_suffix><delimiter><label>`, after a header line if the contest has one."""
-    lines = [f"{sub.id_column}{sub.delimiter}{sub.label_column}"] if sub.header else []
-    lines += [f"{clip}{sub.id_suffix}{sub.delimiter}{label}" for clip, label in zip(ids, labels)]
+def answer_cells(probs: np.ndarray, classes: Sequence[str], sub: DictConfig, task: Task) -> list[str]:
+    """What follows each clip's id: its label (multilabel: its labels at submission.threshold, joined), or with
+    submission.columns=classes its probability of each class."""
+    if sub.columns == "classes":
+        return [sub.delimiter.join(f"{value:.6g}" for value in row) for row in probs]
+    return [sub.label_separator.join(labels) for labels in task.answer(probs, list(classes), sub.threshold)]
+
+
+def _header(classes: Sequence[str], sub: DictConfig) -> str:
+    return sub.delimiter.join([sub.id_column, *(classes if sub.columns == "classes" else [sub.label_column])])
+
+
+def render_answer(ids: Sequence[str], cells: Sequence[str], classes: Sequence[str], sub: DictConfig) -> str:
+    """One line per clip, `<id><id_suffix><delimiter><cells>`, after a header line if the contest has one."""
+    lines = [_header(classes, sub)] if sub.header else []
+    lines += [f"{clip}{sub.id_suffix}{sub.delimiter}{cell}" for clip, cell in zip(ids, cells)]
     return "\n".join(lines) + "\n"
 
 
-def check_answer(text: str, test_ids: Sequence[str], classes: Sequence[str], sub: DictConfig, origin: str) -> None:
-    """Refuse anything but exactly one row per test id, each with a known label, in the contest's format."""
+def _bad_cells(rows: list[list[str]], classes: Sequence[str], sub: DictConfig, task: Task) -> str:
+    """What is wrong with the answers after the ids: labels that are not classes, or probabilities that are not."""
+    if sub.columns == "classes":
+        bad = [value for row in rows for value in row[1:] if not _probability(value)]
+        return f"values that are not probabilities ({examples(bad)})" if bad else ""
+    separator = sub.label_separator if sub.label_separator.strip() else None  # None: any whitespace
+    found = {label for row in rows for label in (row[1].split(separator) if task.multilabel else [row[1]])}
+    labels = sorted(found - set(classes))
+    return f"labels that are not classes ({examples(labels)})" if labels else ""
+
+
+def _probability(value: str) -> bool:
+    try:
+        return 0.0 <= float(value) <= 1.0
+    except ValueError:
+        return False
+
+
+def check_answer(text: str, test_ids: Sequence[str], classes: Sequence[str], sub: DictConfig, origin: str,
+                 task: Task = SINGLE) -> None:
+    """Refuse anything but exactly one row per test id, each with a known label (or a probability per class), in the
+    contest's format."""
     if not sub.delimiter:
         raise UserError(f"{origin}: submission.delimiter is empty; set the contest's separator, e.g. ',' or a tab")
     lines = text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
     if sub.header:
-        expected = f"{sub.id_column}{sub.delimiter}{sub.label_column}"
+        expected = _header(classes, sub)
         if not lines or lines[0] != expected:
-            raise UserError(f"{origin}: the header is {lines[0] if lines else ''!r}, expected {expected!r}")
+            raise UserError(f"{origin}: the header is {lines[0][:200] if lines else ''!r}, expected {expected[:200]!r}")
         lines = lines[1:]
     rows = [line.split(sub.delimiter) for line in lines]
-    malformed = [line for line, row in zip(lines, rows) if len(row) != 2]
+    fields = 1 + (len(classes) if sub.columns == "classes" else 1)
+    malformed = [line for line, row in zip(lines, rows) if len(row) != fields]
     if malformed:
-        raise UserError(f"{origin}: {len(malformed)} lines are not <id>{sub.delimiter!r}<label> "
-                        f"(e.g. {malformed[0]!r}); an id or label contains the delimiter, or a line is empty")
+        shape = f"<id>{sub.delimiter!r}<label>" if fields == 2 else f"<id> and {len(classes)} probabilities"
+        raise UserError(f"{origin}: {len(malformed)} lines are not {shape} "
+                        f"(e.g. {malformed[0][:200]!r}); an id or label contains the delimiter, or a line is empty")
     counts = Counter(row[0] for row in rows)
     expected_ids = {f"{clip}{sub.id_suffix}" for clip in test_ids}
     problems = []
@@ -56,16 +92,16 @@ def check_answer(text: str, test_ids: Sequence[str], classes: Sequence[str], sub
     unknown = sorted(counts.keys() - expected_ids)
     if unknown:
         problems.append(f"{len(unknown)} ids that are not test clips ({examples(unknown)})")
-    labels = sorted({row[1] for row in rows} - set(classes))
-    if labels:
-        problems.append(f"labels that are not classes ({examples(labels)})")
+    bad = _bad_cells(rows, classes, sub, task)
+    if bad:
+        problems.append(bad)
     if problems:
         raise UserError(f"{origin}: not a valid answer: {'; '.join(problems)}")
 
 
-def write_answer(path: Path, ids: Sequence[str], labels: Sequence[str], test_ids: Sequence[str],
-                 classes: Sequence[str], sub: DictConfig) -> None:
+def write_answer(path: Path, ids: Sequence[str], cells: Sequence[str], test_ids: Sequence[str],
+                 classes: Sequence[str], sub: DictConfig, task: Task = SINGLE) -> None:
     """Render, check against the test ids, then write atomically: a refused answer leaves no file behind."""
-    text = render_answer(ids, labels, sub)
-    check_answer(text, test_ids, classes, sub, str(path))
+    text = render_answer(ids, cells, classes, sub)
+    check_answer(text, test_ids, classes, sub, str(path), task)
     atomic_write_text(path, text)

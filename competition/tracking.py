@@ -268,7 +268,7 @@ class FoldMirror(FoldObserver):
     def finished(self, summary: dict) -> None:
         self.runs.image(f"{self.prefix}curves", self.fold_dir / "curves.png")
         oof = self.fold_dir / "oof.csv"
-        if oof.is_file():
+        if oof.is_file() and summary.get("task", "single") == "single":  # a multi-label clip has no one true class
             classes = summary["classes"]
             first = (frame := pd.read_csv(oof))[frame["view"] == frame["view"].iloc[0]]
             self.runs.confusion(f"{self.prefix}OOF confusion", first["label"].astype(str).map(classes.index).to_numpy(),

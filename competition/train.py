@@ -20,7 +20,6 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from timm.utils import ModelEmaV3
 from torch.optim.swa_utils import AveragedModel, update_bn
@@ -43,6 +42,7 @@ from competition.metrics import METRICS
 from competition.models import check_backbone, create_model
 from competition.observe import FoldObserver
 from competition.predictions import recorded_source
+from competition.task import Task, task_of
 
 RESERVED_COLUMNS = {"id", "label", "view"}
 
@@ -110,12 +110,13 @@ def load_data(exp: Experiment) -> DataSet:
     cfg = exp.cfg
     train_split, train_cache = load_split(index_train(cfg), cfg, cfg.data.skip_bad_audio)
     folds = ensure_folds(cfg, train_split.clips, exp.name)
-    classes = sorted(folds["label"].unique())
+    task = task_of(cfg)
+    classes = task.classes(folds["label"])
     clashes = RESERVED_COLUMNS & set(classes)
     if clashes:
         raise UserError(f"class name {', '.join(clashes)} clashes with a prediction column; rename that class")
     clips = train_split.clips.merge(folds[["id", "fold"]], on="id")
-    y = clips["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    y = task.encode(clips["label"], classes)
     train = Part(clips["id"].to_numpy(), train_cache, train_cache.rows(clips["path"]), y)
     test, test_fingerprint = None, None
     test_split = index_test(cfg)
@@ -209,22 +210,15 @@ def make_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def smooth_targets(y: torch.Tensor, n_classes: int, smoothing: float) -> torch.Tensor:
-    """One-hot targets with `smoothing` of the mass spread evenly over all classes."""
-    return F.one_hot(y, n_classes).float() * (1.0 - smoothing) + smoothing / n_classes
-
-
-def training_targets(part: Part, index: np.ndarray, n_classes: int, smoothing: float,
+def training_targets(task: Task, part: Part, index: np.ndarray, n_classes: int, smoothing: float,
                      device: torch.device) -> torch.Tensor:
-    """The batch's target distributions: smoothed one-hot labels, or the soft targets of pseudo-labelled clips."""
-    if part.soft is None:
-        return smooth_targets(torch.from_numpy(part.y[index]).to(device), n_classes, smoothing)
-    return torch.from_numpy(part.soft[index]).to(device) * (1.0 - smoothing) + smoothing / n_classes
+    """The batch's targets, smoothed: its labels, or the soft targets of pseudo-labelled clips."""
+    return task.targets(part.y[index] if part.soft is None else part.soft[index], n_classes, smoothing).to(device)
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, keep: float = 1.0) -> torch.Tensor:
-    """Cross-entropy against soft targets (smoothed, mixed); with keep < 1, only the hardest samples count (OHEM)."""
-    losses = -(targets * logits.float().log_softmax(-1)).sum(-1)
+def training_loss(task: Task, logits: torch.Tensor, targets: torch.Tensor, t: DictConfig) -> torch.Tensor:
+    """The task's loss against soft targets (smoothed, mixed); with train.ohem < 1, only the hardest samples count."""
+    losses, keep = task.losses(logits, targets, t.focal_gamma), t.ohem
     if keep < 1.0:
         losses = losses.topk(max(1, round(keep * len(losses)))).values
     return losses.mean()
@@ -321,13 +315,13 @@ def predict_together(predictors: Sequence[Predictor], part: Part, device: torch.
                 if (name, key) not in inputs:
                     inputs[name, key] = p.frontend(seen[name])
                 with autocast(device, p.cfg.train.amp):
-                    result = p.model(inputs[name, key]).float().softmax(-1).cpu().numpy()
+                    result = task_of(p.cfg).probabilities(p.model(inputs[name, key])).cpu().numpy()
                 if views[name].whole:
                     counts = windows[index]
                     starts = np.concatenate([[0], np.cumsum(counts[:-1])])
                     result = np.add.reduceat(result, starts) / counts[:, None] if views[name].whole == "mean" \
                         else np.maximum.reduceat(result, starts)
-                    result = result / result.sum(1, keepdims=True)
+                    result = task_of(p.cfg).normalise(result)
                 probs[name].append(result)
         if progress is not None:
             progress(len(index))
@@ -355,13 +349,13 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
     atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
 
 
-def predictions_frame(part: Part, views: dict[str, np.ndarray], classes: list[str]) -> pd.DataFrame:
+def predictions_frame(part: Part, views: dict[str, np.ndarray], classes: list[str], task: Task) -> pd.DataFrame:
     """Long format: one row per (clip, view), columns id, view, [label,] then one probability per class."""
     frames = []
     for view, probs in views.items():
         frame = pd.DataFrame({"id": part.ids, "view": view})
         if part.y is not None:
-            frame["label"] = np.asarray(classes)[part.y]
+            frame["label"] = task.decode(part.y, classes)
         frames.append(pd.concat([frame, pd.DataFrame(probs, columns=classes)], axis=1))
     return pd.concat(frames, ignore_index=True)
 
@@ -593,14 +587,15 @@ def predict_splits(model: torch.nn.Module, frontend: Frontend, cfg: DictConfig, 
         if name not in splits or part is None or len(part) == 0:
             continue
         views = predict_views(model, frontend, part, cfg, device)
-        write_csv(predictions_frame(part, views, data.classes), folder / f"{name}.csv")
+        write_csv(predictions_frame(part, views, data.classes, task_of(cfg)), folder / f"{name}.csv")
         if part.y is not None:
             key = "val" if name == "oof" else name
             scores[f"n_{key}"] = len(part)
             for view, probs in views.items():
                 suffix = "" if view == cfg.tta.views[0] else f"_{view}"
                 scores[f"{key}_{cfg.train.metric}{suffix}"] = metric.score(part.y, probs)
-                scores[f"{key}_accuracy{suffix}"] = METRICS["accuracy"].score(part.y, probs)
+                reported = task_of(cfg).reported
+                scores[f"{key}_{reported}{suffix}"] = METRICS[reported].score(part.y, probs)
     return scores
 
 
@@ -652,13 +647,13 @@ def repredict_fold(exp: Experiment, fold: int, data: DataSet, stale: Staleness, 
 def _check_metric_defined(cfg: DictConfig, data: FoldData, fold: int) -> None:
     """A metric undefined on the validation clips (ROC AUC with one class) would score every epoch NaN and keep the
     first epoch's model: refuse before training."""
-    uniform = np.full((len(data.val), len(data.classes)), 1.0 / len(data.classes))
+    uniform = task_of(cfg).normalise(np.full((len(data.val), len(data.classes)), 0.5))
     try:
         defined = math.isfinite(METRICS[cfg.train.metric].score(data.val.y, uniform))
     except ValueError:
         defined = False
     if not defined:
-        present = ", ".join(data.classes[c] for c in np.unique(data.val.y))
+        present = ", ".join(task_of(cfg).classes(pd.Series(task_of(cfg).decode(data.val.y, data.classes))))
         raise UserError(f"train.metric={cfg.train.metric} is undefined on fold {fold}'s validation clips (classes "
                         f"present: {present}); choose another train.metric, or remake the folds so that every fold "
                         "validates on several classes")
@@ -769,8 +764,9 @@ def _average(cfg: DictConfig, state: TrainState, frontend: Frontend, data: FoldD
 
 
 def _validation_scores(cfg: DictConfig, y: np.ndarray, probs: np.ndarray) -> dict:
-    return {"val_loss": METRICS["log_loss"].score(y, probs), f"val_{cfg.train.metric}":
-            METRICS[cfg.train.metric].score(y, probs), "val_accuracy": METRICS["accuracy"].score(y, probs)}
+    task = task_of(cfg)
+    return {"val_loss": METRICS[task.loss_metric].score(y, probs), f"val_{cfg.train.metric}":
+            METRICS[cfg.train.metric].score(y, probs), f"val_{task.reported}": METRICS[task.reported].score(y, probs)}
 
 
 def _save_model(work: Path, model: torch.nn.Module, frontend: Frontend, classes: list[str], epoch: int,
@@ -787,7 +783,7 @@ def _finish(cfg: DictConfig, model: torch.nn.Module, frontend: Frontend, data: F
     """The curves, the fold's summary (with which epochs' mean the model is and its validation scores, where it is
     one) and its predictions on every split through every view."""
     plot_curves(pd.DataFrame(history), cfg.train.metric, work / "curves.png")
-    summary = {"classes": data.classes, "best_epoch": best_epoch, "epochs_run": len(history) and history[-1]["epoch"],
+    summary = {"classes": data.classes, "task": task_of(cfg).name, "best_epoch": best_epoch, "epochs_run": len(history) and history[-1]["epoch"],
                "device": str(device), "seconds": round(time.time() - started, 1), "n_train": len(data.train),
                "n_pseudo": data.n_pseudo,
                "tta_views": list(cfg.tta.views), **({"averaged": averaged} if averaged else {})}
@@ -806,7 +802,7 @@ def _fit_exactly(cfg: DictConfig, model: torch.nn.Module, frontend: Frontend, da
     model.fit(features, torch.from_numpy(data.train.y).to(device), cfg.train.weight_decay)
     train_probs = predict(model, frontend, data.train, cfg, device)
     probs = predict(model, frontend, data.val, cfg, device)
-    row = {"epoch": 1, "train_loss": METRICS["log_loss"].score(data.train.y, train_probs), "lr": 0.0,
+    row = {"epoch": 1, "train_loss": METRICS[task_of(cfg).loss_metric].score(data.train.y, train_probs), "lr": 0.0,
            "seconds": time.time() - started, **_validation_scores(cfg, data.val.y, probs)}
     _save_model(work, model, frontend, data.classes, 1, cfg)
     write_csv(pd.DataFrame([row]), work / "metrics.csv")
@@ -821,7 +817,7 @@ def _train_epoch(cfg: DictConfig, state: TrainState, data: FoldData, frontend: F
                  heavy: HeavyAugment | None, epoch: int, steps: int, device: torch.device, fold: int,
                  observers: Sequence[FoldObserver]) -> dict:
     """One pass over the training clips: augment the waveforms, log-mel, augment the spectrograms, mix, step."""
-    t = cfg.train
+    t, task = cfg.train, task_of(cfg)
     started, losses = time.time(), []
     state.model.train()
     bar = tqdm(train_batches(data.train, cfg, state.rng, heavy), total=steps, desc=f"epoch {epoch}/{t.epochs}",
@@ -829,14 +825,14 @@ def _train_epoch(cfg: DictConfig, state: TrainState, data: FoldData, frontend: F
     for index, wave in bar:
         wave = augmenter.wave(wave.to(device, non_blocking=True), state.generator)
         x = augmenter.spec(frontend(wave), state.generator)
-        x, targets = augmenter.mix(x, training_targets(data.train, index, len(data.classes), t.label_smoothing, device),
-                                   state.generator)
+        targets = training_targets(task, data.train, index, len(data.classes), t.label_smoothing, device)
+        x, targets = augmenter.mix(x, targets, state.generator)
         if not losses:
             for observer in observers:
                 observer.inputs(x, targets, data.classes)
         with autocast(device, t.amp):
             logits = state.model(x)
-        loss = soft_cross_entropy(logits, targets, t.ohem)
+        loss = training_loss(task, logits, targets, t)
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(loss).backward()
         if t.grad_clip:

@@ -200,6 +200,45 @@ def train_every_fold(root: Path, name: str) -> None:
         os.chdir(cwd)
 
 
+# The 'chords' contest (multi-label): the tones mixed one to three at a time by competition.mixtures, each clip said by
+# one "speaker", the test clips by two others.
+
+CHORDS_CONFIG = {
+    "data": {"name": "chords", "task": "multilabel",
+             "train": {"path": "mix/train", "layout": "table", "table": "labels.csv", "header": True,
+                       "label_column": "labels", "group_column": "speaker"},
+             "test": {"path": "mix/test"}},
+    "audio": {"sample_rate": 8000, "duration": 1.0},
+    "folds": {"n_splits": 3},
+    "frontend": {"n_mels": 32, "n_fft": 256, "hop_length": 64},
+    "model": {"name": "resnet10t"},
+    "train": {"epochs": 4, "batch_size": 16, "lr": 0.01, "metric": "lwlrap"},
+}
+
+
+def write_chords_experiment(root: Path, name: str = "chords", **sections: dict) -> Path:
+    body = OmegaConf.to_container(OmegaConf.merge(CHORDS_CONFIG, {"data": {"cache_dir": str(root / "cache")}},
+                                                  sections))
+    folder = root / "experiments" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(body))
+    return folder
+
+
+@pytest.fixture
+def chords(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The chords contest (mix/: train, test, soundscapes) and an experiment on it, working directory at its root."""
+    from competition.mixtures import make_mixtures
+
+    write_tones_data(tmp_path)
+    make_mixtures(tmp_path / "data" / "train", tmp_path / "mix", layout="class_folders", clips=90, test_clips=12,
+                  recordings=2, duration=1.0, soundscape_seconds=10, sample_rate=8000, snr=(15.0, 25.0),
+                  test_speakers=["spk6", "spk7"])
+    write_chords_experiment(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 @pytest.fixture
 def tones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The tones contest and an experiment on it, with the working directory at its root."""

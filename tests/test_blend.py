@@ -174,7 +174,7 @@ def test_gender_answer_is_id_tab_label_lines_only(tmp_path: Path) -> None:
 
 def test_words_answer_has_its_header_and_file_names(tmp_path: Path) -> None:
     section = yaml.safe_load((REPO / "experiments" / "_contests" / "demo_words.yaml").read_text())["submission"]
-    text = render_answer(["clip_0", "clip_1"], ["yes", "no"], fmt(**section))
+    text = render_answer(["clip_0", "clip_1"], ["yes", "no"], ["no", "yes"], fmt(**section))
     assert text == "fname,label\nclip_0.wav,yes\nclip_1.wav,no\n"
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from competition.config import load_experiment
 from competition.errors import UserError
@@ -238,16 +239,38 @@ train: {{epochs: 8, batch_size: 32, lr: 0.003}}
 
 
 def test_ohem_keeps_only_the_hardest_samples_and_smoothing_matches_torch() -> None:
-    from competition.train import smooth_targets, soft_cross_entropy
+    from competition.task import SINGLE
+    from competition.train import training_loss
+
+    def loss(targets: torch.Tensor, ohem: float = 1.0) -> float:
+        return training_loss(SINGLE, logits, targets, OmegaConf.create({"ohem": ohem, "focal_gamma": 0.0})).item()
 
     logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 3.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, -2.0]])
     y = torch.tensor([0, 1, 2, 2])
     per_sample = F.cross_entropy(logits, y, reduction="none")
-    assert soft_cross_entropy(logits, smooth_targets(y, 3, 0.0)) == pytest.approx(per_sample.mean().item())
+    assert loss(SINGLE.targets(y.numpy(), 3, 0.0)) == pytest.approx(per_sample.mean().item())
     hardest_half = per_sample.sort(descending=True).values[:2].mean()
-    assert soft_cross_entropy(logits, smooth_targets(y, 3, 0.0), keep=0.5) == pytest.approx(hardest_half.item())
-    smoothed = soft_cross_entropy(logits, smooth_targets(y, 3, 0.2))
+    assert loss(SINGLE.targets(y.numpy(), 3, 0.0), ohem=0.5) == pytest.approx(hardest_half.item())
+    smoothed = loss(SINGLE.targets(y.numpy(), 3, 0.2))
     assert smoothed == pytest.approx(F.cross_entropy(logits, y, label_smoothing=0.2).item())
+
+
+def test_multilabel_loss_is_bce_summed_over_classes_and_focal_down_weights_easy_terms() -> None:
+    from competition.task import Task
+
+    task = Task("multilabel", " ")
+    logits = torch.tensor([[4.0, -3.0, 0.5], [-1.0, 2.0, -4.0]])
+    y = np.array([[1, 0, 1], [0, 0, 0]], np.float32)
+    bce = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(y), reduction="none")
+    assert torch.allclose(task.losses(logits, task.targets(y, 3, 0.0)), bce.sum(1))
+    smoothed = task.targets(y, 3, 0.2)  # 1 -> 0.9, 0 -> 0.1
+    assert torch.allclose(smoothed, torch.tensor([[0.9, 0.1, 0.9], [0.1, 0.1, 0.1]]))
+    p = logits.sigmoid()
+    p_true = torch.where(torch.from_numpy(y) == 1, p, 1 - p)
+    focal = task.losses(logits, task.targets(y, 3, 0.0), focal_gamma=2.0)
+    assert torch.allclose(focal, (bce * (1 - p_true) ** 2).sum(1))
+    assert (focal < bce.sum(1)).all()
+    assert torch.allclose(task.probabilities(logits), p)  # one sigmoid per class, rows need not sum to one
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "linear", "constant", "onecycle"])

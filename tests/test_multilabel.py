@@ -1,0 +1,113 @@
+"""Multi-label contests (data.task=multilabel) from configuration alone: label lists and class columns read, folds
+that keep speakers whole and spread every class, BCE training of plain and SED heads through the queue and a tune,
+per-class blends with evidence, answers as label lists or probability columns, and predict and bundles reproducing
+them. The contest is 'chords' (tests/conftest.py): the tones mixed one to three at a time by competition.mixtures."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import f1_score
+
+from competition.config import load_experiment
+from competition.data import index_train
+from competition.errors import UserError
+from competition.folds import make_configured_folds
+from competition.task import Task
+from conftest import error_line, make_config, run_here, tone, write_chords_experiment, write_clip
+
+CLASSES = ["high", "low", "mid"]
+
+
+def labelled(tmp_path: Path, table: str, **train: object):
+    """Three clips and a label table `table` (header line first) as a multi-label contest's config."""
+    for name in ("a", "b", "c"):
+        write_clip(tmp_path / "clips" / f"{name}.wav", tone(440.0, 8000, 0.5), 8000)
+    (tmp_path / "clips" / "labels.csv").write_text(table)
+    return make_config(tmp_path, {"task": "multilabel", "train": {
+        "path": str(tmp_path / "clips"), "layout": "table", "table": "labels.csv", "header": True, **train}})
+
+
+def test_label_lists_and_class_columns_read_as_the_same_clips(tmp_path: Path) -> None:
+    lists = labelled(tmp_path, "id,label\na,dog cat\nb,\nc,cat\n")
+    clips = index_train(lists).clips.set_index("id")["label"]
+    assert clips.to_dict() == {"a": "cat dog", "b": "", "c": "cat"}  # sorted, and a clip may hold no class
+    columns = labelled(tmp_path, "id,cat,dog\na,1,1\nb,0,0\nc,1,0\n", label_columns=["cat", "dog"])
+    assert index_train(columns).clips.set_index("id")["label"].to_dict() == clips.to_dict()
+    bad = labelled(tmp_path, "id,cat,dog\na,1,1\nb,0,yes\nc,1,0\n", label_columns=["cat", "dog"])
+    with pytest.raises(UserError, match=r"line 3, column 'dog' is 'yes'; class columns .* hold 0 or 1"):
+        index_train(bad)
+    task = Task("multilabel", ";")
+    assert task.split(" b ;a;;b") == ["a", "b"] and task.join(["b", "a"]) == "a;b"
+
+
+def test_a_single_label_metric_is_refused_for_a_multilabel_contest(chords: Path) -> None:
+    result = run_here("competition.run", "exp=chords", "fold=0", "train.metric=accuracy", cwd=chords)
+    assert result.returncode == 2
+    assert error_line(result.stderr) == ("error: command line: 'train.metric' is accuracy, which does not score "
+                                         "data.task=multilabel contests; choose one of roc_auc, lwlrap, cmap, "
+                                         "macro_f1_threshold, bce")
+
+
+def test_folds_keep_each_speaker_whole_and_give_every_fold_every_class(chords: Path) -> None:
+    cfg = load_experiment("chords").cfg
+    folds = make_configured_folds(cfg, index_train(cfg).clips)
+    assert (folds.groupby("group")["fold"].nunique() == 1).all()
+    per_fold = folds.assign(label=folds["label"].str.split()).explode("label").groupby("fold")["label"].unique()
+    assert all(sorted(classes) == CLASSES for classes in per_fold)
+    assert sorted(folds["fold"].unique()) == [0, 1, 2]
+
+
+def read_answer(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False).set_index("id")
+
+
+def test_a_multilabel_contest_runs_from_its_config_alone(chords: Path) -> None:
+    """Both heads through the queue, a tune, blend (auto), predict and a bundle: every answer the same and right."""
+    write_chords_experiment(chords, "chords_sed", model={"head": "sed"})
+    trained = run_here("competition.run", "exp=chords,chords_sed", "fold=all", "device=cpu", "train.epochs=3",
+                       cwd=chords)
+    assert trained.returncode == 0, trained.stderr
+    for exp in ("chords", "chords_sed"):
+        oof = pd.concat(pd.read_csv(chords / "experiments" / exp / f"fold_{k}" / "oof.csv", keep_default_na=False)
+                        for k in range(3))
+        truth = np.stack([[c in label.split() for c in CLASSES] for label in oof["label"]])
+        assert f1_score(truth, oof[CLASSES].to_numpy() >= 0.5, average="macro") > 0.8, exp
+
+    blended = run_here("competition.blend", "exps=chords,chords_sed", "name=auto", cwd=chords)
+    assert blended.returncode == 0, blended.stderr
+    assert "lwlrap (higher is better)" in blended.stdout and "paired bootstrap" in blended.stdout
+    assert "stack" not in blended.stdout  # stackers are single-label only
+    answer = read_answer(chords / "submissions" / "auto.csv")
+    truth = pd.read_csv(chords / "mix" / "test_answers.csv", dtype=str, keep_default_na=False).set_index("id")
+    assert sorted(answer.index) == sorted(truth.index)
+    said = np.stack([[c in answer.loc[i, "label"].split() for c in CLASSES] for i in truth.index])
+    true = np.stack([[c in truth.loc[i, "labels"].split() for c in CLASSES] for i in truth.index])
+    assert f1_score(true, said, average="macro") > 0.8  # unseen speakers
+
+    soft = run_here("competition.blend", "exps=chords,chords_sed", "method=soft", "name=soft",
+                    "submission.columns=classes", cwd=chords)
+    assert soft.returncode == 0, soft.stderr
+    probs = read_answer(chords / "submissions" / "soft.csv")
+    assert list(probs.columns) == CLASSES
+    values = probs.astype(float).to_numpy()
+    assert ((values >= 0) & (values <= 1)).all() and not np.allclose(values.sum(1), 1.0)  # one sigmoid per class
+    predicted = run_here("competition.predict", "exps=chords,chords_sed", "test=mix/test", "name=again",
+                         "method=soft", cwd=chords)
+    assert predicted.returncode == 0, predicted.stderr
+    packed = run_here("competition.pack", "exps=chords,chords_sed", "out=bundle", "method=soft", cwd=chords)
+    assert packed.returncode == 0, packed.stderr
+    from_bundle = run_here("competition.predict", "bundle=bundle", "test=mix/test", "name=bundled", cwd=chords)
+    assert from_bundle.returncode == 0, from_bundle.stderr
+    again = read_answer(chords / "submissions" / "again-soft.csv")
+    assert again.equals(read_answer(chords / "submissions" / "bundled-soft.csv"))
+    expected = [" ".join(c for c, p in zip(CLASSES, row) if p >= 0.5) for row in values]
+    assert again.loc[probs.index, "label"].tolist() == expected  # the label lists are the probabilities at 0.5
+
+    tuned = run_here("competition.tune", "exp=chords", "n_trials=2", "train.epochs=2", "tune.folds=[0]",
+                     "tune.space={frontend.n_mels: {choices: [16, 32]}}", cwd=chords)
+    assert tuned.returncode == 0, tuned.stderr
+    trials = pd.read_csv(next((chords / "experiments" / "chords" / "tune").rglob("trials.csv")))
+    assert len(trials) == 2 and trials["value"].between(0, 1).all()
