@@ -212,6 +212,23 @@ class JoinedCache:
         return self.first.windows(row, length) if row < split else self.second.windows(row - split, length)
 
 
+def windowed(cache: WaveCache, rows: np.ndarray, ids: np.ndarray, seconds: float,
+             sample_rate: int) -> tuple[np.ndarray, WaveCache, np.ndarray]:
+    """Each clip cut into consecutive windows of `seconds` (the last one shorter, padded like any short clip), as the
+    contests that answer long recordings window by window (BirdCLEF) want: a cache whose rows are the windows, over
+    the same memmap, and their ids `<clip id>_<end second>` (rec_5, rec_10, ...)."""
+    length = round(seconds * sample_rate)
+    offsets, sizes = cache.clips["offset"].to_numpy()[rows], cache.clips["length"].to_numpy()[rows]
+    counts = np.maximum(1, -(-sizes // length))  # ceiling: a partial last window is still answered
+    k = np.concatenate([np.arange(n) for n in counts])
+    starts = np.repeat(offsets, counts) + k * length
+    lengths = np.minimum(length, np.repeat(offsets + sizes, counts) - starts)
+    ends = [f"{(i + 1) * seconds:g}" for i in k]
+    window_ids = np.array([f"{clip}_{end}" for clip, end in zip(np.repeat(ids, counts), ends)])
+    clips = pd.DataFrame({"path": window_ids, "offset": starts, "length": lengths})
+    return window_ids, WaveCache(cache.dir, clips, cache.bad, cache.waves, cache.fingerprint), np.arange(len(clips))
+
+
 def window_starts(size: int, length: int) -> list[int]:
     """Where the windows of `length` samples over a clip of `size` samples start: half a window apart, the last one
     ending at the clip's end; a clip no longer than one window has one (its centred crop)."""

@@ -149,6 +149,8 @@ class SubmissionConfig:
     columns: str = "label"  # label: one label column | classes: one probability column per class, named by it
     threshold: float = 0.5  # data.task=multilabel, columns=label: a clip's labels are the classes at or above this
     label_separator: str = " "  # data.task=multilabel, columns=label: between a clip's labels
+    window: float = 0.0  # seconds: answer each test recording window by window, one row per window with the id
+    # <recording>_<end second> (BirdCLEF); 0: one row per clip
 
 
 @dataclass
@@ -493,6 +495,9 @@ def validate(cfg: DictConfig, origin: str, command_line: set[str] = frozenset())
     if cfg.train.focal_gamma < 0:
         raise UserError(f"{where('train.focal_gamma')}: 'train.focal_gamma' cannot be negative, got "
                         f"{cfg.train.focal_gamma}")
+    if cfg.submission.window < 0:
+        raise UserError(f"{where('submission.window')}: 'submission.window' is the answer window in seconds (0: one "
+                        f"answer per clip), got {cfg.submission.window}")
     if not 0.0 < cfg.submission.threshold < 1.0:
         raise UserError(f"{where('submission.threshold')}: 'submission.threshold' is a probability in (0, 1), got "
                         f"{cfg.submission.threshold}")

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from competition.cache import load_split
+from competition.cache import load_split, windowed
 from competition.config import EXPERIMENTS_DIR, SubmissionConfig, load_experiment, parse_overrides
 from competition.data import examples, index_test, with_test_source
 from competition.errors import UserError
@@ -201,8 +202,21 @@ def class_prior(data_name: str, classes: list[str], task: Task = SINGLE) -> np.n
     return task.normalise(counts / len(folds))
 
 
+def answer_ids(cfg: DictConfig, clips: pd.DataFrame, cache) -> list[str]:
+    """The ids an answer covers: the test clips', or with submission.window their windows' (competition.cache.windowed)."""
+    if not cfg.submission.window:
+        return clips["id"].tolist()
+    return windowed(cache, cache.rows(clips["path"]), clips["id"].to_numpy(), cfg.submission.window,
+                    cfg.audio.sample_rate)[0].tolist()
+
+
 def configured_test_set(members: list[Member]) -> TestSet:
-    return TestSet(index_test(members[0].cfg).clips["id"].tolist(), [])
+    cfg = members[0].cfg
+    split = index_test(cfg)
+    if not cfg.submission.window:
+        return TestSet(split.clips["id"].tolist(), [])
+    split, cache = load_split(split, cfg, skip_bad=False)
+    return TestSet(answer_ids(cfg, split.clips, cache), [])
 
 
 def named_test_set(members: list[Member], name: str) -> TestSet:
@@ -228,7 +242,7 @@ def named_test_set(members: list[Member], name: str) -> TestSet:
         if sorted(split.clips["id"]) != sorted(record["ids"]) or cache.fingerprint != record["fingerprint"]:
             raise UserError(f"test={name}: {record['source']['path']} changed since {member.name} predicted it "
                             f"({test_record(member.name, name)}); run {command}")
-    return TestSet(list(first["ids"]), list(first["unreadable"]))
+    return TestSet(answer_ids(members[0].cfg, split.clips, cache), list(first["unreadable"]))
 
 
 def check_test_predictions(members: list[Member]) -> None:

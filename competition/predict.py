@@ -48,7 +48,7 @@ from competition.bundle import from_bundle
 from competition.cache import load_split
 from competition.cli import main_guard, parse_bool
 from competition.config import parse_cli, parse_value
-from competition.data import index_test
+from competition.data import examples, index_test
 from competition.ensemble import (METHODS, Ensemble, FoldModel, answered, choose, combine_models, parse_method,
                                   with_views)
 from competition.errors import UserError
@@ -57,8 +57,8 @@ from competition.members import class_prior, load_members, submission_format
 from competition.predictions import ViewPreds, test_record
 from competition.submission import SUBMISSIONS_DIR, answer_cells, answer_path, write_answer
 from competition.task import task_of
-from competition.train import (Part, Predictor, build_fold_model, crop_samples, predict_together, predictions_frame,
-                               resolve_device, with_mean, write_csv)
+from competition.train import (Part, Predictor, answer_part, build_fold_model, crop_samples, predict_together,
+                               predictions_frame, resolve_device, with_mean, write_csv)
 
 COMMAND_KEYS = {"exps": "", "bundle": "", "test": "", "name": "", "method": "", "blend": "", "device": "auto",
                 "precision": "fp32", "overwrite": "false", "skip_bad_audio": "false", "models_per_pass": "0"}
@@ -117,8 +117,11 @@ def decode_test(models: list[FoldModel], skip_bad: bool) -> dict[int, tuple[pd.D
         everything = split.clips
         split, cache = load_split(split, model.cfg, skip_bad, skip_key="skip_bad_audio")
         bad = sorted(set(everything["id"]) - set(split.clips["id"]))
-        decoded[rate] = (everything, Part(split.clips["id"].to_numpy(), cache, cache.rows(split.clips["path"]), None),
-                         bad)
+        if bad and model.cfg.submission.window:
+            raise UserError(f"{examples(bad)}: unreadable, so their windows (submission.window="
+                            f"{model.cfg.submission.window:g}) cannot be counted or answered; repair or remove them")
+        part = Part(split.clips["id"].to_numpy(), cache, cache.rows(split.clips["path"]), None)
+        decoded[rate] = (everything, answer_part(part, model.cfg), bad)
     return decoded
 
 
@@ -172,7 +175,7 @@ def predict(ensemble: Ensemble, name: str, test: dict, *, device: torch.device, 
     if path.exists() and not overwrite:
         raise UserError(f"{path} exists; pass overwrite=true to replace it, or give another name=")
     decoded = decode_test(ensemble.models, skip_bad)
-    everything, _, bad = next(iter(decoded.values()))
+    everything, part, bad = next(iter(decoded.values()))
     if METHODS[method].across_clips:
         print(f"warning: method={label} ranks each model's scores across the {len(everything)} clips of test set "
               f"{name}, so a clip's label depends on which other clips are predicted with it: predict the whole test "
@@ -188,7 +191,7 @@ def predict(ensemble: Ensemble, name: str, test: dict, *, device: torch.device, 
     ids, probs = answered(combined, bad, lambda: ensemble.prior)
     SUBMISSIONS_DIR.mkdir(parents=True, exist_ok=True)
     task, fmt = task_of(ensemble.models[0].cfg), ensemble.answer_format
-    write_answer(path, ids, answer_cells(probs, classes, fmt, task), everything["id"].tolist(), classes, fmt, task)
+    write_answer(path, ids, answer_cells(probs, classes, fmt, task), [*part.ids, *bad], classes, fmt, task)
     record_test_set(ensemble, decoded, test)
     return path
 

@@ -26,7 +26,7 @@ from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm import tqdm
 
 from competition.augment import Augmenter, HeavyAugment, heavy_enabled, parse_tta_view
-from competition.cache import JoinedCache, WaveCache, load_split, window_starts
+from competition.cache import JoinedCache, WaveCache, load_split, window_starts, windowed
 from competition.cli import format_seconds
 from competition.config import Experiment
 from competition.data import index_test, index_train, with_test_source
@@ -122,13 +122,23 @@ def load_data(exp: Experiment) -> DataSet:
     test_split = index_test(cfg)
     if test_split is not None:
         test_split, test_cache = load_split(test_split, cfg, skip_bad=False)
-        test = Part(test_split.clips["id"].to_numpy(), test_cache, test_cache.rows(test_split.clips["path"]), None)
+        test = answer_part(Part(test_split.clips["id"].to_numpy(), test_cache, test_cache.rows(test_split.clips["path"]),
+                                None), cfg)
         test_fingerprint = test_cache.fingerprint
     fold_file = file_sha256(fold_path(cfg))
     pseudo, digests = pseudo_labelled(exp, classes, test, fold_file)
     inputs = Inputs(OmegaConf.to_container(cfg), list(exp.overrides), fold_file, train_cache.fingerprint,
                     test_fingerprint, digests)
     return DataSet(classes, train, clips["fold"].to_numpy(), test, inputs, pseudo)
+
+
+def answer_part(part: Part, cfg: DictConfig) -> Part:
+    """Test clips as the contest answers them: each clip, or with submission.window each window of it (the windows
+    are clips of their own from here on: predicted, blended and answered by their ids)."""
+    if not cfg.submission.window:
+        return part
+    ids, cache, rows = windowed(part.cache, part.rows, part.ids, cfg.submission.window, cfg.audio.sample_rate)
+    return Part(ids, cache, rows, None)
 
 
 def pseudo_labelled(exp: Experiment, classes: list[str], test: Part | None,

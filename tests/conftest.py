@@ -232,7 +232,7 @@ def chords(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     write_tones_data(tmp_path)
     make_mixtures(tmp_path / "data" / "train", tmp_path / "mix", layout="class_folders", clips=90, test_clips=12,
-                  recordings=2, duration=1.0, soundscape_seconds=10, sample_rate=8000, snr=(15.0, 25.0),
+                  recordings=3, duration=1.0, soundscape_seconds=20, sample_rate=8000, snr=(15.0, 25.0),
                   test_speakers=["spk6", "spk7"])
     write_chords_experiment(tmp_path)
     monkeypatch.chdir(tmp_path)
