@@ -126,9 +126,10 @@ def _json_value(value: float | None) -> float | None:
     return None if value is None or math.isnan(value) else value
 
 
-def describe(method: str) -> str:
+def describe(method: str, multilabel: bool = False) -> str:
     name, tta = parse_method(method)
-    parts = [METHODS[name].single.__doc__.split("\n\n")[0]]
+    combiner = METHODS[name].per_class if multilabel else METHODS[name].single
+    parts = [combiner.__doc__.split("\n\n")[0]]
     if METHODS[name].fit is not None:
         parts.append(METHODS[name].fit.__doc__.split("\n\n")[0])
     if tta:
@@ -151,7 +152,7 @@ def write_reports(base: Path, members: list[Member], rows: list[Row], chosen: Ro
     plot_scores(rows, chosen, metric, Path(f"{base}.scores.png"))
     better = "higher" if metric.greater_is_better else "lower"
     report = {
-        "name": base.name, "answer_file": answer, "method": label, "definition": describe(label),
+        "name": base.name, "answer_file": answer, "method": label, "definition": describe(label, y_oof.ndim == 2),
         "chosen_by": "method=" if decision is None else "auto",
         "decision": [{key: _json_value(value) if isinstance(value, float) else value
                       for key, value in vars(step).items()} for step in decision or []],
@@ -181,7 +182,7 @@ def write_reports(base: Path, members: list[Member], rows: list[Row], chosen: Ro
     markdown = "\n".join([
         f"# {base.name}", "",
         f"- answer file: {answer}",
-        f"- method: **{label}**: {describe(label)}",
+        f"- method: **{label}**: {describe(label, y_oof.ndim == 2)}",
         *chosen_by,
         f"- weights: {', '.join(f'{n} {w:.3f}' for n, w in chosen.weights.items())}" if chosen.stacker is None
         else f"- {fitted_cell(chosen)} (its network is in {base.name}.json)",
