@@ -71,9 +71,12 @@ def test_a_multilabel_contest_runs_from_its_config_alone(chords: Path) -> None:
                "tta": {"views": ["whole_max"]}}  # each 5 s window: the class-wise max over the model's 1 s windows
     write_chords_experiment(chords, "chords", **windows)
     write_chords_experiment(chords, "chords_sed", model={"head": "sed"}, **windows)
-    trained = run_here("competition.run", "exp=chords,chords_sed", "fold=all", "device=cpu", "train.epochs=3",
-                       cwd=chords)
+    trained = run_here("competition.run", "exp=chords", "fold=all", "device=cpu", "train.epochs=3", cwd=chords)
     assert trained.returncode == 0, trained.stderr
+    queued = run_here("competition.run", "exp=chords_sed", "fold=all", "workers=2", "device=cpu", "train.epochs=3",
+                      cwd=chords)  # the queue: each fold a job of its own process
+    assert queued.returncode == 0, queued.stderr
+    assert all((chords / "experiments" / "chords_sed" / f"fold_{k}.log").is_file() for k in range(3))
     for exp in ("chords", "chords_sed"):
         oof = pd.concat(pd.read_csv(chords / "experiments" / exp / f"fold_{k}" / "oof.csv", keep_default_na=False)
                         for k in range(3))
