@@ -55,7 +55,7 @@ from competition.folds import FOLDS_DIR, per_clip_warning, read_folds
 from competition.members import (Member, TestSet, check_fold_files, check_test_predictions, class_prior,
                                  configured_test_set, load_members, named_test_set, pick_metric, submission_format)
 from competition.report import table_cells, text_table, write_reports
-from competition.submission import SUBMISSIONS_DIR, answer_cells, answer_path, write_answer
+from competition.submission import SUBMISSIONS_DIR, answer_cells, answer_path, smoothed, write_answer
 from competition.task import task_of
 from competition.tracking import mirror_blend
 
@@ -71,7 +71,8 @@ def submit(members: list[Member], chosen: Row, fmt: DictConfig, path: Path, test
     classes = members[0].folds[0].classes
     task = task_of(members[0].cfg)
     ids, probs = answered(test, test_set.unreadable, lambda: class_prior(members[0].cfg.data.name, classes, task))
-    write_answer(path, ids, answer_cells(probs, classes, fmt, task), test_set.ids, classes, fmt, task)
+    cells = answer_cells(smoothed(ids, probs, fmt), classes, fmt, task)
+    write_answer(path, ids, cells, test_set.ids, classes, fmt, task)
     return len(ids)
 
 

@@ -151,6 +151,8 @@ class SubmissionConfig:
     label_separator: str = " "  # data.task=multilabel, columns=label: between a clip's labels
     window: float = 0.0  # seconds: answer each test recording window by window, one row per window with the id
     # <recording>_<end second> (BirdCLEF); 0: one row per clip
+    smooth: float = 0.0  # with window: each window's probabilities mixed with its neighbours', each of them weighing
+    # this much (0 to 1/3): an event rarely stops at a window's edge
 
 
 @dataclass
@@ -498,6 +500,9 @@ def validate(cfg: DictConfig, origin: str, command_line: set[str] = frozenset())
     if cfg.submission.window < 0:
         raise UserError(f"{where('submission.window')}: 'submission.window' is the answer window in seconds (0: one "
                         f"answer per clip), got {cfg.submission.window}")
+    if not 0.0 <= cfg.submission.smooth <= 1 / 3:
+        raise UserError(f"{where('submission.smooth')}: 'submission.smooth' is each neighbouring window's weight, from "
+                        f"0 to 1/3, got {cfg.submission.smooth}")
     if not 0.0 < cfg.submission.threshold < 1.0:
         raise UserError(f"{where('submission.threshold')}: 'submission.threshold' is a probability in (0, 1), got "
                         f"{cfg.submission.threshold}")

@@ -55,7 +55,7 @@ from competition.errors import UserError
 from competition.files import atomic_write_text
 from competition.members import class_prior, load_members, submission_format
 from competition.predictions import ViewPreds, test_record
-from competition.submission import SUBMISSIONS_DIR, answer_cells, answer_path, write_answer
+from competition.submission import SUBMISSIONS_DIR, answer_cells, answer_path, smoothed, write_answer
 from competition.task import task_of
 from competition.train import (Part, Predictor, answer_part, build_fold_model, crop_samples, predict_together,
                                predictions_frame, resolve_device, with_mean, write_csv)
@@ -191,7 +191,8 @@ def predict(ensemble: Ensemble, name: str, test: dict, *, device: torch.device, 
     ids, probs = answered(combined, bad, lambda: ensemble.prior)
     SUBMISSIONS_DIR.mkdir(parents=True, exist_ok=True)
     task, fmt = task_of(ensemble.models[0].cfg), ensemble.answer_format
-    write_answer(path, ids, answer_cells(probs, classes, fmt, task), [*part.ids, *bad], classes, fmt, task)
+    cells = answer_cells(smoothed(ids, probs, fmt), classes, fmt, task)
+    write_answer(path, ids, cells, [*part.ids, *bad], classes, fmt, task)
     record_test_set(ensemble, decoded, test)
     return path
 

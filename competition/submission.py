@@ -5,11 +5,13 @@ would break the format (a delimiter inside it, say) is caught as surely as a mis
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 from omegaconf import DictConfig
 
 from competition.data import examples
@@ -22,6 +24,26 @@ SUBMISSIONS_DIR = Path("submissions")
 
 def answer_path(name: str, sub: DictConfig) -> Path:
     return SUBMISSIONS_DIR / f"{name}.{sub.extension.lstrip('.')}"
+
+
+WINDOW_ID = re.compile(r"(?P<recording>.+)_(?P<end>\d+(?:\.\d+)?)")  # competition.cache.windowed's ids
+
+
+def smoothed(ids: Sequence[str], probs: np.ndarray, sub: DictConfig) -> np.ndarray:
+    """With submission.window and submission.smooth = s: each window's probabilities as (1 - 2s) of its own plus s of
+    each neighbouring window of the same recording (a missing neighbour's share stays with the window itself)."""
+    if not (sub.window and sub.smooth):
+        return probs
+    windows = pd.Series([WINDOW_ID.fullmatch(clip) for clip in ids])
+    frame = pd.DataFrame({"recording": [m["recording"] if m else clip for m, clip in zip(windows, ids)],
+                          "end": [float(m["end"]) if m else 0.0 for m in windows]})
+    out = probs.copy()
+    for _, group in frame.groupby("recording", sort=False):
+        order = group.sort_values("end").index.to_numpy()
+        for k, row in enumerate(order):
+            neighbours = [order[j] for j in (k - 1, k + 1) if 0 <= j < len(order)]
+            out[row] = (1 - sub.smooth * len(neighbours)) * probs[row] + sub.smooth * probs[neighbours].sum(0)
+    return out
 
 
 def answer_cells(probs: np.ndarray, classes: Sequence[str], sub: DictConfig, task: Task) -> list[str]:

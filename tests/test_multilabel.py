@@ -142,3 +142,18 @@ def test_long_recordings_are_answered_window_by_window_with_end_second_ids(tmp_p
     last = windows.crops(rows[2:3], 5 * rate)[0]  # 2 s of audio, centred in 5 s of silence like any short clip
     assert np.array_equal(last[int(1.5 * rate):int(3.5 * rate)], whole[10 * rate:])
     assert not last[:int(1.5 * rate)].any() and not last[int(3.5 * rate):].any()
+
+
+def test_smoothing_mixes_each_window_with_its_neighbours_in_the_same_recording_only() -> None:
+    from omegaconf import OmegaConf
+
+    from competition.config import SubmissionConfig
+    from competition.submission import smoothed
+
+    sub = OmegaConf.merge(OmegaConf.structured(SubmissionConfig), {"window": 5, "smooth": 0.25})
+    ids = ["rec_10", "rec_5", "rec_15", "other_5"]  # out of order: neighbours are found by their end seconds
+    probs = np.array([[0.8], [0.0], [0.4], [1.0]])
+    out = smoothed(ids, probs, sub)
+    assert out[:, 0] == pytest.approx([0.5 * 0.8 + 0.25 * 0.0 + 0.25 * 0.4, 0.75 * 0.0 + 0.25 * 0.8,
+                                       0.75 * 0.4 + 0.25 * 0.8, 1.0])  # a lone window keeps its own
+    assert smoothed(ids, probs, OmegaConf.merge(sub, {"smooth": 0.0})) is probs
