@@ -52,6 +52,7 @@ from competition.ensemble import answered, ensemble, offered, parse_method
 from competition.errors import UserError
 from competition.evidence import AUTO, Row, choose_method, evaluate, score_table
 from competition.folds import FOLDS_DIR, per_clip_warning, read_folds
+from competition.leaderboard import log_answer
 from competition.members import (Member, TestSet, check_fold_files, check_test_predictions, class_prior,
                                  configured_test_set, load_members, named_test_set, pick_metric, submission_format)
 from competition.report import table_cells, text_table, write_reports
@@ -149,6 +150,9 @@ def main(argv: list[str]) -> None:
     else:
         written = f"none (no test set: data.test is not set for {data_name})"
     write_reports(SUBMISSIONS_DIR / name, members, rows, chosen, label, metric, fmt, written, decision)
+    if has_test:  # logged after its report, which the log names
+        log_answer(answer, Path(f"{SUBMISSIONS_DIR / name}.md"), [m.name for m in members], metric.name, chosen.oof,
+                   chosen.holdout)
     print(f"answer file: {written}; report: {SUBMISSIONS_DIR / name}.md")
     mirror_blend(members[0].cfg, SUBMISSIONS_DIR / name)
 

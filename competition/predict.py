@@ -53,6 +53,7 @@ from competition.ensemble import (METHODS, Ensemble, FoldModel, answered, choose
                                   with_views)
 from competition.errors import UserError
 from competition.files import atomic_write_text
+from competition.leaderboard import log_answer
 from competition.members import class_prior, load_members, submission_format
 from competition.predictions import ViewPreds, test_record
 from competition.submission import SUBMISSIONS_DIR, answer_cells, answer_path, smoothed, write_answer
@@ -194,6 +195,8 @@ def predict(ensemble: Ensemble, name: str, test: dict, *, device: torch.device, 
     cells = answer_cells(smoothed(ids, probs, fmt), classes, fmt, task)
     write_answer(path, ids, cells, [*part.ids, *bad], classes, fmt, task)
     record_test_set(ensemble, decoded, test)
+    log_answer(path, None, list(dict.fromkeys(m.experiment for m in ensemble.models)),
+               ensemble.models[0].cfg.train.metric, None, None)  # scores on clips without labels: none
     return path
 
 
