@@ -12,12 +12,14 @@ answer file each ask it once, here, instead of branching on it where they work.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
+
+if TYPE_CHECKING:  # torch is imported where a model is trained or run: data, folds and answers do without it
+    import torch
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,9 @@ class Task:
         """Training targets: one-hot with `smoothing` of the mass spread over all classes; for multilabel each class's
         0/1 moved `smoothing / 2` towards 0.5. Soft targets (pseudo-labels, a single-label (clips, classes) array)
         are smoothed the same way."""
+        import torch
+        import torch.nn.functional as F
+
         y = torch.from_numpy(np.asarray(y))
         if not self.multilabel:
             dense = y.float() if y.ndim == 2 else F.one_hot(y.long(), n_classes).float()
@@ -88,6 +93,8 @@ class Task:
         """One loss per sample: cross-entropy against the target distribution, or the binary cross-entropy summed
         over the classes (mean-reduced BCE is tiny with hundreds of classes), focal when `focal_gamma` > 0: each
         class's term scaled by (1 - p_t)^gamma, so the many easy negatives stop drowning the few positives."""
+        import torch.nn.functional as F
+
         logits = logits.float()
         if not self.multilabel:
             return -(targets * logits.log_softmax(-1)).sum(-1)

@@ -237,6 +237,9 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, where: str, exp:
             raise UserError(f"study '{name}' in {where} was not made by competition.tune ({len(study.trials)} trials); "
                             "give study=<another name>")
         study.set_user_attr("made_from", wanted)
+        with warnings.catch_warnings():  # experimental in Optuna 3.x, stable since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([metric.name])  # dashboards label the objective axis with it, not "Objective 0"
         baseline = {key: OmegaConf.select(exp.cfg, key) for key in space}
         if all(in_space(value, space[key]) for key, value in baseline.items()):
             study.enqueue_trial(baseline, user_attrs={"baseline": True})
@@ -542,6 +545,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration", "user_attrs"))
     frame = frame.drop(columns=[c for c in frame.columns if c in ("user_attrs_worker", "user_attrs_interrupted")])
     frame.columns = [c.removeprefix("params_").removeprefix("user_attrs_") for c in frame.columns]
+    frame = frame.rename(columns={f"value_{name}": "value" for name in study.metric_names or []})  # named metric
     if "duration" in frame:
         frame["seconds"] = frame.pop("duration").dt.total_seconds().round(1)
     frame["rank"] = frame["state"].map({"COMPLETE": 0, "PRUNED": 1}).fillna(2)  # a pruned trial's value is partial

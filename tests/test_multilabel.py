@@ -120,6 +120,12 @@ def test_a_multilabel_contest_runs_from_its_config_alone(chords: Path) -> None:
     assert tuned.returncode == 0, tuned.stderr
     trials = pd.read_csv(next((chords / "experiments" / "chords" / "tune").rglob("trials.csv")))
     assert len(trials) == 2 and trials["value"].between(0, 1).all()
+    import optuna
+
+    journal = optuna.storages.journal.JournalFileBackend(str(chords / "experiments" / "chords" / "tune" /
+                                                             "optuna.journal"))
+    study = optuna.load_study(study_name="chords", storage=optuna.storages.JournalStorage(journal))
+    assert study.metric_names == ["lwlrap"]  # what a dashboard's objective axis says
 
 
 def test_long_recordings_are_answered_window_by_window_with_end_second_ids(tmp_path: Path) -> None:
