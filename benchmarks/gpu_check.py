@@ -15,7 +15,10 @@ on a generated contest (harmonic tones, one class per fundamental, one pitch per
   demo      the README's first command, `python -m competition.run exp=default fold=0`, with device=cuda (not in
             --smoke: on the CPU it is the README's own four minutes)
 Where no GPU is visible it says so in one line and exits 1; --smoke runs every check on the CPU instead (the queue and
-the tuner pinned to two pretended GPUs by COMPETITION_FAKE_GPUS), which proves the script itself works.
+the tuner pinned to two pretended GPUs by COMPETITION_FAKE_GPUS), which proves the script itself works. There, once
+`train` has decoded the clips and made the fold file, the other checks run side by side (queue then predict, which
+reads the queue's folds; tune; overhead): each is mostly its processes' start-up on one core, so a second core halves
+the wait. On a GPU they run one after another, as each times its own work.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -88,6 +92,7 @@ class Checks:
         self.root, self.env = root, env
         self.passed: list[str] = []
         self.failed: list[str] = []
+        self.printing = threading.Lock()  # one whole line per check, also when checks run side by side
 
     def command(self, *args: str, cwd: Path | None = None, timeout: float = 300) -> str:
         """A command as a user types it, in the project; its output, or RuntimeError with the output's end."""
@@ -106,7 +111,17 @@ class Checks:
         except Exception as exc:  # every check is reported, whatever fails
             detail, status = f"{type(exc).__name__}: {exc}", "FAIL"
             self.failed.append(name)
-        print(f"{status:<4}  {name:<8}  {time.perf_counter() - started:6.1f}s  {detail}", flush=True)
+        with self.printing:
+            print(f"{status:<4}  {name:<8}  {time.perf_counter() - started:6.1f}s  {detail}", flush=True)
+
+    def run_side_by_side(self, chains: list[list[tuple[str, Callable[[], str]]]]) -> None:
+        """Each chain's checks in order, the chains at once (a thread each: the work is in the commands' processes)."""
+        threads = [threading.Thread(target=lambda chain=chain: [self.run(*check) for check in chain])
+                   for chain in chains]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
 
     def done(self, fold_dir: Path) -> dict:
         path = self.root / fold_dir / "DONE"
@@ -226,9 +241,14 @@ def main() -> None:
                                  ("ours", "bare", "**ratio"))
             return f"ours {ours} samples/s, bare timm loop {bare}: ours / bare {ratio} (median of the repeats)"
 
-        for name, check in (("train", train), ("queue", queue), ("tune", tune), ("predict", predict),
-                            ("overhead", overhead), *((("demo", demo),) if not args.smoke else ())):
-            checks.run(name, check)
+        if args.smoke:  # after train (the cache and the fold file made), the rest side by side on the CPU's cores
+            checks.run("train", train)
+            checks.run_side_by_side([[("queue", queue), ("predict", predict)], [("tune", tune)],
+                                     [("overhead", overhead)]])
+        else:
+            for name, check in (("train", train), ("queue", queue), ("tune", tune), ("predict", predict),
+                                ("overhead", overhead), ("demo", demo)):
+                checks.run(name, check)
     finally:
         if args.keep:
             print(f"kept {root}", file=sys.stderr)
