@@ -569,7 +569,7 @@ def save_plots(study: optuna.Study, study_dir: Path) -> list[str]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # optuna's experimental marks and matplotlib's layout notes
-                drawn = draw(study)
+                drawn = draw(study, target_name=(study.metric_names or ["Objective Value"])[0])
                 figure = (drawn.flat[0] if hasattr(drawn, "flat") else drawn).figure
                 figure.set_size_inches(max(figure.get_size_inches()[0], 8), 4.5)
                 figure.tight_layout()
