@@ -26,7 +26,7 @@ from competition.foldrun import can_resume, fold_lock, is_finished
 from competition.queue import (FAKE_GPUS_ENV, GRACE_SECONDS, Job, QueueOptions, cpu_cores, local_slots, plan_fold,
                                run_queue)
 from competition.train import load_data
-from conftest import error_line, require_extra, run_verb as cli, write_tones_data, write_tones_experiment
+from conftest import error_line, require_extra, run_here, run_verb as cli, write_tones_data, write_tones_experiment
 from test_train import REPO, run_cli
 
 FAST = dict(audio={"duration": 0.3}, frontend={"n_mels": 16, "hop_length": 128}, train={"epochs": 1})
@@ -50,7 +50,8 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.Com
     """Four jobs, two experiments x two folds, trained by the command a user types, two at a time."""
     root = tmp_path_factory.mktemp("grid")
     write_contest(root)
-    result = run_cli("competition.run", "exp=a,b", "fold=0,1", "workers=2", "device=cpu", cwd=root)
+    # the queue in this process (each job is a process of its own all the same): one torch start-up less
+    result = run_here("competition.run", "exp=a,b", "fold=0,1", "workers=2", "device=cpu", cwd=root)
     return root, result
 
 
