@@ -20,8 +20,7 @@ from optuna.trial import TrialState
 from competition import run, tune
 from competition.config import CHOICES, load_experiment
 from competition.errors import UserError
-from conftest import error_line, require_extra, run_verb as cli, write_tones_data, write_tones_experiment
-from test_train import run_cli
+from conftest import error_line, require_extra, run_here, run_verb as cli, write_tones_data, write_tones_experiment
 
 # Two epochs of resnet10t on the tones; lr 0.015 learns them, lr 1e-7 learns nothing (chance is 1/3).
 QUICK = dict(train={"epochs": 2, "lr": 0.015})
@@ -103,8 +102,9 @@ def test_a_killed_study_resumes_and_retries_the_killed_trial(contest: Path, caps
 
 
 def test_two_workers_share_the_default_storage_and_finish_exactly_n_trials(contest: Path) -> None:
-    result = run_cli("competition.tune", "exp=t", "n_trials=3", "workers=2", "train.epochs=1", "tune.keep_best=1",
-                     cwd=contest)
+    # the command in this process (its two workers are processes of their own): one torch start-up less
+    result = run_here("competition.tune", "exp=t", "n_trials=3", "workers=2", "train.epochs=1", "tune.keep_best=1",
+                      cwd=contest)
     assert result.returncode == 0, result.stdout + result.stderr
     run = [t for t in trials(contest) if not t.user_attrs.get("surplus")]
     assert len(run) == 3 and {t.state for t in run} <= {TrialState.COMPLETE, TrialState.PRUNED}, run
