@@ -36,7 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from competition.cli import format_seconds, main_guard, parse_bool
+from competition.cli import format_seconds, main_guard, parse_bool, parse_options
 from competition.errors import UserError
 from competition.files import atomic_write_text
 
@@ -542,15 +542,8 @@ def serve(folder: Path, port: int) -> None:
             print("stopped", file=sys.stderr)
 
 
-def parse_options(argv: list[str]) -> tuple[Path, bool, int]:
-    options = dict(COMMAND_KEYS)
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise UserError(f"argument '{arg}' is not key=value (e.g. out=board serve=true port=8000)")
-        if key not in COMMAND_KEYS:
-            raise UserError(f"unknown option '{key}': the board takes {', '.join(COMMAND_KEYS)}")
-        options[key] = value
+def board_options(argv: list[str]) -> tuple[Path, bool, int]:
+    options = parse_options(argv, COMMAND_KEYS, "out=board serve=true port=8000")
     if not options["out"].strip():
         raise UserError("out=: give the board's folder, e.g. out=board")
     serving = parse_bool("serve", options["serve"])
@@ -560,7 +553,7 @@ def parse_options(argv: list[str]) -> tuple[Path, bool, int]:
 
 
 def main(argv: list[str]) -> None:
-    out, serving, port = parse_options(argv)
+    out, serving, port = board_options(argv)
     build(out)
     print(f"board: {out / 'index.html'}")
     if serving:

@@ -56,7 +56,6 @@ from competition.cli import exit_on_help
 if __name__ == "__main__":
     exit_on_help(__doc__)  # before the imports below: --help needs neither pandas nor librosa
 
-import difflib
 import json
 import math
 import os
@@ -70,7 +69,7 @@ import numpy as np
 import pandas as pd
 import soundfile
 
-from competition.cli import main_guard, parse_bool
+from competition.cli import main_guard, parse_bool, parse_options
 from competition.errors import UserError
 
 VERSION = 1
@@ -347,16 +346,7 @@ def make_mixtures(source: str | Path, out: str | Path, *, layout: str = "auto", 
 
 
 def _parse(argv: list[str]) -> dict[str, str]:
-    options = dict(COMMAND_KEYS)
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise UserError(f"argument '{arg}' is not key=value (e.g. source=<folder> out=<folder> clips=100)")
-        if key not in COMMAND_KEYS:
-            close = difflib.get_close_matches(key, COMMAND_KEYS, n=1)
-            raise UserError(f"unknown key '{key}'" + (f"; did you mean {close[0]}?" if close else
-                                                      f"; keys are {', '.join(COMMAND_KEYS)}"))
-        options[key] = value
+    options = parse_options(argv, COMMAND_KEYS, "source=<folder> out=<folder> clips=100")
     for key in ("source", "out"):
         if not options[key]:
             raise UserError(f"{key}= is missing: python -m competition.mixtures source=<folder> out=<folder>")
