@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import shared_data
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -31,3 +33,16 @@ def test_gpu_check_without_a_gpu_says_so_in_one_line():
     assert result.stdout == ""
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("gpu_check: no CUDA GPU is visible here")
+
+
+def test_multilabel_digits_smoke_runs():
+    """The plain and SED heads trained, predicted, blended and scored on a tiny mixed-digit contest (about 40 s)."""
+    shared_data("fsdd", "recordings")
+    shared_data("background_noise")
+    result = benchmark("multilabel_digits.py", "--smoke", env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("| head | OOF lwlrap | test clips lwlrap |") for line in lines), result.stdout
+    for row in ("| plain (model.head=plain) |", "| sed (model.head=sed) |", "| soft blend of both |"):
+        assert any(line.startswith(row) for line in lines), (row, result.stdout)
+    assert lines[-1].startswith("Conclusion: ")
