@@ -9,6 +9,7 @@ cross-validation, `+tta`, method=auto, predict and bundles pick it up from there
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -356,14 +357,23 @@ def oof_stack(members: list[Member], tta: bool) -> tuple[np.ndarray, np.ndarray,
     return np.stack([part.p[position] for (part, _), position in zip(parts, positions)]), y, folds
 
 
+_NESTED: dict[tuple, np.ndarray] = {}  # nested blends already fitted in this process: the score table and
+# method=auto judge the same fits, and a stacker's take seconds each
+
+
 def nested_blend(method: Method, stack: np.ndarray, y: np.ndarray, folds: np.ndarray, metric: Metric) -> np.ndarray:
     """Each fold's clips blended with weights fitted on the other folds' clips (folds keep speakers apart): what the
-    fitted weights make of clips they never saw."""
-    blended = np.empty(stack.shape[1:])
-    for k in np.unique(folds):
-        out = folds == k
-        blended[out] = method.combine(stack[:, out], method.fit(stack[:, ~out], y[~out], metric), y.ndim == 2)
-    return blended
+    fitted weights make of clips they never saw. Fitted once per method, metric and predictions (the fits are
+    deterministic), however often it is asked."""
+    digest = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in (stack, y, folds))).hexdigest()
+    key = (method, metric.name, stack.shape, digest)
+    if key not in _NESTED:
+        blended = np.empty(stack.shape[1:])
+        for k in np.unique(folds):
+            out = folds == k
+            blended[out] = method.combine(stack[:, out], method.fit(stack[:, ~out], y[~out], metric), y.ndim == 2)
+        _NESTED[key] = blended
+    return _NESTED[key].copy()
 
 
 def nested_score(method: Method, stack: np.ndarray, y: np.ndarray, folds: np.ndarray, metric: Metric) -> float:

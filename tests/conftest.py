@@ -212,7 +212,7 @@ CHORDS_CONFIG = {
     "folds": {"n_splits": 3},
     "frontend": {"n_mels": 32, "n_fft": 256, "hop_length": 64},
     "model": {"name": "resnet10t"},
-    "train": {"epochs": 4, "batch_size": 16, "lr": 0.01, "metric": "lwlrap"},
+    "train": {"epochs": 3, "batch_size": 16, "lr": 0.01, "metric": "lwlrap"},
 }
 
 
