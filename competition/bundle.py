@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from competition.config import SubmissionConfig
+from competition.config import SubmissionConfig, check_submission
 from competition.encoders import BUNDLE_ENCODERS
 from competition.ensemble import METHODS, TTA, Ensemble, FoldModel, choose, network_problem, with_views
 from competition.errors import UserError
@@ -323,12 +323,18 @@ def from_bundle(path: Path, views: list[str] | None, test: dict, name: str, meth
             raise UserError(f"bundle {path}: {MANIFEST} models[{i}].config.frontend.encoder is "
                             f"'{cfg.frontend.encoder}', but a bundle may name only the encoders shipped in wheels "
                             f"({', '.join(BUNDLE_ENCODERS)}); predict with exps= where that model is, or pack it again")
+        check_submission(cfg.submission, lambda key: f"bundle {path}: {MANIFEST} models[{i}].config.submission.{key}")
         cfg.data.cache_dir = ""  # the local default ($COMPETITION_CACHE), whatever the packer's machine used
         cfg.data.workers = 0
         models.append(FoldModel(entry["experiment"], entry["fold"], cfg, classes, _bundle_state(read, entry["file"]),
                                 PREDICTIONS_DIR / name / f"{entry['experiment']}-fold_{entry['fold']}.csv"))
-    return Ensemble(models, chosen, weights, stacker, OmegaConf.create(manifest["answer_format"]),
-                    np.array(manifest["prior"]), {})  # no experiments here: nothing to blend the test set with later
+    try:
+        answer_format = OmegaConf.merge(OmegaConf.structured(SubmissionConfig), manifest["answer_format"])
+    except OmegaConfBaseException as exc:
+        raise UserError(f"bundle {path}: {MANIFEST} answer_format is not an answer format "
+                        f"({str(exc).splitlines()[0]}); pack it again") from None
+    check_submission(answer_format, lambda key: f"bundle {path}: {MANIFEST} answer_format.{key}")
+    return Ensemble(models, chosen, weights, stacker, answer_format, np.array(manifest["prior"]), {})  # no experiments here: nothing to blend the test set with later
 
 
 def _bundle_state(read: Callable[[str], bytes], name: str) -> Callable[[], tuple[dict, dict | None]]:

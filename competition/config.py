@@ -217,6 +217,7 @@ class Config:
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
 
 
+MIN_WINDOW = 0.1  # seconds: the shortest answer window (submission.window)
 TASK_METRICS = {"single": "accuracy", "multilabel": "lwlrap"}  # train.metric when none is given
 SPACE_KEYS = ("choices", "low", "high", "log", "step")
 CHOICES = {
@@ -497,15 +498,7 @@ def validate(cfg: DictConfig, origin: str, command_line: set[str] = frozenset())
     if cfg.train.focal_gamma < 0:
         raise UserError(f"{where('train.focal_gamma')}: 'train.focal_gamma' cannot be negative, got "
                         f"{cfg.train.focal_gamma}")
-    if cfg.submission.window < 0:
-        raise UserError(f"{where('submission.window')}: 'submission.window' is the answer window in seconds (0: one "
-                        f"answer per clip), got {cfg.submission.window}")
-    if not 0.0 <= cfg.submission.smooth <= 1 / 3:
-        raise UserError(f"{where('submission.smooth')}: 'submission.smooth' is each neighbouring window's weight, from "
-                        f"0 to 1/3, got {cfg.submission.smooth}")
-    if not 0.0 < cfg.submission.threshold < 1.0:
-        raise UserError(f"{where('submission.threshold')}: 'submission.threshold' is a probability in (0, 1), got "
-                        f"{cfg.submission.threshold}")
+    check_submission(cfg.submission, lambda key: where(f"submission.{key}"))
     if cfg.data.test is not None and cfg.data.test.layout != "files":
         raise UserError(f"{where('data.test.layout')}: 'data.test.layout' must be 'files' (test clips carry no labels)")
     positive = ["audio.sample_rate", "audio.duration", "folds.n_splits", "frontend.n_mels", "frontend.n_fft",
@@ -575,6 +568,20 @@ def validate(cfg: DictConfig, origin: str, command_line: set[str] = frozenset())
                         "never prune; use tune.pruner=median (or auto), or score trials on several folds, e.g. "
                         "tune.folds=[0,1,2]")
     _check_space(cfg, where)
+
+
+def check_submission(sub: DictConfig, where: Callable[[str], str]) -> None:
+    """The answer format's values (also a bundle's, which no config file checked): `where(key)` names who set it."""
+    if sub.columns not in CHOICES["submission.columns"]:
+        raise UserError(f"{where('columns')}: 'submission.columns' is '{sub.columns}'; choose one of label, classes")
+    if sub.window != 0 and not sub.window >= MIN_WINDOW:  # not a million windows a minute
+        raise UserError(f"{where('window')}: 'submission.window' is the answer window in seconds, 0 (one answer per "
+                        f"clip) or at least {MIN_WINDOW}, got {sub.window}")
+    if not 0.0 <= sub.smooth <= 1 / 3:
+        raise UserError(f"{where('smooth')}: 'submission.smooth' is each neighbouring window's weight, from 0 to 1/3, "
+                        f"got {sub.smooth}")
+    if not 0.0 < sub.threshold < 1.0:
+        raise UserError(f"{where('threshold')}: 'submission.threshold' is a probability in (0, 1), got {sub.threshold}")
 
 
 def _check_space(cfg: DictConfig, where: Callable[[str], str]) -> None:

@@ -191,6 +191,10 @@ def test_an_oversized_manifest_is_refused_before_it_is_read(project: Path, capsy
     (lambda m: m.update(method="best"), "manifest.json method \"best\" is not a method"),
     (lambda m: m.update(weights={}), "manifest.json weights has no weight for t"),
     (lambda m: m["answer_format"].update(header="maybe"), "manifest.json answer_format is not an answer format"),
+    (lambda m: m["answer_format"].update(smooth=5), "manifest.json answer_format.smooth: 'submission.smooth' is each "
+                                                    "neighbouring window's weight, from 0 to 1/3, got 5"),
+    (lambda m: m["models"][0]["config"]["submission"].update(window=1e-6),  # millions of windows a minute
+     "manifest.json models[0].config.submission.window: 'submission.window' is the answer window in seconds, 0"),
     (lambda m: m.update(half="no"), "manifest.json half is \"no\", not true or false"),
     (lambda m: m.update(method="stack"), "manifest.json stacker is not a network"),
     (lambda m: m.update(method="stack", stacker={"layers": [{"weight": [[0, 0, 0]] * 6, "bias": [0, 0, 0]}],
