@@ -334,7 +334,8 @@ def from_bundle(path: Path, views: list[str] | None, test: dict, name: str, meth
         raise UserError(f"bundle {path}: {MANIFEST} answer_format is not an answer format "
                         f"({str(exc).splitlines()[0]}); pack it again") from None
     check_submission(answer_format, lambda key: f"bundle {path}: {MANIFEST} answer_format.{key}")
-    return Ensemble(models, chosen, weights, stacker, answer_format, np.array(manifest["prior"]), {})  # no experiments here: nothing to blend the test set with later
+    # no experiments here (records {}): nothing to blend the test set with later
+    return Ensemble(models, chosen, weights, stacker, answer_format, np.array(manifest["prior"]), {})
 
 
 def _bundle_state(read: Callable[[str], bytes], name: str) -> Callable[[], tuple[dict, dict | None]]:

@@ -32,6 +32,7 @@ from competition.members import Member
 from competition.metrics import Metric
 from competition.predictions import Probs, ViewPreds
 from competition.submission import SUBMISSIONS_DIR
+from competition.task import task_of
 
 TTA = "+tta"
 EPS = 1e-15  # the floor of a probability under a logarithm, as in sklearn's log loss
@@ -74,7 +75,8 @@ def hard_vote_per_class(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Multi-label hard vote: per class, the share of the models that say yes (p >= 0.5), ties broken by the mean
     probability as one more, fractional, ballot: above 0.5 where most models say yes."""
     m = len(probs)
-    return (m * np.tensordot(weights, (probs >= 0.5).astype(float), axes=1) + mean_probability(probs, weights)) / (m + 1)
+    votes = np.tensordot(weights, (probs >= 0.5).astype(float), axes=1)
+    return (m * votes + mean_probability(probs, weights)) / (m + 1)
 
 
 def geometric_mean_per_class(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -317,7 +319,7 @@ def ensemble(members: list[Member], split: str, method: str, tta: bool, weights:
     if not present(preds, names, split):
         return None
     return combine_models(preds, names, experiments, weights, method, tta, split, stacker,
-                          members[0].cfg.data.task == "multilabel")
+                          task_of(members[0].cfg).multilabel)
 
 
 def combine_models(preds: list[ViewPreds], names: list[str], experiments: list[str], weights: dict[str, float],

@@ -105,7 +105,8 @@ def _wholly_held(folds: pd.DataFrame, task: Task) -> pd.Series:
     return labels["label"].value_counts().drop(labels.loc[labels["fold"] >= 0, "label"].unique())
 
 
-def make_folds(clips: pd.DataFrame, n_splits: int, seed: int, holdout: float = 0.0, task: Task = SINGLE) -> pd.DataFrame:
+def make_folds(clips: pd.DataFrame, n_splits: int, seed: int, holdout: float = 0.0,
+               task: Task = SINGLE) -> pd.DataFrame:
     """Assign every clip a fold in 0..n_splits-1, or -1 for the locked holdout (a `holdout` fraction of groups).
 
     The limits scikit-learn would fail on with a traceback are checked first, to name the key to change. A holdout

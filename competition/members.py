@@ -93,7 +93,8 @@ def load_fold(fold_dir: Path, number: int, classes: list[str] | None, reference:
         if not path.is_file():
             raise UserError(f"{path} is missing: this fold was trained after test set {test} was predicted; predict "
                             f"it again with python -m competition.predict exps=... test=<its folder> name={test}")
-        splits["test"] = read_preds(path, classes, None, task)  # the views predict used, which tta.views= may have changed
+        # the views predict used, which tta.views= may have changed
+        splits["test"] = read_preds(path, classes, None, task)
     if splits["oof"] is None or splits["oof"].y is None:
         raise UserError(f"{fold_dir}: no labelled oof.csv; retrain the fold with overwrite=true")
     return FoldRun(number, fold_dir, classes, **splits)
@@ -203,7 +204,7 @@ def class_prior(data_name: str, classes: list[str], task: Task = SINGLE) -> np.n
 
 
 def answer_ids(cfg: DictConfig, clips: pd.DataFrame, cache) -> list[str]:
-    """The ids an answer covers: the test clips', or with submission.window their windows' (competition.cache.windowed)."""
+    """The ids an answer covers: the test clips', or with submission.window their windows' (cache.windowed)."""
     if not cfg.submission.window:
         return clips["id"].tolist()
     return windowed(cache, cache.rows(clips["path"]), clips["id"].to_numpy(), cfg.submission.window,
@@ -213,9 +214,7 @@ def answer_ids(cfg: DictConfig, clips: pd.DataFrame, cache) -> list[str]:
 def configured_test_set(members: list[Member]) -> TestSet:
     cfg = members[0].cfg
     split = index_test(cfg)
-    if not cfg.submission.window:
-        return TestSet(split.clips["id"].tolist(), [])
-    split, cache = load_split(split, cfg, skip_bad=False)
+    cache = load_split(split, cfg, skip_bad=False)[1] if cfg.submission.window else None  # windows need lengths
     return TestSet(answer_ids(cfg, split.clips, cache), [])
 
 

@@ -69,7 +69,8 @@ def pack(names: list[str], out: Path, method: str, blend_report: str, half: bool
             checkpoint = torch.load(fold.dir / "model.pt", map_location="cpu", weights_only=True)
             config = OmegaConf.to_container(OmegaConf.load(fold.dir / "config.yaml"))
             models.append((member.name, fold.number, config, checkpoint["model"], checkpoint.get("frontend")))
-    return write_bundle(out, models, method, weights, stacker, classes, class_prior(members[0].cfg.data.name, classes, task),
+    prior = class_prior(members[0].cfg.data.name, classes, task)
+    return write_bundle(out, models, method, weights, stacker, classes, prior,
                         OmegaConf.to_container(submission_format(members, [])), half, overwrite)
 
 

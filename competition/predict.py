@@ -161,7 +161,8 @@ def run_models(ensemble: Ensemble, decoded: dict, device: torch.device, precisio
             with precision_context(precision, device):
                 results = predict_together(predictors, part, device, lambda n: bar.update(n * len(chosen)))
             for i, model, views in zip(members[start:start + size], chosen, results):
-                write_csv(predictions_frame(part, with_mean(views), model.classes, task_of(model.cfg)), model.out)  # as a fold's test.csv
+                frame = predictions_frame(part, with_mean(views), model.classes, task_of(model.cfg))
+                write_csv(frame, model.out)  # as a fold's test.csv
                 preds[i] = ViewPreds(part.ids, None, views)
     bar.close()
     return [preds[i] for i in range(len(ensemble.models))]

@@ -122,8 +122,8 @@ def load_data(exp: Experiment) -> DataSet:
     test_split = index_test(cfg)
     if test_split is not None:
         test_split, test_cache = load_split(test_split, cfg, skip_bad=False)
-        test = answer_part(Part(test_split.clips["id"].to_numpy(), test_cache, test_cache.rows(test_split.clips["path"]),
-                                None), cfg)
+        rows = test_cache.rows(test_split.clips["path"])
+        test = answer_part(Part(test_split.clips["id"].to_numpy(), test_cache, rows, None), cfg)
         test_fingerprint = test_cache.fingerprint
     fold_file = file_sha256(fold_path(cfg))
     pseudo, digests = pseudo_labelled(exp, classes, test, fold_file)
@@ -793,7 +793,8 @@ def _finish(cfg: DictConfig, model: torch.nn.Module, frontend: Frontend, data: F
     """The curves, the fold's summary (with which epochs' mean the model is and its validation scores, where it is
     one) and its predictions on every split through every view."""
     plot_curves(pd.DataFrame(history), cfg.train.metric, work / "curves.png")
-    summary = {"classes": data.classes, "task": task_of(cfg).name, "best_epoch": best_epoch, "epochs_run": len(history) and history[-1]["epoch"],
+    summary = {"classes": data.classes, "task": task_of(cfg).name, "best_epoch": best_epoch,
+               "epochs_run": len(history) and history[-1]["epoch"],
                "device": str(device), "seconds": round(time.time() - started, 1), "n_train": len(data.train),
                "n_pseudo": data.n_pseudo,
                "tta_views": list(cfg.tta.views), **({"averaged": averaged} if averaged else {})}

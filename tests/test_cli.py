@@ -8,7 +8,10 @@ import pytest
 from competition.cli import main_guard
 
 
-@pytest.mark.parametrize("verb", ["run", "folds", "blend", "tune", "predict", "pack", "pseudo", "mixtures", "board", "submit"])
+VERBS = ["run", "folds", "blend", "tune", "predict", "pack", "pseudo", "mixtures", "board", "submit"]
+
+
+@pytest.mark.parametrize("verb", VERBS)
 def test_every_verb_prints_its_usage_and_runs_nothing(verb, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COMPETITION_CACHE", str(tmp_path / "cache"))
@@ -32,7 +35,7 @@ def test_short_flag_among_other_arguments(capsys):
     assert calls == [["exp=default"]]
 
 
-@pytest.mark.parametrize("verb", ["run", "folds", "blend", "tune", "predict", "pack", "pseudo", "mixtures", "board", "submit"])
+@pytest.mark.parametrize("verb", VERBS)
 def test_help_from_the_command_line_imports_no_heavy_package(verb, tmp_path):
     """`python -m competition.<verb> --help` answers before torch, timm, librosa or wandb are imported (they take
     seconds to import, tens of seconds on a loaded machine)."""

@@ -1,7 +1,8 @@
 """Multi-label contests (data.task=multilabel) from configuration alone: label lists and class columns read, folds
-that keep speakers whole and spread every class, BCE training of plain and SED heads (in one command and on the queue) and a tune,
-per-class blends with evidence, answers as label lists or probability columns, and predict and bundles reproducing
-them. The contest is 'chords' (tests/conftest.py): the tones mixed one to three at a time by competition.mixtures."""
+that keep speakers whole and spread every class, BCE training of plain and SED heads (in one command and on the
+queue) and a tune, per-class blends with evidence, answers as label lists or probability columns, and predict and
+bundles reproducing them. The contest is 'chords' (tests/conftest.py): the tones mixed one to three at a time by
+competition.mixtures."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -65,8 +66,9 @@ def read_answer(path: Path) -> pd.DataFrame:
 
 
 def test_a_multilabel_contest_runs_from_its_config_alone(chords: Path) -> None:
-    """Both heads trained on clips by one command, a tune, blend (auto) answering long recordings window by window (BirdCLEF's
-    <recording>_<end second> rows), predict and a bundle: every answer the same and right."""
+    """Both heads trained on clips by one command and the queue, a tune, blend (auto) answering long recordings
+    window by window (BirdCLEF's <recording>_<end second> rows), predict and a bundle: every answer the same and
+    right."""
     windows = {"data": {"test": {"path": "mix/soundscapes"}}, "submission": {"window": 5, "id_column": "row_id"},
                "tta": {"views": ["whole_max"]}}  # each 5 s window: the class-wise max over the model's 1 s windows
     write_chords_experiment(chords, "chords", **windows)
