@@ -2,6 +2,7 @@
 toolkit commands run in subprocesses as a user runs them."""
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import shutil
@@ -12,7 +13,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/<name>.py` puts only benchmarks/ on the path
@@ -101,17 +102,92 @@ def toolkit_env() -> dict[str, str]:
 def toolkit(root: Path, name: str, args: list[str], env: dict[str, str]) -> None:
     """`python -m <args>` in a subprocess with `root` as the working directory, its output in
     logs/<name>.<verb>.{out,err}; a failure prints the log's tail and raises ToolkitFailed."""
+    out_path, err_path = log_paths(root, name, args)
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        code = subprocess.call([sys.executable, "-m", *args], cwd=root, env=env, stdout=out, stderr=err)
+    check_exit(code, root, args, out_path, err_path)
+
+
+def toolkit_here(root: Path, name: str, args: list[str]) -> None:
+    """`python -m <args>` as toolkit runs it, but the verb's main in this process: no interpreter and torch start-up
+    per command (about 8 s, most of a smoke run), the same code. The working directory and WANDB_MODE are set as
+    toolkit sets them for the command and restored afterwards; a bug in the toolkit raises here, with its traceback."""
+    import importlib
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from competition.cli import main_guard
+
+    out_path, err_path = log_paths(root, name, args)
+    main = importlib.import_module(args[0]).main
+    before, wandb = os.getcwd(), os.environ.get("WANDB_MODE")
+    os.environ.setdefault("WANDB_MODE", "disabled")  # as toolkit_env() sets it
+    os.chdir(root)
+    try:
+        with open(out_path, "w") as out, open(err_path, "w") as err, redirect_stdout(out), redirect_stderr(err):
+            try:
+                main_guard(main, args[1:])
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os.chdir(before)
+        if wandb is None:
+            os.environ.pop("WANDB_MODE")
+    check_exit(code, root, args, out_path, err_path)
+
+
+Command = Callable[[Path, str, list[str]], None]  # (project root, log name, `python -m` arguments)
+
+
+def commands(in_process: bool) -> Command:
+    """How a benchmark runs toolkit commands: in subprocesses as a user runs them, or, for a smoke run, in this
+    process (toolkit_here)."""
+    return toolkit_here if in_process else functools.partial(toolkit, env=toolkit_env())
+
+
+def log_paths(root: Path, name: str, args: list[str]) -> tuple[Path, Path]:
     logs = root / "logs"
     logs.mkdir(exist_ok=True)
     verb = args[0].rsplit(".", 1)[-1]
-    out_path, err_path = logs / f"{name}.{verb}.out", logs / f"{name}.{verb}.err"
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        code = subprocess.call([sys.executable, "-m", *args], cwd=root, env=env, stdout=out, stderr=err)
+    return logs / f"{name}.{verb}.out", logs / f"{name}.{verb}.err"
+
+
+def check_exit(code: int, root: Path, args: list[str], out_path: Path, err_path: Path) -> None:
+    """A failed command's log tail printed and ToolkitFailed raised; nothing for exit code 0."""
     if code != 0:
         tail = (err_path.read_text(errors="replace") or out_path.read_text(errors="replace")).splitlines()
         log(f"FAILED (exit {code}): {' '.join(args)}  (cwd {root})")
         log("\n".join("    " + line for line in tail[-TAIL_LINES:]))
         raise ToolkitFailed(code)
+
+
+# A smoke run's CNN: the smallest that still runs every step of training and prediction.
+TINY_CNN = ["model.name=resnet10t", "frontend.n_mels=32", "train.epochs=1"]
+
+
+def demo_slice(root: Path, words: int = 3, speakers: int = 12, test_clips: int = 6) -> list[str]:
+    """A smoke run's slice of the keyword demo (generated on first use, as experiments/default generates it): the
+    first `speakers` training voices saying the first `words` words, and `test_clips` test clips of those words with
+    their test_answers.csv, symlinked under root/demo; returned: the overrides that point experiments/default at
+    them, its waveform cache in root. Twelve voices are the fewest its folds (5, and a tenth held out) accept."""
+    import pandas as pd
+
+    from competition.demo import ensure_demo
+
+    source, target = ensure_demo() / "words", root / "demo"
+    chosen = sorted(path.name for path in (source / "train").iterdir())[:words]
+    for word in chosen:
+        (target / "train" / word).mkdir(parents=True)
+        for clip in sorted((source / "train" / word).iterdir())[:speakers]:
+            (target / "train" / word / clip.name).symlink_to(clip)
+    answers = pd.read_csv(source / "test_answers.csv", dtype=str)
+    answers = answers[answers["label"].isin(chosen)].head(test_clips)
+    (target / "test").mkdir()
+    for name in answers["fname"]:
+        (target / "test" / name).symlink_to(source / "test" / name)
+    answers.to_csv(target / "test_answers.csv", index=False)
+    return [f"data.train.path={target / 'train'}", f"data.test.path={target / 'test'}",
+            f"data.cache_dir={root / 'cache'}"]
 
 
 @contextmanager

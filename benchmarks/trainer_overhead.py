@@ -1,7 +1,8 @@
 """Overhead of the real training loop against a bare timm loop on precomputed tensors, in samples per second.
 
-    python benchmarks/trainer_overhead.py [--steps 20] [--repeats 5] [--device cpu|cuda|auto] [--threads N]
+    python benchmarks/trainer_overhead.py [--steps 20] [--repeats 7] [--device cpu|cuda|auto] [--threads N]
                                           [--root <project folder>] [--exp <experiment>]
+    python benchmarks/trainer_overhead.py --smoke   # the same loops, tiny (the test suite runs this)
 
 ours  competition.train._train_epoch, the loop competition.run trains with, on the default experiment's real fold-0
       data (load_data) whose training part is cut to steps x batch clips: waveform-cache crops, the
@@ -13,7 +14,8 @@ bare  the same timm model (competition.models.create_model: resnet18, in_chans=1
 Both run in this one process with the same torch thread count; after one untimed warm-up epoch each, they
 alternate (ours first on odd repeats, bare first on even ones). Reported: median samples/s of each and the median
 of the per-repeat ratios ours / bare. Validation is not part of either (the fold's per-epoch evaluation is
-separate from the training loop).
+separate from the training loop). --smoke times one step of 8 clips, once, with resnet10t on 32 mels, in a temporary
+copy of the project on a slice of the demo (benchmarks/common.demo_slice).
 """
 from __future__ import annotations
 
@@ -22,14 +24,15 @@ import dataclasses
 import os
 import time
 
-from common import REPO, Stopwatch, hardware_line, log, markdown_table, median, rate
+from accuracy_fsdd import temporary_project
+from common import REPO, TINY_CNN, Stopwatch, demo_slice, hardware_line, log, markdown_table, median, rate
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=20, help="training steps (batches of 32) per timed epoch")
     parser.add_argument("--repeats", type=int, default=7)
@@ -37,11 +40,27 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads for both loops (0: torch's default)")
     parser.add_argument("--exp", default="default", help="experiment whose recipe and fold 0 are used")
     parser.add_argument("--root", default=str(REPO), help="the project folder holding experiments/ (and folds/)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    os.chdir(args.root)  # the experiment and its fold file are found relative to the project root
+    parser.add_argument("--smoke", action="store_true",
+                        help="smoke run: 1 step of 8 clips, 1 repeat, resnet10t on 32 mels, a slice of the demo")
+    args = parser.parse_args(argv)
+    cwd, threads = os.getcwd(), torch.get_num_threads()
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        if args.smoke:
+            args.steps, args.repeats = 1, 1
+            with temporary_project("competition-trainer-overhead-", keep=False) as root:
+                measure(args, [*demo_slice(root), *TINY_CNN, "train.batch_size=8"])
+        else:
+            os.chdir(args.root)  # the experiment and its fold file are found relative to the project root
+            measure(args, [])
+    finally:
+        os.chdir(cwd)
+        torch.set_num_threads(threads)
 
+
+def measure(args: argparse.Namespace, overrides: list[str]) -> None:
+    """Both loops timed and the table printed, in the project folder that is the working directory."""
     from timm.utils import ModelEmaV3
 
     from competition.augment import Augmenter, HeavyAugment, heavy_enabled
@@ -53,7 +72,7 @@ def main() -> None:
 
     device = resolve_device(args.device)
     # enough scheduled epochs that the one-cycle schedule never runs out of steps during the benchmark
-    exp = load_experiment(args.exp, [f"train.epochs={args.repeats + 2}"])
+    exp = load_experiment(args.exp, [*overrides, f"train.epochs={args.repeats + 2}"])
     cfg, t = exp.cfg, exp.cfg.train
     with Stopwatch() as watch:
         data = load_data(exp).fold(0)

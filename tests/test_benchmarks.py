@@ -2,14 +2,21 @@
 on generated data), and without a GPU the plain check says so in one line."""
 from __future__ import annotations
 
+import importlib.util
+import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 from conftest import shared_data
 
 REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
 
 
 def benchmark(script: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -46,3 +53,63 @@ def test_multilabel_digits_smoke_runs():
     for row in ("| plain (model.head=plain) |", "| sed (model.head=sed) |", "| soft blend of both |"):
         assert any(line.startswith(row) for line in lines), (row, result.stdout)
     assert lines[-1].startswith("Conclusion: ")
+
+
+def outputs() -> dict[str, int]:
+    """What a benchmark could leave in the repository: every file under the folders outputs go to, and the top-level
+    names, with their modification times."""
+    found = {path.name: 0 for path in REPO.iterdir()}
+    for folder in ("benchmarks/results", "experiments", "folds", "submissions"):
+        found.update({str(path): path.stat().st_mtime_ns for path in (REPO / folder).rglob("*") if path.is_file()})
+    return found
+
+
+def smoke(name: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """benchmarks/<name>.py --smoke, its main run in this process from the repository root as a user runs it (a
+    subprocess would spend about 8 s importing torch and the toolkit): the lines it printed. It must leave the
+    repository's outputs, the working directory, the environment and torch's threads as it found them."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the scripts import common and each other
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    files, environment, threads = outputs(), dict(os.environ), torch.get_num_threads()
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        module.main(["--smoke"])
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)  # exit_cleanly_on_sigterm is meant for the script's own process
+    assert outputs() == files
+    changed = {k for k in set(environment) | set(os.environ) if environment.get(k) != os.environ.get(k)}
+    assert {k for k in changed if not k.startswith("TORCHINDUCTOR_")} == set()  # torch's own, set on first use
+    assert (os.getcwd(), torch.get_num_threads()) == (str(REPO), threads)
+    return capsys.readouterr().out.splitlines()
+
+
+def table(lines: list[str], header: str) -> list[list[str]]:
+    """The cells of the rows of the markdown table whose header line starts with `header`."""
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("| "):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
+    return rows
+
+
+def number(cell: str) -> float:
+    """A table cell's number (bold, thousands separators, a unit after it allowed), which must be finite."""
+    value = float(cell.strip("*").split()[0].rstrip("x").replace(",", ""))
+    assert math.isfinite(value), cell
+    return value
+
+
+def test_trainer_overhead_smoke_times_both_loops(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
+    lines = smoke("trainer_overhead", capsys, monkeypatch)
+    assert any(line.startswith("## Training-loop overhead (resnet10t, batch 8, input 32 mels x 101 frames, 1 steps")
+               for line in lines), lines
+    rows = table(lines, "| loop | samples/s | per repeat |")
+    assert [row[0].split(":")[0] for row in rows] == ["ours", "bare", "**ratio ours / bare**"]
+    ours, bare, ratio = (number(row[1]) for row in rows)
+    assert ours > 0 and bare > 0 and ratio == pytest.approx(ours / bare, rel=0.03)
+    assert lines[-1].startswith(f"Goal ours / bare >= 0.9: {ratio:.2f} (")
