@@ -113,3 +113,18 @@ def test_trainer_overhead_smoke_times_both_loops(capsys: pytest.CaptureFixture, 
     ours, bare, ratio = (number(row[1]) for row in rows)
     assert ours > 0 and bare > 0 and ratio == pytest.approx(ours / bare, rel=0.03)
     assert lines[-1].startswith(f"Goal ours / bare >= 0.9: {ratio:.2f} (")
+
+
+def test_accuracy_demo_smoke_scores_every_view_of_both_recipes(capsys: pytest.CaptureFixture,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    lines = smoke("accuracy_demo", capsys, monkeypatch)
+    assert "## The keyword demo, experiments/default, fold(s) 0" in lines
+    rows = table(lines, "| recipe | view | validation accuracy | holdout accuracy")
+    views = ["plain", "window:-0.1", "window:-0.05", "window:0.05", "window:0.1", "shift:-0.1", "shift:0.1", "gain:-6",
+             "mean", "(seconds per fold)"]
+    assert [row[:2] for row in rows] == [[recipe, view] for recipe in ("old", "new") for view in views]
+    for recipe, view, validation, holdout in rows:
+        if view != "(seconds per fold)":
+            assert 0 <= number(validation) <= 1 and 0 <= number(holdout) <= 1, (recipe, view)
+        else:
+            assert number(validation) >= 0 and holdout.endswith(" holdout clips") and number(holdout) > 0
