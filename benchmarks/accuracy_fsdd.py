@@ -2,6 +2,7 @@
 
     python benchmarks/accuracy_fsdd.py [--recipes old,new,windows] [--folds 0,1,2,3,4] [--device cpu] [--keep]
                                        [key=value ...]
+    python benchmarks/accuracy_fsdd.py --smoke    # smoke run: fold 0 of each recipe, 1 epoch, 36 clips
 
 Trains experiments/fsdd (a CNN on ../shared/data/fsdd: speaker-grouped 5-fold, one speaker locked away as fold -1)
 once per recipe through the real runner, competition.train.train_fold: the old default (per-clip normalisation,
@@ -29,7 +30,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from common import REPO, Stopwatch, exit_cleanly_on_sigterm, hardware_line, log, markdown_table
+from accuracy_fsdd_speakers import clips_table
+from common import REPO, TINY_CNN, Stopwatch, exit_cleanly_on_sigterm, hardware_line, log, markdown_table
 
 import numpy as np
 import pandas as pd
@@ -106,6 +108,15 @@ def make_project(root: Path) -> None:
         shutil.copy2(committed, root / "folds" / "fsdd.csv")
 
 
+def smoke_clips(root: Path) -> Path:
+    """A smoke run's clips (accuracy_fsdd_speakers.clips_table) as symlinks in root/fsdd."""
+    folder = root / "fsdd"
+    folder.mkdir()
+    for clip in clips_table(smoke=True)["id"]:
+        (folder / f"{clip}.wav").symlink_to(FSDD / f"{clip}.wav")
+    return folder
+
+
 def read_holdout(path: Path) -> tuple[pd.DataFrame, list[str]]:
     frame = pd.read_csv(path, dtype={"id": str, "view": str, "label": str})
     classes = [c for c in frame.columns if c not in ("id", "view", "label")]
@@ -143,18 +154,22 @@ def holdout_scores(exp, folds: list[int]) -> dict:
             "n": len(labels)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="extra key=value config overrides, applied after each recipe")
     parser.add_argument("--folds", default="0,1,2,3,4", help="comma-separated folds to train (default all five)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--keep", action="store_true", help="keep the temporary project root (printed)")
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of {', '.join(RECIPES)}")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="smoke run: fold 0 of each recipe for 1 epoch on 32 mels, "
+                                                              "on 36 clips (accuracy_fsdd_speakers.clips_table)")
+    args = parser.parse_args(argv)
     exit_cleanly_on_sigterm()
     recipes = {name: RECIPES[name] for name in args.recipes.split(",")}
     if not FSDD.is_dir():
         raise SystemExit(f"FSDD recordings not found at {FSDD}")
+    if args.smoke:
+        args.folds, args.overrides = "0", TINY_CNN + args.overrides
 
     from competition.blend import main as blend
     from competition.config import load_experiment
@@ -165,15 +180,19 @@ def main() -> None:
     started = time.perf_counter()
     results, per_fold = {}, []
     with temporary_project("competition-accuracy-fsdd-", args.keep) as root:
+        data = [f"data.train.path={FSDD}"]
+        if args.smoke:  # the slice gets its own fold file and waveform cache
+            data = [f"data.train.path={smoke_clips(root)}", f"data.cache_dir={root / 'cache'}"]
+            (root / "folds" / "fsdd.csv").unlink(missing_ok=True)
         if not (root / "folds" / "fsdd.csv").is_file():
             log("folds/fsdd.csv is not committed: making it as `python -m competition.folds exp=fsdd` would")
-            folds_main(["exp=fsdd", f"data.train.path={FSDD}"])
+            folds_main(["exp=fsdd", *data])
         fold_table = pd.read_csv(root / "folds" / "fsdd.csv", dtype=str)
         speakers = fold_table.groupby("fold")["group"].unique().map(lambda g: ",".join(sorted(g)))
         for recipe, overrides in recipes.items():
             name = f"fsdd_{recipe}"
             shutil.copytree(root / "experiments" / "fsdd", root / "experiments" / name)
-            exp = load_experiment(name, overrides + [f"data.train.path={FSDD}"] + args.overrides)
+            exp = load_experiment(name, overrides + data + args.overrides)
             log(f"=== {recipe} recipe: {' '.join(overrides + args.overrides)}")
             for fold in folds:
                 log(f"--- {recipe} fold {fold} (validation speaker {speakers[str(fold)]}, holdout {speakers['-1']})")

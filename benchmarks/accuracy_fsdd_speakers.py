@@ -2,7 +2,7 @@
 linear probe and the CNN recipe, leave-one-speaker-out on the real FSDD recordings.
 
     python benchmarks/accuracy_fsdd_speakers.py [--speakers all] [--cnn-speakers theo] [--device cpu] [--keep]
-    python benchmarks/accuracy_fsdd_speakers.py --quick      # smoke run: one held speaker (theo), no CNN
+    python benchmarks/accuracy_fsdd_speakers.py --smoke      # smoke run: theo held, 36 clips, 1 epoch, no CNN
 
 Why: experiments/_recipes/words_encoder.yaml was chosen on fsdd's speaker-grouped OOF; a user's question is what its
 fold ensemble scores on a new speaker's clips, and whether the toolkit's folds, head and ensemble add anything to the
@@ -31,7 +31,8 @@ For each held speaker, in a temporary project root:
 Reported: per held speaker, and the mean over those run, the ensemble's test accuracy, the probes', the OOF
 accuracy, the CNN's where run, and seconds. Everything (split folders, configs, fold files, caches, fold outputs,
 answers, each command's log) lives in the temporary root, so the repository and ~/.cache are left untouched;
-`--keep` keeps it and prints where. Set OMP_NUM_THREADS=1 on a shared machine.
+`--keep` keeps it and prints where. Set OMP_NUM_THREADS=1 on a shared machine. --smoke runs the toolkit's commands in
+this process rather than in subprocesses (common.toolkit_here), on the digits 0-2 and takes 0-1 (36 clips).
 """
 from __future__ import annotations
 
@@ -42,8 +43,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import (REPO, Stopwatch, exit_cleanly_on_sigterm, hardware_line, log, markdown_table, project_root,
-                    toolkit, toolkit_env)
+from common import (REPO, Command, Stopwatch, commands, exit_cleanly_on_sigterm, hardware_line, log, markdown_table,
+                    project_root)
 
 import numpy as np
 import pandas as pd
@@ -55,7 +56,9 @@ FILENAME_REGEX = r"(?P<label>\d)_(?P<group>[a-z]+)_\d+"
 SAMPLE_RATE = 8000
 N_SPLITS = 5
 PROBE_CS = (1.0, 10.0)
-QUICK_SPEAKER = "theo"
+SMOKE_SPEAKER = "theo"
+SMOKE_DIGITS, SMOKE_TAKES = 3, 2  # a smoke run's clips: takes 0-1 of the digits 0-2 by every speaker, 36 in all
+SMOKE_EPOCHS = {"train": {"epochs": 1}}  # a smoke run's experiments train one epoch
 
 # The CNN recipe cut to CPU size as benchmarks/accuracy_fsdd.py's FAST_RECIPE (resnet10t, 40 mels, 20 ms hop, 6
 # epochs, cheap batched augmentation), with fsdd's 8 kHz STFT (n_fft 512) and the plain view only.
@@ -82,10 +85,15 @@ class Held:
     cnn_seconds: float = 0.0
 
 
-def clips_table() -> pd.DataFrame:
+def clips_table(smoke: bool = False) -> pd.DataFrame:
+    """Every FSDD clip's id, label and speaker; for a smoke run only the first takes of the first digits."""
     names = sorted(p.stem for p in FSDD.glob("*.wav"))
     parts = [name.split("_") for name in names]
-    return pd.DataFrame({"id": names, "label": [p[0] for p in parts], "speaker": [p[1] for p in parts]})
+    clips = pd.DataFrame({"id": names, "label": [p[0] for p in parts], "speaker": [p[1] for p in parts],
+                          "take": [int(p[2]) for p in parts]})
+    if smoke:
+        clips = clips[(clips["label"].astype(int) < SMOKE_DIGITS) & (clips["take"] < SMOKE_TAKES)]
+    return clips.drop(columns="take")
 
 
 def lay_out(root: Path, speaker: str, clips: pd.DataFrame) -> Path:
@@ -121,12 +129,12 @@ def write_experiment(root: Path, name: str, contest: Path, recipe: Path, extra: 
 
 
 def run_and_score(root: Path, exp: str, truth: pd.Series, device: str,
-                  env: dict[str, str]) -> tuple[np.ndarray, float, float]:
+                  command: Command) -> tuple[np.ndarray, float, float]:
     """Run every fold, blend the fold models' soft mean, score the answer file: (per test clip right or not, OOF,
     seconds)."""
     with Stopwatch() as watch:
-        toolkit(root, exp, ["competition.run", f"exp={exp}", "fold=all", f"device={device}"], env)
-        toolkit(root, exp, ["competition.blend", f"exps={exp}", f"name={exp}", "method=soft"], env)
+        command(root, exp, ["competition.run", f"exp={exp}", "fold=all", f"device={device}"])
+        command(root, exp, ["competition.blend", f"exps={exp}", f"name={exp}", "method=soft"])
     answer = pd.read_csv(root / "submissions" / f"{exp}.csv", dtype=str, keep_default_na=False)
     predicted = answer.set_index("id")["label"].str.strip()
     if set(predicted.index) != set(truth.index) or predicted.index.duplicated().any():
@@ -186,29 +194,30 @@ def mean(values: list[float | None]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--speakers", default="all", help="comma-separated held speakers (default all six)")
-    parser.add_argument("--cnn-speakers", default=QUICK_SPEAKER,
-                        help=f"held speakers the CNN recipe also runs on ('' none, 'all'; default {QUICK_SPEAKER})")
+    parser.add_argument("--cnn-speakers", default=SMOKE_SPEAKER,
+                        help=f"held speakers the CNN recipe also runs on ('' none, 'all'; default {SMOKE_SPEAKER})")
     parser.add_argument("--device", default="cpu", help="device= of competition.run: cpu, cuda, cuda:N or auto")
-    parser.add_argument("--quick", action="store_true", help=f"smoke run: held speaker {QUICK_SPEAKER} only, no CNN")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"smoke run: held speaker {SMOKE_SPEAKER} only, 36 clips, 1 epoch, no CNN")
     parser.add_argument("--keep", action="store_true", help="keep the temporary project root (printed)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     exit_cleanly_on_sigterm()
     if not FSDD.is_dir():
         raise SystemExit(f"FSDD recordings not found at {FSDD}")
-    clips = clips_table()
+    clips = clips_table(args.smoke)
     everyone = sorted(clips["speaker"].unique())
     speakers = everyone if args.speakers == "all" else args.speakers.split(",")
     cnn_speakers = everyone if args.cnn_speakers == "all" else [s for s in args.cnn_speakers.split(",") if s]
-    if args.quick:
-        speakers, cnn_speakers = [QUICK_SPEAKER], []
+    if args.smoke:
+        speakers, cnn_speakers = [SMOKE_SPEAKER], []
     unknown = sorted(set(speakers + cnn_speakers) - set(everyone))
     if unknown:
         raise SystemExit(f"unknown speakers {unknown}; FSDD has {', '.join(everyone)}")
 
-    env = toolkit_env()
+    command = commands(in_process=args.smoke)
     started = time.perf_counter()
     results: list[Held] = []
     with project_root("competition-fsdd-speakers-", args.keep) as root:
@@ -222,13 +231,13 @@ def main() -> None:
             held.probe = {c: float(right.mean()) for c, right in held.probe_right.items()}
             contest = write_contest(root, speaker, lay_out(root, speaker, clips))
             exp = f"words_{speaker}"
-            write_experiment(root, exp, contest, WORDS_RECIPE)
-            held.words_right, held.words_oof, held.words_seconds = run_and_score(root, exp, truth, args.device, env)
+            write_experiment(root, exp, contest, WORDS_RECIPE, SMOKE_EPOCHS if args.smoke else None)
+            held.words_right, held.words_oof, held.words_seconds = run_and_score(root, exp, truth, args.device, command)
             held.words = float(held.words_right.mean())
             if speaker in cnn_speakers:
                 exp = f"cnn_{speaker}"
                 write_experiment(root, exp, contest, CNN_RECIPE, CNN_FAST)
-                right, held.cnn_oof, held.cnn_seconds = run_and_score(root, exp, truth, args.device, env)
+                right, held.cnn_oof, held.cnn_seconds = run_and_score(root, exp, truth, args.device, command)
                 held.cnn = float(right.mean())
             results.append(held)
             log(f"{speaker}: words ensemble {held.words:.4f} (OOF {held.words_oof:.4f}, {held.words_seconds:.0f}s), "
@@ -248,7 +257,9 @@ def main() -> None:
                  fmt(mean([r.cnn for r in results])), fmt(mean([r.cnn_oof for r in results])),
                  f"{np.mean([r.words_seconds for r in results]):.0f}"])
     print()
-    print("## FSDD, leave one speaker out (500 test clips of the held speaker, 2500 training clips of five others)")
+    held_clips = len(results[0].words_right)
+    print(f"## FSDD, leave one speaker out ({held_clips} test clips of the held speaker, {len(clips) - held_clips} "
+          "training clips of five others)")
     print()
     print(f"Hardware: {hardware_line(args.device if args.device != 'auto' else 'cpu')}; "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")

@@ -3,7 +3,7 @@ those test clips, and does its OOF score still estimate that accuracy?
 
     OMP_NUM_THREADS=1 python benchmarks/pseudo_rounds.py [--speakers all] [--threshold 0.9] [--targets hard]
                                                          [--rounds 1] [--parts fsdd,demo] [--device cpu] [--keep]
-    OMP_NUM_THREADS=1 python benchmarks/pseudo_rounds.py --quick   # smoke run: held speaker theo only, no demo
+    OMP_NUM_THREADS=1 python benchmarks/pseudo_rounds.py --smoke   # smoke run: theo held, 36 clips, no demo
 
 Why: `python -m competition.pseudo` (README, "Pseudo-labels: a second round on the test clips") is meant for test
 speakers that differ from the training ones, and claims that its OOF stays honest because fold k is labelled by the
@@ -12,7 +12,7 @@ one on the test clips, and does round two's OOF stay within 2 points of the test
 
 How, in one temporary project root (configs, fold files, caches, fold outputs, answer files and each command's log;
 the audio is read in place through symlinks; `--keep` keeps it), every step through the real command line in
-subprocesses (common.toolkit):
+subprocesses (common.toolkit; --smoke runs them in this process, common.toolkit_here):
 
 - fsdd (../shared/data/fsdd/recordings: 3000 clips of the digits 0-9, 6 speakers), leave one speaker out, laid out
   exactly as benchmarks/accuracy_fsdd_speakers.py does it and with its functions (imported, not copied): for each
@@ -52,15 +52,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import (REPO, Stopwatch, exit_cleanly_on_sigterm, hardware_line, log, markdown_table, project_root,
-                    toolkit, toolkit_env)
+from common import (REPO, Command, Stopwatch, commands, exit_cleanly_on_sigterm, hardware_line, log, markdown_table,
+                    project_root)
 
 import numpy as np
 import pandas as pd
 
 from accuracy_fsdd import FAST_RECIPE
-from accuracy_fsdd_speakers import (FSDD, QUICK_SPEAKER, WORDS_RECIPE, clips_table, lay_out, mcnemar, run_and_score,
-                                    write_contest, write_experiment)
+from accuracy_fsdd_speakers import (FSDD, SMOKE_EPOCHS, SMOKE_SPEAKER, WORDS_RECIPE, clips_table, lay_out, mcnemar,
+                                    run_and_score, write_contest, write_experiment)
 
 DEMO_CONTEST = REPO / "experiments" / "_contests" / "demo_words.yaml"
 CNN_RECIPE = REPO / "experiments" / "_recipes" / "cnn.yaml"
@@ -127,18 +127,18 @@ def holdout_score(root: Path, exp: str) -> float | None:
     return None if value is None else float(value)
 
 
-def play_rounds(root: Path, first: str, truth: pd.Series, args: argparse.Namespace, env: dict[str, str]) -> list[Round]:
+def play_rounds(root: Path, first: str, truth: pd.Series, args: argparse.Namespace, command: Command) -> list[Round]:
     """Round one (run + blend soft) on the written experiment `first`, then each pseudo round through
     competition.pseudo, each blended and scored the same way."""
-    right, oof, seconds = run_and_score(root, first, truth, args.device, env)
+    right, oof, seconds = run_and_score(root, first, truth, args.device, command)
     rounds = [Round(first, right, oof, holdout_score(root, first), seconds)]
     log(f"{first}: test {rounds[0].test:.4f}, OOF {oof:.4f} ({seconds:.0f}s)")
     for number in range(1, args.rounds + 1):
         exp = f"{first}_pl{number}"
         with Stopwatch() as watch:  # rounds=N retrains nothing of the rounds before it: their folds are current
-            toolkit(root, first, ["competition.pseudo", f"exps={first}", f"threshold={args.threshold}",
-                                  f"targets={args.targets}", f"rounds={number}", f"device={args.device}"], env)
-        right, oof, seconds = run_and_score(root, exp, truth, args.device, env)
+            command(root, first, ["competition.pseudo", f"exps={first}", f"threshold={args.threshold}",
+                                  f"targets={args.targets}", f"rounds={number}", f"device={args.device}"])
+        right, oof, seconds = run_and_score(root, exp, truth, args.device, command)
         counts, labels_right = pseudo_counts(root, exp, rounds[-1].exp, truth, args.threshold)
         rounds.append(Round(exp, right, oof, holdout_score(root, exp), watch.seconds + seconds, counts, labels_right))
         log(f"{exp}: test {rounds[-1].test:.4f}, OOF {oof:.4f}, pseudo-labelled per fold {counts} "
@@ -229,7 +229,7 @@ def verdicts(contests: list[Contest], prefix: str) -> list[str]:
     return lines
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--speakers", default="all", help="comma-separated held fsdd speakers (default all six)")
     parser.add_argument("--threshold", type=float, default=0.9, help="pseudo threshold= (default 0.9)")
@@ -238,24 +238,27 @@ def main() -> None:
     parser.add_argument("--parts", default="fsdd,demo", help="which contests: fsdd, demo or both (default)")
     parser.add_argument("--demo-epochs", type=int, default=None, help="train.epochs of the demo's CNN (default 6)")
     parser.add_argument("--device", default="cpu", help="device= of the toolkit commands: cpu, cuda, cuda:N or auto")
-    parser.add_argument("--quick", action="store_true", help=f"smoke run: held speaker {QUICK_SPEAKER} only, no demo")
+    parser.add_argument("--smoke", action="store_true", help=f"smoke run: held speaker {SMOKE_SPEAKER} only, 36 clips, 1 "
+                                                              "epoch, threshold 0 (every test clip labelled), no demo")
     parser.add_argument("--keep", action="store_true", help="keep the temporary project root (printed)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     exit_cleanly_on_sigterm()
-    parts = ["fsdd"] if args.quick else [p for p in args.parts.split(",") if p]
+    if args.smoke:
+        args.threshold = 0.0
+    parts = ["fsdd"] if args.smoke else [p for p in args.parts.split(",") if p]
     if set(parts) - {"fsdd", "demo"} or not parts or args.rounds < 1:
         raise SystemExit("--parts takes fsdd, demo or fsdd,demo; --rounds 1 or more")
-    clips = clips_table() if "fsdd" in parts else None
+    clips = clips_table(args.smoke) if "fsdd" in parts else None
     speakers = []
     if clips is not None:
         everyone = sorted(clips["speaker"].unique())
-        speakers = [QUICK_SPEAKER] if args.quick else everyone if args.speakers == "all" else args.speakers.split(",")
+        speakers = [SMOKE_SPEAKER] if args.smoke else everyone if args.speakers == "all" else args.speakers.split(",")
         unknown = sorted(set(speakers) - set(everyone))
         if unknown:
             raise SystemExit(f"unknown speakers {unknown}; FSDD has {', '.join(everyone)}")
     demo_recipe = FAST_RECIPE + ([f"train.epochs={args.demo_epochs}"] if args.demo_epochs else [])
 
-    env = toolkit_env()
+    command = commands(in_process=args.smoke)
     started = time.perf_counter()
     fsdd: list[Contest] = []
     demo: list[Contest] = []
@@ -265,15 +268,15 @@ def main() -> None:
             truth = clips[clips["speaker"] == speaker].set_index("id")["label"]
             contest = write_contest(root, speaker, lay_out(root, speaker, clips))
             exp = f"words_{speaker}"
-            write_experiment(root, exp, contest, WORDS_RECIPE)
-            fsdd.append(Contest(speaker, play_rounds(root, exp, truth, args, env)))
+            write_experiment(root, exp, contest, WORDS_RECIPE, SMOKE_EPOCHS if args.smoke else None)
+            fsdd.append(Contest(speaker, play_rounds(root, exp, truth, args, command)))
         if "demo" in parts:
             _, truth = demo_truth()
             extra = dotlist_dict(demo_recipe)
             extra["data"] = {"cache_dir": str(root / "cache")}
             extra["submission"] = {"id_column": "id", "id_suffix": ""}
             write_experiment(root, "demo_words", DEMO_CONTEST, CNN_RECIPE, extra)
-            demo.append(Contest("demo (360 test clips, 12 new voices)", play_rounds(root, "demo_words", truth, args, env)))
+            demo.append(Contest("demo (360 test clips, 12 new voices)", play_rounds(root, "demo_words", truth, args, command)))
     total = time.perf_counter() - started
 
     print()
@@ -286,8 +289,9 @@ def main() -> None:
     print(f"Total wall time {total / 60:.1f} min ({total:.0f}s)")
     if fsdd:
         print()
-        print(f"### fsdd, leave one speaker out ({FSDD}; 500 test clips of the held speaker, 2500 training clips of "
-              "five others; words_encoder recipe, 5 speaker-grouped folds)")
+        held = len(fsdd[0].rounds[0].right)
+        print(f"### fsdd, leave one speaker out ({FSDD}; {held} test clips of the held speaker, {len(clips) - held} "
+              "training clips of five others; words_encoder recipe, 5 speaker-grouped folds)")
         print()
         print(table(fsdd, "held speaker", True, False))
         print()

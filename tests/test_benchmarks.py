@@ -3,6 +3,7 @@ on generated data), and without a GPU the plain check says so in one line."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import signal
@@ -72,6 +73,7 @@ def smoke(name: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPa
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # the scripts import common and each other
     spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up while it loads
     spec.loader.exec_module(module)
     files, environment, threads = outputs(), dict(os.environ), torch.get_num_threads()
     sigterm = signal.getsignal(signal.SIGTERM)
@@ -128,3 +130,58 @@ def test_accuracy_demo_smoke_scores_every_view_of_both_recipes(capsys: pytest.Ca
             assert 0 <= number(validation) <= 1 and 0 <= number(holdout) <= 1, (recipe, view)
         else:
             assert number(validation) >= 0 and holdout.endswith(" holdout clips") and number(holdout) > 0
+
+
+def test_accuracy_fsdd_smoke_trains_and_blends_every_recipe(capsys: pytest.CaptureFixture,
+                                                            monkeypatch: pytest.MonkeyPatch):
+    shared_data("fsdd", "recordings")
+    lines = smoke("accuracy_fsdd", capsys, monkeypatch)
+    recipes = ["old", "new", "windows"]
+    folds = table(lines, "| recipe | fold | validation speaker | val accuracy |")
+    assert [row[:2] for row in folds] == [[recipe, "0"] for recipe in recipes]
+    assert all(0 <= number(row[column]) <= 1 for row in folds for column in (3, 5, 6))  # val, holdout, with TTA
+    methods = table(lines, "| recipe | method | holdout accuracy | notes |")
+    assert [row[0] for row in methods] == [recipe for recipe in recipes for _ in range(4)]
+    assert all(0 <= number(row[2]) <= 1 for row in methods)
+    results = json.loads(lines[-1])
+    assert list(results) == [*recipes, "seconds"]
+    for recipe in recipes:
+        assert results[recipe]["n"] == 6 and len(results[recipe]["single"]) == 1  # one speaker's 6 clips held out
+        assert results[recipe]["written"] in {row[1].removeprefix("written by blend: ") for row in methods}
+
+
+def test_accuracy_fsdd_speakers_smoke_scores_the_ensemble_against_the_probe(capsys: pytest.CaptureFixture,
+                                                                           monkeypatch: pytest.MonkeyPatch):
+    shared_data("fsdd", "recordings")
+    lines = smoke("accuracy_fsdd_speakers", capsys, monkeypatch)
+    assert ("## FSDD, leave one speaker out (6 test clips of the held speaker, 30 training clips of five others)"
+            in lines)
+    rows = table(lines, "| held speaker | words 5-fold soft ensemble | probe LR C=1 | probe LR C=10 | words OOF |")
+    assert [row[0] for row in rows] == ["theo", "mean of 1"]
+    assert rows[0][1:5] == rows[1][1:5] and rows[0][5:7] == ["-", "-"]  # one speaker; no CNN in a smoke run
+    assert all(0 <= number(cell) <= 1 for cell in rows[0][1:5])
+    words = number(rows[0][1])
+    assert any(line.startswith(f"words ensemble mean {words:.4f} (") for line in lines)
+    for c in ("1", "10"):
+        assert any(line.startswith(f"- against probe C={c} (") and "McNemar exact p = " in line for line in lines)
+    result = json.loads(lines[-1])["results"][0]
+    assert result["speaker"] == "theo" and result["words"] == pytest.approx(words, abs=5e-5)
+
+
+def test_pseudo_rounds_smoke_plays_round_one_and_a_pseudo_round(capsys: pytest.CaptureFixture,
+                                                                monkeypatch: pytest.MonkeyPatch):
+    shared_data("fsdd", "recordings")
+    lines = smoke("pseudo_rounds", capsys, monkeypatch)
+    assert any(line.startswith("### fsdd, leave one speaker out (") and "; 6 test clips of the held speaker, 30 "
+               "training clips" in line for line in lines)
+    rows = table(lines, "| held speaker | round 1 test | round 1 OOF | round 2 test | round 2 OOF |")
+    assert len(rows) == 1 and rows[0][0] == "theo"
+    assert all(0 <= number(cell) <= 1 for cell in rows[0][1:5])
+    assert number(rows[0][5]) == pytest.approx(number(rows[0][4]) - number(rows[0][3]), abs=2e-4)
+    counts, right = rows[0][6].removesuffix(" right)").split(" (")
+    assert counts == "6, 6, 6, 6, 6" and right.endswith("/30")  # threshold 0: each fold labels every test clip
+    assert any(line.startswith("round 2 beats round 1 on the test clips: ") for line in lines)
+    assert any(line.startswith("round 2 OOF within 2 points of its test accuracy: ") for line in lines)
+    result = json.loads(lines[-1])
+    assert result["threshold"] == 0.0 and [r["exp"] for r in result["results"][0]["rounds"]] == ["words_theo",
+                                                                                               "words_theo_pl1"]
