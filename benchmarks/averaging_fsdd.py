@@ -2,6 +2,7 @@
 
     python benchmarks/averaging_fsdd.py [--held theo] [--takes 40] [--epochs 6] [--swa 3] [--average-best 3]
                                         [--ema 0.99] [--folds all] [--device cpu] [--keep]
+    python benchmarks/averaging_fsdd.py --smoke   # smoke run: fold 0, 2 epochs, 36 clips, commands in this process
 
 Why: a fold's model can be its best epoch, an exponential moving average of the weights (train.ema), the mean of
 the last epochs' weights (train.swa) or the mean of the best epochs' weights (train.average_best), both with
@@ -32,9 +33,9 @@ import os
 import time
 from pathlib import Path
 
-from accuracy_fsdd_speakers import CNN_FAST, CNN_RECIPE, FSDD, clips_table, lay_out, write_contest, write_experiment
-from common import (Stopwatch, exit_cleanly_on_sigterm, hardware_line, log, markdown_table, project_root, toolkit,
-                    toolkit_env)
+from accuracy_fsdd_speakers import (CNN_FAST, CNN_RECIPE, FSDD, SMOKE_TAKES, clips_table, lay_out, write_contest,
+                                    write_experiment)
+from common import (Stopwatch, commands, exit_cleanly_on_sigterm, hardware_line, log, markdown_table, project_root)
 
 import numpy as np
 import pandas as pd
@@ -68,7 +69,7 @@ def score(root: Path, exp: str, truth: pd.Series) -> dict:
             "train_loss": [pd.read_csv(fold / "metrics.csv")["train_loss"].tolist() for fold in folds]}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--held", default="theo", help="the speaker held out as the test set (default theo)")
     parser.add_argument("--takes", type=int, default=40, help="takes per digit of each training speaker (of 50)")
@@ -79,18 +80,22 @@ def main() -> None:
     parser.add_argument("--folds", default="all", help="fold= of competition.run (default all five)")
     parser.add_argument("--device", default="cpu", help="device= of competition.run: cpu, cuda, cuda:N or auto")
     parser.add_argument("--keep", action="store_true", help="keep the temporary project root (printed)")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="smoke run: fold 0, 2 epochs, swa and average_best of 2, "
+                                                              "on 36 clips (accuracy_fsdd_speakers.clips_table)")
+    args = parser.parse_args(argv)
     exit_cleanly_on_sigterm()
     if not FSDD.is_dir():
         raise SystemExit(f"FSDD recordings not found at {FSDD}")
-    clips = clips_table()
+    if args.smoke:
+        args.takes, args.epochs, args.swa, args.average_best, args.folds = SMOKE_TAKES, 2, 2, 2, "0"
+    clips = clips_table(args.smoke)
     take = clips["id"].str.rsplit("_", n=1).str[1].astype(int)
     clips = clips[(clips["speaker"] == args.held) | (take < args.takes)]
     truth = clips[clips["speaker"] == args.held].set_index("id")["label"]
     variants = {"best epoch": {}, f"ema {args.ema:g}": {"ema": args.ema}, f"swa {args.swa}": {"swa": args.swa},
                 f"average_best {args.average_best}": {"average_best": args.average_best}}
 
-    env = toolkit_env()
+    command = commands(in_process=args.smoke)
     started = time.perf_counter()
     results, seconds = {}, {}
     with project_root("competition-averaging-fsdd-", args.keep) as root:
@@ -102,8 +107,7 @@ def main() -> None:
             write_experiment(root, exp, contest, CNN_RECIPE, {**CNN_FAST, "train": train})
             log(f"=== {variant}: {exp}, train {json.dumps(train)}")
             with Stopwatch() as watch:
-                toolkit(root, exp, ["competition.run", f"exp={exp}", f"fold={args.folds}", f"device={args.device}"],
-                        env)
+                command(root, exp, ["competition.run", f"exp={exp}", f"fold={args.folds}", f"device={args.device}"])
             results[variant], seconds[variant] = score(root, exp, truth), watch.seconds
             log(f"{variant}: OOF {results[variant]['oof']:.4f}, {args.held} ensemble {results[variant]['test']:.4f}, "
                 f"{watch.seconds:.0f}s")

@@ -185,3 +185,20 @@ def test_pseudo_rounds_smoke_plays_round_one_and_a_pseudo_round(capsys: pytest.C
     result = json.loads(lines[-1])
     assert result["threshold"] == 0.0 and [r["exp"] for r in result["results"][0]["rounds"]] == ["words_theo",
                                                                                                "words_theo_pl1"]
+
+
+def test_averaging_fsdd_smoke_compares_the_four_models_of_a_fold(capsys: pytest.CaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch):
+    shared_data("fsdd", "recordings")
+    lines = smoke("averaging_fsdd", capsys, monkeypatch)
+    assert any(line.startswith("## Weight averaging on fsdd: theo held out (6 test clips), OOF on the other five (6 "
+                               "clips, takes 0-1 of each digit)") for line in lines)
+    assert any(line.startswith("Recipe: ") and line.endswith("the per-epoch training losses are identical across the "
+                                                             "variants") for line in lines)
+    rows = table(lines, "| model of each fold | OOF accuracy | theo: fold ensemble | theo: single fold (mean) |")
+    assert [row[0] for row in rows] == ["best epoch", "ema 0.99", "swa 2", "average_best 2"]
+    assert all(0 <= number(cell) <= 1 for row in rows for cell in row[1:4])
+    kept = {row[0]: row[4] for row in rows}
+    assert kept["best epoch"] in ("1", "2") and sorted(kept["swa 2"].split("+")) == ["1", "2"]
+    assert sorted(kept["average_best 2"].split("+")) == ["1", "2"]  # two epochs run: both averaged
+    assert set(json.loads(lines[-1])) == {*kept, "seconds"}
