@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from competition.augment import AugmentConfig, parse_tta_view, validate_augment
+from competition.compute import MEMORY_FORMATS, PRECISIONS
 from competition.encoders import POOLS, check_encoder_name
 from competition.errors import UserError
 from competition.frontend import STATS
@@ -124,6 +125,10 @@ class TrainConfig:
     average_best: int = 0  # the fold's model is the mean of the weights of the K epochs with the best validation
     # metric (checkpoint averaging), BatchNorm statistics re-estimated as for swa; 0 keeps the best epoch
     amp: bool = True  # mixed precision on CUDA (bf16 where supported); ignored on the CPU
+    precision: str = "auto"  # CPU training: auto (bf16 autocast where the CPU has bf16 in hardware, AMX or
+    # AVX512-BF16; fp32 elsewhere, where bf16 is emulated and slower) | fp32 | bf16 (competition.compute)
+    memory_format: str = "auto"  # training's: auto (channels_last for the backbone families measured faster in it,
+    # competition.compute.CHANNELS_LAST_FAMILIES) | channels_last | contiguous
     workers: int = 2  # loader processes, used only by the heavy (audiomentations) augmentations
     seed: int = 42
 
@@ -231,6 +236,8 @@ CHOICES = {
     "frontend.pool": POOLS,
     "frontend.normalize": ("clip", "dataset", "none"),
     "train.schedule": ("onecycle", "cosine", "linear", "constant"),
+    "train.precision": PRECISIONS,
+    "train.memory_format": MEMORY_FORMATS,
     "train.metric": tuple(METRICS),
     "tune.pruner": ("auto", "median", "hyperband", "wilcoxon", "none"),  # competition.tune.PRUNERS, and auto
     "tracking.wandb.mode": ("offline", "online", "disabled"),

@@ -47,6 +47,7 @@ from tqdm import tqdm
 from competition.bundle import from_bundle
 from competition.cache import load_split
 from competition.cli import main_guard, parse_bool
+from competition.compute import autocast
 from competition.config import parse_cli, parse_value
 from competition.data import examples, index_test
 from competition.ensemble import (METHODS, Ensemble, FoldModel, answered, choose, combine_models, parse_method,
@@ -131,9 +132,7 @@ def precision_context(precision: str, device: torch.device):
     if precision not in ("fp32", "bf16"):
         raise UserError(f"precision={precision}: choose fp32 or bf16 (bf16 autocast on the CPU: faster where the "
                         "processor has AMX or AVX512-BF16, probabilities within about 1e-4)")
-    if precision == "bf16" and device.type == "cpu":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return nullcontext()
+    return autocast(device, precision) if device.type == "cpu" else nullcontext()
 
 
 def run_models(ensemble: Ensemble, decoded: dict, device: torch.device, precision: str,

@@ -12,7 +12,6 @@ import os
 import socket
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -28,6 +27,7 @@ from tqdm import tqdm
 from competition.augment import Augmenter, HeavyAugment, heavy_enabled, parse_tta_view
 from competition.cache import JoinedCache, WaveCache, load_split, window_starts, windowed
 from competition.cli import format_seconds
+from competition.compute import autocast, evaluation_precision, training_memory_format, training_precision
 from competition.config import Experiment
 from competition.data import index_test, index_train, with_test_source
 from competition.errors import UserError
@@ -190,14 +190,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA where supported (no loss scaling needed), fp16 otherwise; plain fp32 on the CPU."""
-    if device.type != "cuda" or not enabled:
-        return nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
 def make_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     """A per-step learning-rate schedule with an optional linear warm-up; state_dict()-able for resume."""
     t = cfg.train
@@ -324,7 +316,7 @@ def predict_together(predictors: Sequence[Predictor], part: Part, device: torch.
             for name in p.views:
                 if (name, key) not in inputs:
                     inputs[name, key] = p.frontend(seen[name])
-                with autocast(device, p.cfg.train.amp):
+                with autocast(device, evaluation_precision(p.cfg.train, device)):
                     result = task_of(p.cfg).probabilities(p.model(inputs[name, key])).cpu().numpy()
                 if views[name].whole:
                     counts = windows[index]
@@ -683,7 +675,8 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
                         "remake the folds with fewer splits")
     _check_metric_defined(cfg, data, fold)
     torch.manual_seed(t.seed)
-    model = create_model(cfg, len(data.classes)).to(device)
+    precision = training_precision(t, device)
+    model = create_model(cfg, len(data.classes)).to(device, memory_format=training_memory_format(t, cfg.model.name))
     if hasattr(model, "fit") and (t.swa or t.average_best):
         key = "train.swa" if t.swa else "train.average_best"
         raise UserError(f"{key} averages the weights of several epochs, but {cfg.model.name} is fitted exactly in one "
@@ -698,7 +691,7 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
               "threshold, or look at that source fold's probabilities", file=sys.stderr)
     print(f"{title}: {len(data.train)} train{pseudo}, {len(data.val)} validation, {len(data.holdout)} holdout, "
           f"{len(data.test) if data.test else 0} test clips; {len(data.classes)} classes; "
-          f"{cfg.model.name} on {device}", file=sys.stderr)
+          f"{cfg.model.name} on {device} in {precision}", file=sys.stderr)
     if hasattr(model, "fit"):
         return _fit_exactly(cfg, model, frontend, data, device, work, observers)
     augmenter = Augmenter(cfg.augment, cfg.audio.sample_rate, device)
@@ -708,7 +701,7 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
     state = TrainState(
         model=model, ema=ModelEmaV3(model, decay=t.ema) if t.ema else None, optimizer=optimizer,
         scheduler=make_scheduler(cfg, optimizer, steps_per_epoch),
-        scaler=torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and t.amp and not torch.cuda.is_bf16_supported()),
+        scaler=torch.amp.GradScaler("cuda", enabled=precision == "fp16"),
         rng=np.random.default_rng([t.seed, fold]), generator=torch.Generator(device).manual_seed(t.seed * 1000 + fold))
     if (work / LAST).is_file():
         state.load(work / LAST)
@@ -717,7 +710,8 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
     for epoch in range(first_epoch, t.epochs + 1):
         if t.patience and state.epoch - state.best_epoch >= t.patience:
             break
-        row = _train_epoch(cfg, state, data, frontend, augmenter, heavy, epoch, steps_per_epoch, device, fold, observers)
+        row = _train_epoch(cfg, state, data, frontend, augmenter, heavy, epoch, steps_per_epoch, device, precision,
+                           fold, observers)
         probs = predict(state.eval_model, frontend, data.val, cfg, device)
         if not np.isfinite(probs).all():
             raise _diverged(epoch, fold, "the validation probabilities are NaN", cfg)
@@ -747,7 +741,8 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
     else:
         model, averaged = state.eval_model, None
         model.load_state_dict(torch.load(work / "model.pt", map_location=device, weights_only=True)["model"])
-    return _finish(cfg, model, frontend, data, device, work, state.history, state.best_epoch, started, averaged)
+    return _finish(cfg, model, frontend, data, device, precision, work, state.history, state.best_epoch, started,
+                   averaged)
 
 
 def _average(cfg: DictConfig, state: TrainState, frontend: Frontend, data: FoldData,
@@ -789,13 +784,14 @@ def _save_model(work: Path, model: torch.nn.Module, frontend: Frontend, classes:
 
 
 def _finish(cfg: DictConfig, model: torch.nn.Module, frontend: Frontend, data: FoldData, device: torch.device,
-            work: Path, history: list[dict], best_epoch: int, started: float, averaged: dict | None = None) -> dict:
-    """The curves, the fold's summary (with which epochs' mean the model is and its validation scores, where it is
-    one) and its predictions on every split through every view."""
+            precision: str, work: Path, history: list[dict], best_epoch: int, started: float,
+            averaged: dict | None = None) -> dict:
+    """The curves, the fold's summary (the device and precision it trained in, which epochs' mean the model is and
+    its validation scores, where it is one) and its predictions on every split through every view."""
     plot_curves(pd.DataFrame(history), cfg.train.metric, work / "curves.png")
     summary = {"classes": data.classes, "task": task_of(cfg).name, "best_epoch": best_epoch,
                "epochs_run": len(history) and history[-1]["epoch"],
-               "device": str(device), "seconds": round(time.time() - started, 1), "n_train": len(data.train),
+               "device": str(device), "precision": precision, "seconds": round(time.time() - started, 1), "n_train": len(data.train),
                "n_pseudo": data.n_pseudo,
                "tta_views": list(cfg.tta.views), **({"averaged": averaged} if averaged else {})}
     summary.update(predict_splits(model, frontend, cfg, data, device, work))
@@ -821,12 +817,12 @@ def _fit_exactly(cfg: DictConfig, model: torch.nn.Module, frontend: Frontend, da
           f"{cfg.train.metric} {row[f'val_{cfg.train.metric}']:.4f} | {row['seconds']:.1f}s", flush=True)
     for observer in observers:
         observer.epoch(row)
-    return _finish(cfg, model, frontend, data, device, work, [row], 1, started)
+    return _finish(cfg, model, frontend, data, device, "fp32", work, [row], 1, started)  # fitted without autocast
 
 
 def _train_epoch(cfg: DictConfig, state: TrainState, data: FoldData, frontend: Frontend, augmenter: Augmenter,
-                 heavy: HeavyAugment | None, epoch: int, steps: int, device: torch.device, fold: int,
-                 observers: Sequence[FoldObserver]) -> dict:
+                 heavy: HeavyAugment | None, epoch: int, steps: int, device: torch.device, precision: str,
+                 fold: int, observers: Sequence[FoldObserver]) -> dict:
     """One pass over the training clips: augment the waveforms, log-mel, augment the spectrograms, mix, step."""
     t, task = cfg.train, task_of(cfg)
     started, losses = time.time(), []
@@ -841,7 +837,7 @@ def _train_epoch(cfg: DictConfig, state: TrainState, data: FoldData, frontend: F
         if not losses:
             for observer in observers:
                 observer.inputs(x, targets, data.classes)
-        with autocast(device, t.amp):
+        with autocast(device, precision):
             logits = state.model(x)
         loss = training_loss(task, logits, targets, t)
         state.optimizer.zero_grad(set_to_none=True)
