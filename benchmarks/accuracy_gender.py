@@ -3,7 +3,7 @@ CNN, voice and voice-encoder recipes and the blend of the last two, with speaker
 
     python benchmarks/accuracy_gender.py [--regimes many,few,six] [--draws 5] [--many-draws 1] [--methods ...]
                                          [--groupings spk,clip] [--device cpu] [--keep]
-    python benchmarks/accuracy_gender.py --quick      # smoke run: few regime, 1 draw, the CNN for 1 epoch
+    python benchmarks/accuracy_gender.py --smoke      # smoke run: 10 speakers, 1 draw, 2 folds, 1 epoch
 
 Why: a voice-gender model is judged on voices it never heard, and a local score made with folds that split one
 speaker's clips across folds (the contest's own `id<TAB>gender` table has no speaker column) says little about that.
@@ -48,19 +48,20 @@ the first method run on a data set (the old default) also pays for decoding its 
 
 Everything is written into a temporary project root (the split folders, made of symlinks to the clips, never
 copies; the contest and experiment configs; fold files; the waveform caches; fold outputs; answer files; each
-command's log), so the repository and ~/.cache are left untouched; `--keep` keeps it and prints where.
+command's log), so the repository and ~/.cache are left untouched; `--keep` keeps it and prints where. --smoke runs
+the six regime's first draw on the first 5 speakers of each gender (voices), speaker-grouped folds alone, 2 of them,
+the CNN as common.TINY_CNN, the toolkit's commands in this process (common.toolkit_here).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import (REPO, Stopwatch, exit_cleanly_on_sigterm, hardware_line, log, markdown_table, project_root,
-                    toolkit, toolkit_env)
+from common import (REPO, TINY_CNN, Command, Stopwatch, commands, dotlist_dict, exit_cleanly_on_sigterm, hardware_line,
+                    log, markdown_table, project_root)
 
 import numpy as np
 import pandas as pd
@@ -84,6 +85,7 @@ BASELINE = "baseline (log-mel + LR)"
 PROBE = "probe (speaker encoder + LR)"
 VOICE_ENCODER_RECIPE = REPO / "experiments" / "_recipes" / "voice_encoder.yaml"
 VOICE_PITCH_RECIPE = REPO / "experiments" / "_recipes" / "voice_pitch.yaml"
+SMOKE_PER_GENDER = 5  # a smoke run's speakers: the first five of each gender (60 clips)
 
 
 @dataclass
@@ -112,6 +114,18 @@ class Result:
 
 # --------------------------------------------------------------------------------------------------------------
 # Splits
+
+
+def voices(smoke: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The clips (clip, id, speaker, gender, ...) and the speakers (speaker, gender) of speechocean762_gender; for a
+    smoke run, the first speakers of each gender alone."""
+    clips = pd.read_csv(DATA / "clips.tsv", sep="\t", dtype=str)
+    clips["id"] = clips["clip"].str.replace(r"\.wav$", "", regex=True)
+    speakers = pd.read_csv(DATA / "speakers.tsv", sep="\t", dtype=str)
+    if smoke:
+        speakers = speakers.sort_values("speaker").groupby("gender").head(SMOKE_PER_GENDER)
+        clips = clips[clips["speaker"].isin(speakers["speaker"])]
+    return clips, speakers
 
 
 def draw_splits(speakers: pd.DataFrame, regimes: list[str], many_draws: int, few_draws: int) -> list[Split]:
@@ -165,10 +179,11 @@ def write_contest(root: Path, data_name: str, base: Path, with_speaker: bool, sp
     return path
 
 
-def write_experiment(root: Path, name: str, contest: Path, method: str, epochs: int) -> None:
+def write_experiment(root: Path, name: str, contest: Path, method: str, cnn: dict) -> None:
+    """experiments/<name>/config.yaml: the contest with the method's recipe; the old default's with `cnn` over it."""
     config = {"contest": str(contest)}
     if method == "old":
-        config.update({"recipe": str(CNN_RECIPE), "train": {"epochs": epochs}, "tta": {"views": ["plain"]}})
+        config.update({"recipe": str(CNN_RECIPE), **cnn, "tta": {"views": ["plain"]}})
     else:
         config["recipe"] = str({"new": VOICE_RECIPE, "pitch": VOICE_PITCH_RECIPE, "enc": VOICE_ENCODER_RECIPE}[method])
     folder = root / "experiments" / name
@@ -214,7 +229,6 @@ def probe_features(clips: pd.DataFrame) -> tuple[dict[str, np.ndarray], dict[str
     """Per clip: the speaker encoder's mean embedding of the whole clip, at unit length, and the seconds it took."""
     import soundfile as sf
 
-    sys.path.insert(0, str(REPO))
     from competition.encoders import load_encoder
 
     encoder = load_encoder("speaker", -1, "cpu")
@@ -253,21 +267,20 @@ def run_linear(split: Split, clips: pd.DataFrame, features: dict[str, np.ndarray
 
 
 def run_toolkit(root: Path, split: Split, method: str, grouping: str, exp: str, truth: pd.Series,
-                device: str, env: dict[str, str]) -> Result:
+                device: str, command: Command) -> Result:
     with Stopwatch() as watch:
         if method == "pair":
             members = ",".join(exp.replace("_pair", f"_{part}") for part in ("pitch", "enc"))
-            toolkit(root, exp, ["competition.blend", f"exps={members}", "method=soft", f"name={exp}"], env)
+            command(root, exp, ["competition.blend", f"exps={members}", "method=soft", f"name={exp}"])
         elif method == "pl":  # each of the pair again, on the test clips both label surely (the first is the base)
             pitch, enc = (exp.replace("_pl", f"_{part}") for part in ("pitch", "enc"))
             for sources, part in ((f"{pitch},{enc}", "pitch"), (f"{enc},{pitch}", "enc")):
-                toolkit(root, exp, ["competition.pseudo", f"exps={sources}", f"name={exp}_{part}",
-                                    f"threshold={PSEUDO_THRESHOLD}", f"device={device}"], env)
-            toolkit(root, exp, ["competition.blend", f"exps={exp}_pitch1,{exp}_enc1", "method=soft", f"name={exp}"],
-                    env)
+                command(root, exp, ["competition.pseudo", f"exps={sources}", f"name={exp}_{part}",
+                                    f"threshold={PSEUDO_THRESHOLD}", f"device={device}"])
+            command(root, exp, ["competition.blend", f"exps={exp}_pitch1,{exp}_enc1", "method=soft", f"name={exp}"])
         else:
-            toolkit(root, exp, ["competition.run", f"exp={exp}", "fold=all", f"device={device}"], env)
-            toolkit(root, exp, ["competition.blend", f"exps={exp}", f"name={exp}"], env)
+            command(root, exp, ["competition.run", f"exp={exp}", "fold=all", f"device={device}"])
+            command(root, exp, ["competition.blend", f"exps={exp}", f"name={exp}"])
     answer = pd.read_csv(root / "submissions" / f"{exp}.tsv", sep="\t", header=None, names=["id", "gender"],
                          dtype=str, keep_default_na=False)
     predicted = answer.set_index("id")["gender"]
@@ -308,7 +321,7 @@ def summary_rows(results: list[Result]) -> list[list[object]]:
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--regimes", default="many,few,six", help="comma-separated: many, few, six (default all)")
     parser.add_argument("--draws", type=int, default=5, help="speaker draws of the few regime (default 5)")
@@ -318,18 +331,19 @@ def main() -> None:
     parser.add_argument("--splits", type=int, default=N_SPLITS, help=f"folds.n_splits (default {N_SPLITS})")
     parser.add_argument("--groupings", default=",".join(GROUPINGS),
                         help="folds of the toolkit methods: spk (speaker-grouped), clip (per clip) (default both)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: few regime, 1 draw, the old default trained for 1 epoch")
+    parser.add_argument("--smoke", action="store_true", help="smoke run: the first 5 speakers of each gender, six "
+                                                              "regime, 1 draw, spk grouping, 2 folds, 1 epoch of a "
+                                                              "resnet10t on 32 mels")
     parser.add_argument("--keep", action="store_true", help="keep the temporary project root (printed)")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"toolkit recipes to run beside the baseline: {', '.join(METHODS)} (default all)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     exit_cleanly_on_sigterm()
     if not DATA.is_dir():
         raise SystemExit(f"speechocean762_gender not found at {DATA}")
     regimes = [r.strip() for r in args.regimes.split(",") if r.strip()]
-    if args.quick:
-        regimes, args.draws, args.epochs = ["few"], 1, 1
+    if args.smoke:
+        regimes, args.draws, args.epochs, args.splits, args.groupings = ["six"], 1, 1, 2, "spk"
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not set(methods) <= set(METHODS):
         raise SystemExit(f"--methods: choose from {', '.join(METHODS)} (got {args.methods})")
@@ -343,11 +357,10 @@ def main() -> None:
         if method in methods and not {"pitch", "enc"} <= set(methods[:methods.index(method)]):
             raise SystemExit(f"--methods: {method} builds on pitch and enc, so list both before it")
 
-    clips = pd.read_csv(DATA / "clips.tsv", sep="\t", dtype=str)
-    clips["id"] = clips["clip"].str.replace(r"\.wav$", "", regex=True)
-    speakers = pd.read_csv(DATA / "speakers.tsv", sep="\t", dtype=str)
+    clips, speakers = voices(args.smoke)
     splits = draw_splits(speakers, regimes, args.many_draws, args.draws)
-    env = toolkit_env()
+    command = commands(in_process=args.smoke)
+    cnn = dotlist_dict([*(TINY_CNN if args.smoke else []), f"train.epochs={args.epochs}"])
 
     started = time.perf_counter()
     results: list[Result] = []
@@ -375,8 +388,8 @@ def main() -> None:
                 for method in methods:
                     exp = f"{split.tag}_{grouping}_{method}"
                     if method not in ("pair", "pl"):
-                        write_experiment(root, exp, contest, method, args.epochs)
-                    result = run_toolkit(root, split, method, grouping, exp, truth, args.device, env)
+                        write_experiment(root, exp, contest, method, cnn)
+                    result = run_toolkit(root, split, method, grouping, exp, truth, args.device, command)
                     done.append(result)
                     log(f"{split.tag} {exp}: OOF {fmt(result.oof)}, test {result.test:.4f} "
                         f"(blend {result.notes.get('blend')}, {result.seconds:.0f}s)")

@@ -165,6 +165,13 @@ def check_exit(code: int, root: Path, args: list[str], out_path: Path, err_path:
 TINY_CNN = ["model.name=resnet10t", "frontend.n_mels=32", "train.epochs=1"]
 
 
+def dotlist_dict(overrides: list[str]) -> dict:
+    """["a.b=c", ...] as the nested dict an experiment's config.yaml holds."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.from_dotlist(overrides))
+
+
 def demo_slice(root: Path, words: int = 3, speakers: int = 12, test_clips: int = 6) -> list[str]:
     """A smoke run's slice of the keyword demo (generated on first use, as experiments/default generates it): the
     first `speakers` training voices saying the first `words` words, and `test_clips` test clips of those words with

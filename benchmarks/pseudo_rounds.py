@@ -52,8 +52,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import (REPO, Command, Stopwatch, commands, exit_cleanly_on_sigterm, hardware_line, log, markdown_table,
-                    project_root)
+from common import (REPO, Command, Stopwatch, commands, dotlist_dict, exit_cleanly_on_sigterm, hardware_line, log,
+                    markdown_table, project_root)
 
 import numpy as np
 import pandas as pd
@@ -87,13 +87,6 @@ class Round:
 class Contest:
     name: str  # the held speaker, or "demo"
     rounds: list[Round] = field(default_factory=list)
-
-
-def dotlist_dict(overrides: list[str]) -> dict:
-    """["a.b=c", ...] as the nested dict an experiment's config.yaml holds."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.from_dotlist(overrides))
 
 
 def fold_dirs(root: Path, exp: str) -> list[Path]:

@@ -3,6 +3,7 @@ speaker come back down to what unseen speakers score?
 
     python benchmarks/voice_groups.py [--draws 5] [--train-per-gender N] [--groupings clip,voice,speaker]
                                       [--device cpu] [--keep]
+    python benchmarks/voice_groups.py --smoke     # smoke run: 10 speakers, 1 draw, commands in this process
 
 Why: the voice-gender contest's `targets.tsv` is `id<TAB>gender`, with no speaker column, so every clip is its own
 group and per-clip folds put one speaker's clips in several folds: the OOF score then rewards recognising voices the
@@ -28,7 +29,8 @@ validation).
 
 Everything is written into a temporary project root (split folders of symlinks, configs, fold files, the waveform
 and embedding caches, fold outputs, answer files, each command's log), so the repository and ~/.cache are left
-untouched; `--keep` keeps it and prints where. Set OMP_NUM_THREADS to leave cores to others.
+untouched; `--keep` keeps it and prints where. Set OMP_NUM_THREADS to leave cores to others. --smoke runs one draw of
+the first 5 speakers of each gender (accuracy_gender.voices), 3 of each trained on, the commands in this process.
 """
 from __future__ import annotations
 
@@ -38,15 +40,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import (REPO, Stopwatch, exit_cleanly_on_sigterm, hardware_line, log, markdown_table, project_root,
-                    toolkit, toolkit_env)
+from accuracy_gender import DATA, voices
+from common import (REPO, Command, Stopwatch, commands, exit_cleanly_on_sigterm, hardware_line, log, markdown_table,
+                    project_root)
 
 import numpy as np
 import pandas as pd
 
 from competition.folds import purity, read_folds, together
 
-DATA = REPO.parent / "shared" / "data" / "speechocean762_gender"
 VOICE_RECIPE = REPO / "experiments" / "_recipes" / "voice.yaml"
 SAMPLE_RATE = 16000
 DURATION = 3.0
@@ -119,10 +121,10 @@ def write_experiment(root: Path, name: str, base: Path, grouping: str) -> None:
 
 
 def run_one(root: Path, name: str, draw: int, grouping: str, truth: pd.Series, speaker_of: pd.Series, device: str,
-            env: dict[str, str]) -> Result:
+            command: Command) -> Result:
     with Stopwatch() as watch:
-        toolkit(root, name, ["competition.run", f"exp={name}", "fold=all", f"device={device}"], env)
-        toolkit(root, name, ["competition.blend", f"exps={name}", f"name={name}"], env)
+        command(root, name, ["competition.run", f"exp={name}", "fold=all", f"device={device}"])
+        command(root, name, ["competition.blend", f"exps={name}", f"name={name}"])
     answer = pd.read_csv(root / "submissions" / f"{name}.tsv", sep="\t", header=None, names=["id", "gender"],
                          dtype=str, keep_default_na=False).set_index("id")["gender"]
     if set(answer.index) != set(truth.index) or answer.index.duplicated().any():
@@ -144,7 +146,7 @@ def fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--draws", type=int, default=5, help="speaker splits (default 5)")
     parser.add_argument("--train-per-gender", type=int, default=0,
@@ -153,18 +155,20 @@ def main() -> None:
                         help=f"fold groupings to run: {', '.join(GROUPINGS)} (default all)")
     parser.add_argument("--device", default="cpu", help="device= of competition.run: cpu, cuda, cuda:N or auto")
     parser.add_argument("--keep", action="store_true", help="keep the temporary project root (printed)")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="smoke run: 1 draw of 10 speakers (the first 5 of each "
+                                                              "gender), 3 of each gender trained on")
+    args = parser.parse_args(argv)
     exit_cleanly_on_sigterm()
     if not DATA.is_dir():
         raise SystemExit(f"speechocean762_gender not found at {DATA}")
     groupings = [g.strip() for g in args.groupings.split(",") if g.strip()]
     if not groupings or not set(groupings) <= set(GROUPINGS):
         raise SystemExit(f"--groupings: choose from {', '.join(GROUPINGS)} (got {args.groupings})")
-    clips = pd.read_csv(DATA / "clips.tsv", sep="\t", dtype=str)
-    clips["id"] = clips["clip"].str.replace(r"\.wav$", "", regex=True)
+    if args.smoke:
+        args.draws, args.train_per_gender = 1, 3
+    clips, speakers = voices(args.smoke)
     speaker_of = clips.set_index("id")["speaker"]
-    speakers = pd.read_csv(DATA / "speakers.tsv", sep="\t", dtype=str)
-    env = toolkit_env()
+    command = commands(in_process=args.smoke)
 
     started = time.perf_counter()
     results: list[Result] = []
@@ -177,7 +181,7 @@ def main() -> None:
             for grouping in groupings:
                 name = f"d{draw}_{grouping}"
                 write_experiment(root, name, base, grouping)
-                result = run_one(root, name, draw, grouping, truth, speaker_of, args.device, env)
+                result = run_one(root, name, draw, grouping, truth, speaker_of, args.device, command)
                 results.append(result)
                 log(f"draw {draw} {result.grouping}: OOF {result.oof:.4f}, test {result.test:.4f}"
                     + ("" if result.purity is None else f", {result.groups} groups, purity {result.purity:.3f}, "

@@ -202,3 +202,41 @@ def test_averaging_fsdd_smoke_compares_the_four_models_of_a_fold(capsys: pytest.
     assert kept["best epoch"] in ("1", "2") and sorted(kept["swa 2"].split("+")) == ["1", "2"]
     assert sorted(kept["average_best 2"].split("+")) == ["1", "2"]  # two epochs run: both averaged
     assert set(json.loads(lines[-1])) == {*kept, "seconds"}
+
+
+def test_voice_groups_smoke_scores_every_grouping_and_the_voice_clusters(capsys: pytest.CaptureFixture,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    shared_data("speechocean762_gender")
+    lines = smoke("voice_groups", capsys, monkeypatch)
+    assert any(line.startswith("voice.yaml recipe; 6 training speakers, 4 unseen test speakers per draw; 3 folds")
+               for line in lines)
+    rows = table(lines, "| draw | grouping | OOF accuracy | unseen-speaker test accuracy | OOF - test | groups |")
+    assert [row[:2] for row in rows] == [["0", grouping] for grouping in
+                                         ("per clip", "folds.groups=voice", "true speakers (reference)")]
+    for row in rows:
+        oof, test = number(row[2]), number(row[3])
+        assert 0 <= oof <= 1 and 0 <= test <= 1 and number(row[4]) == pytest.approx(oof - test, abs=2e-4)
+    voice = rows[1]
+    assert 3 <= int(voice[5]) <= 36 and 0 < number(voice[6]) <= 1 and 0 < number(voice[7]) <= 1
+    assert 0 <= int(voice[8]) <= 6
+    means = table(lines, "| grouping | draws | mean OOF | mean test |")
+    assert [row[:2] for row in means] == [[row[1], "1"] for row in rows]
+    assert [r["grouping"] for r in json.loads(lines[-1])["results"]] == [row[1] for row in rows]
+
+
+def test_accuracy_gender_smoke_runs_every_method_on_unseen_speakers(capsys: pytest.CaptureFixture,
+                                                                    monkeypatch: pytest.MonkeyPatch):
+    shared_data("speechocean762_gender")
+    lines = smoke("accuracy_gender", capsys, monkeypatch)
+    methods = ["baseline (log-mel + LR)", "probe (speaker encoder + LR)", "old default (cnn)", "new default (voice)",
+               "voice pitch", "voice encoder", "voice pitch + voice encoder", "the pair after a pseudo-label round"]
+    rows = table(lines, "| regime | draw | method | grouping | local OOF accuracy | unseen-speaker test accuracy |")
+    assert [row[:4] for row in rows] == [["six", "0", method, "-" if i < 2 else "speaker"]
+                                         for i, method in enumerate(methods)]
+    for row in rows:
+        assert (row[4] == "-") == (row[3] == "-") and all(0 <= number(cell) <= 1 for cell in row[4:6] if cell != "-")
+    summary = table(lines, "| regime | method | grouping | draws | mean test accuracy |")
+    assert [row[1] for row in summary] == methods
+    assert all(row[9] in ("-", "0/1", "1/1") and row[10] in ("-", "0/1", "1/1") for row in summary)
+    assert any(line.startswith("six0: baseline (log-mel + LR) test ") for line in lines)  # the draw's progress line
+    assert [r["method"] for r in json.loads(lines[-1])["results"]] == methods
