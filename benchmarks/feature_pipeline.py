@@ -1,6 +1,7 @@
 """Throughput of producing training inputs: augmented log-mel batches (B, 1, n_mels, frames), in clips per second.
 
     python benchmarks/feature_pipeline.py [--clips 2000] [--timed 500] [--repeats 5] [--mels 64,128,224] [--hop-224 72]
+    python benchmarks/feature_pipeline.py --smoke   # every contender on 64 clips of a slice of the demo, once
 
 Contenders, each on the same 2,000 one-second 16 kHz clips of the demo's words/train (1,920 clips, the first 80
 used twice), batch 32 as in experiments/default:
@@ -29,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Stopwatch, exit_cleanly_on_sigterm, hardware_line, log, markdown_table, median, rate
+from common import Stopwatch, demo_slice, exit_cleanly_on_sigterm, hardware_line, log, markdown_table, median, rate
 
 import librosa
 import numpy as np
@@ -176,7 +177,7 @@ def timed_run(contender, limit: int, seed: int) -> dict[str, float]:
 
 # ---- the run -------------------------------------------------------------------------------------------------------
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=2000, help="clips in the data set (an epoch)")
     parser.add_argument("--timed", type=int, default=500, help="clips timed per contender and repeat")
@@ -184,7 +185,11 @@ def main() -> None:
     parser.add_argument("--mels", default="64,128,224")
     parser.add_argument("--hop-224", type=int, default=72, help="hop at 224 mels (72: 223 frames; 160: 101)")
     parser.add_argument("--no-workers", action="store_true", help="skip the naive num_workers=2 row")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="smoke run: 64 mels, 64 clips (the 36 of a slice of the "
+                                                              "demo, some twice), 32 timed, 1 repeat")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.clips, args.timed, args.repeats, args.mels = 2 * BATCH, BATCH, 1, "64"
     exit_cleanly_on_sigterm()
     torch.manual_seed(0)
     np.random.seed(0)
@@ -200,8 +205,8 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="competition-feature-pipeline-"))
     started = time.perf_counter()
     try:
-        base = [f"data.cache_dir={scratch / 'waveforms'}", "data.test=null", f"train.batch_size={BATCH}",
-                "augment.gain.p=0.5", "augment.shift.p=0.5", "augment.noise.p=0.5"]
+        base = [*(demo_slice(scratch) if args.smoke else []), f"data.cache_dir={scratch / 'waveforms'}", "data.test=null",
+                f"train.batch_size={BATCH}", "augment.gain.p=0.5", "augment.shift.p=0.5", "augment.noise.p=0.5"]
         cfg = load_experiment("default", base).cfg
         with Stopwatch() as watch:
             split, cache = load_split(index_train(cfg), cfg, skip_bad=False)

@@ -240,3 +240,23 @@ def test_accuracy_gender_smoke_runs_every_method_on_unseen_speakers(capsys: pyte
     assert all(row[9] in ("-", "0/1", "1/1") and row[10] in ("-", "0/1", "1/1") for row in summary)
     assert any(line.startswith("six0: baseline (log-mel + LR) test ") for line in lines)  # the draw's progress line
     assert [r["method"] for r in json.loads(lines[-1])["results"]] == methods
+
+
+def test_feature_pipeline_smoke_times_every_contender(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
+    lines = smoke("feature_pipeline", capsys, monkeypatch)
+    assert ("## Training-input throughput (64 one-second 16 kHz clips, batch 32, 32 clips timed per contender and "
+            "repeat)") in lines
+    rows = {row[0]: row[1] for row in table(lines, "| clips/s (median of 1) | 64 mels |")}
+    assert list(rows) == [
+        "ours: waveform cache + batched gain/shift/noise + torch LogMel",
+        "naive Dataset: librosa + audiomentations, num_workers=0", "naive Dataset: librosa + audiomentations, num_workers=2",
+        "PNG reference: one-off mel + PNG write (no augmentation)", "PNG reference: read PNGs back, per epoch",
+        "PNG reference: 20-epoch equivalent (write once + 20 reads)", "PNG reference: one-off write time for 64 clips",
+        "**ratio ours / naive, 0 workers**", "**ratio ours / naive, 2 workers**",
+        "**ratio ours / PNG 20-epoch equivalent**"]
+    ours, naive = number(rows["ours: waveform cache + batched gain/shift/noise + torch LogMel"]), number(
+        rows["naive Dataset: librosa + audiomentations, num_workers=0"])
+    assert all(number(value) > 0 for value in rows.values())
+    ratio = number(rows["**ratio ours / naive, 0 workers**"])
+    assert ratio == pytest.approx(ours / naive, rel=0.05, abs=0.05)  # one repeat: the ratio of the two rates
+    assert lines[-1].startswith(f"Goal ours >= 3x the naive per-item librosa pipeline at 64 mels: {ratio:.1f}x (")
