@@ -1,6 +1,7 @@
 """Inference speed on the CPU: a 5-fold resnet18 ensemble with 4 TTA views over the demo's test clips.
 
     python benchmarks/predict_speed.py [--folds 5] [--repeats 3] [--compile]
+    python benchmarks/predict_speed.py --smoke    # every variant once: 2 resnet10t folds, 2 clips of the demo
 
 Side by side in one run, clips per second of
 - the naive loop a competitor writes first: per clip, librosa decodes and makes the log-mel, then one model call per
@@ -27,16 +28,21 @@ from pathlib import Path
 import numpy as np
 
 from accuracy_fsdd import temporary_project
-from common import Stopwatch, cores, exit_cleanly_on_sigterm, hardware_line, log, markdown_table, median, rate
+from common import (TINY_CNN, Stopwatch, cores, demo_slice, exit_cleanly_on_sigterm, hardware_line, log, markdown_table,
+                    median, rate)
 
 VIEWS = ["plain", "shift:-0.1", "shift:0.1", "gain:-6"]
 
 
 def onnx_model(net, example):
     """The network exported to ONNX and run by ONNX Runtime on the CPU, behind the nn.Module call predict makes."""
+    import importlib.util
+
     import onnxruntime
     import torch
 
+    if importlib.util.find_spec("onnx") is None:  # torch.onnx.export needs it, and says so only once it has traced
+        raise ImportError("No module named 'onnx'")
     buffer = io.BytesIO()
     torch.onnx.export(net, (example,), buffer, input_names=["x"], output_names=["logits"],
                       dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
@@ -51,12 +57,16 @@ def onnx_model(net, example):
     return OnnxRuntime()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds over the variants (medians reported)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile on a CPU)")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="smoke run: 2 folds of resnet10t on 32 mels, 1 repeat, "
+                                                              "2 test clips of the demo")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.folds, args.repeats = 2, 1
     exit_cleanly_on_sigterm()
 
     import librosa
@@ -75,7 +85,8 @@ def main() -> None:
     from competition.train import Part, Predictor, crop_samples, predict_together, predict_views
 
     with temporary_project("competition-predict-speed-", keep=False) as root:
-        exp = load_experiment("default", [f"tta.views=[{','.join(VIEWS)}]", "data.workers=2",
+        smoke = [*demo_slice(root, test_clips=2), *TINY_CNN] if args.smoke else []
+        exp = load_experiment("default", [*smoke, f"tta.views=[{','.join(VIEWS)}]", "data.workers=2",
                                           f"data.cache_dir={root / 'cache'}"])  # a fresh cache: its decoding is timed
         cfg = exp.cfg
         split = index_test(cfg)  # every test clip: the pack-and-predict variant predicts the whole folder
@@ -121,7 +132,7 @@ def main() -> None:
 
         bundle = root / "bundle.zip"
         write_bundle(bundle, [("speed", fold, OmegaConf.to_container(cfg), net.state_dict(), None)
-                              for fold, net in enumerate(models)], "soft", {"speed": 1.0}, classes,
+                              for fold, net in enumerate(models)], "soft", {"speed": 1.0}, None, classes,
                      np.full(len(classes), 1 / len(classes)),
                      OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(SubmissionConfig), cfg.submission)),
                      half=False, overwrite=True)
@@ -182,7 +193,8 @@ def main() -> None:
             rows.append([name, rate(clips_per_second), f"{clips_per_second / naive_rate:.1f}x", f"{agree:.4f}",
                          f"{np.abs(results[name] - reference).max():.1e}"])
     print()
-    print(f"## CPU inference: {args.folds}-fold resnet18 x {len(VIEWS)} TTA views, {len(paths)} demo test clips")
+    print(f"## CPU inference: {args.folds}-fold {cfg.model.name} x {len(VIEWS)} TTA views, {len(paths)} demo test "
+          "clips")
     print(f"Hardware: {hardware_line('cpu')}; the cache's one-off decoding: {decoding.seconds:.1f}s "
           f"({len(paths) / decoding.seconds:.0f} clips/s)")
     print()

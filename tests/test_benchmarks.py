@@ -260,3 +260,21 @@ def test_feature_pipeline_smoke_times_every_contender(capsys: pytest.CaptureFixt
     ratio = number(rows["**ratio ours / naive, 0 workers**"])
     assert ratio == pytest.approx(ours / naive, rel=0.05, abs=0.05)  # one repeat: the ratio of the two rates
     assert lines[-1].startswith(f"Goal ours >= 3x the naive per-item librosa pipeline at 64 mels: {ratio:.1f}x (")
+
+
+def test_predict_speed_smoke_times_every_variant_against_the_fp32_reference(capsys: pytest.CaptureFixture,
+                                                                            monkeypatch: pytest.MonkeyPatch):
+    lines = smoke("predict_speed", capsys, monkeypatch)
+    assert "## CPU inference: 2-fold resnet10t x 4 TTA views, 2 demo test clips" in lines
+    rows = table(lines, "| variant | clips/s | vs naive | argmax agreement with fp32 | largest prob. difference |")
+    variants = [row[0] for row in rows]
+    assert variants[:4] == ["naive loop: librosa per clip, one call per clip, fold and view",
+                            "ours, model by model: cache + batched log-mel and model calls (fp32)",
+                            "ours, one pass: every fold model over each batch (fp32)", "one pass + channels_last"]
+    assert variants[-1] == "pack-and-predict: bundle.zip -> competition.predict (end to end)"
+    assert {"one pass + bf16 autocast", "one pass + TorchScript (traced, frozen)"} <= set(variants)
+    for variant, speed, against_naive, agreement, difference in rows:
+        assert number(speed) > 0 and number(against_naive) > 0, variant
+        assert 0 <= number(agreement) <= 1 and 0 <= number(difference) < 1, variant
+    assert rows[1][3:] == ["1.0000", "0.0e+00"]  # the reference itself
+    assert number(rows[0][2]) == 1.0 and number(rows[-1][3]) == 1.0  # the bundle answers as the folds do
