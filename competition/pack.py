@@ -1,7 +1,7 @@
 """Pack trained folds into a self-contained bundle for offline inference (a Kaggle notebook without internet).
 
     python -m competition.pack exps=a,b out=<folder or .zip> [method=soft | blend=<report>] [half=true]
-                               [missing=fail|skip] [overwrite=true]
+                               [missing=fail|skip] [overwrite=true] [speed=false]
     python -m competition.predict bundle=<folder or .zip> test=<folder or zip>     # anywhere, later
 
 A bundle holds each current fold's weights and frontend statistics (safetensors, optionally in half precision), the
@@ -9,6 +9,10 @@ config it was trained with, the classes and their prior, the blend method and we
 format, and a manifest with every file's size and SHA-256. Every fold of each experiment is packed: a missing one is
 refused (missing=skip packs the finished ones, naming those left out). overwrite=true replaces only a bundle, never
 another folder or zip.
+
+Then pack measures the bundle's speed on this machine's CPU (speed=false skips it): seconds per minute of audio as
+predict runs it, on about a minute of the training clips, and where the CPU computes bf16 in hardware, the same in
+bf16 with how many answers it keeps. Code contests limit the hidden test's run time: this says how much fits.
 
 Bundles travel between people, so predict reads one as untrusted input: see competition.bundle.
 """
@@ -20,23 +24,33 @@ if __name__ == "__main__":
     exit_on_help(__doc__)  # before the imports below: --help needs none of torch, timm or librosa
 
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from competition.bundle import check_out, write_bundle
-from competition.cli import main_guard, parse_bool
-from competition.config import parse_cli
+from competition.bundle import check_out, from_bundle, write_bundle
+from competition.cache import WaveCache, decode, to_int16
+from competition.cli import format_seconds, main_guard, parse_bool
+from competition.compute import native_bf16
+from competition.config import load_experiment, parse_cli
 from competition.encoders import BUNDLE_ENCODERS
 from competition.ensemble import METHODS, choose, parse_method
 from competition.errors import UserError
+from competition.data import index_train
 from competition.foldrun import fold_list
 from competition.members import class_prior, load_members, submission_format
+from competition.predict import run_models
 from competition.task import task_of
+from competition.train import Part, answer_part
 
 COMMAND_KEYS = {"exps": "", "out": "", "method": "", "blend": "", "half": "false", "missing": "fail",
-                "overwrite": "false"}
+                "overwrite": "false", "speed": "true"}
+SPEED_AUDIO = 60.0  # seconds of audio the speed measurement predicts (whole clips: at least this much, or all)
+SPEED_CLIPS = 200  # and at most this many clips
 
 
 def pack(names: list[str], out: Path, method: str, blend_report: str, half: bool, overwrite: bool,
@@ -74,6 +88,50 @@ def pack(names: list[str], out: Path, method: str, blend_report: str, half: bool
                         OmegaConf.to_container(submission_format(members, [])), half, overwrite)
 
 
+def measure_speed(out: Path, cfg: DictConfig) -> list[str]:
+    """How long the bundle takes on this machine's CPU per minute of audio, as predict runs it (decoding, then every
+    fold model through its views in one pass), on the first training clips of `cfg`'s data (at least SPEED_AUDIO
+    seconds, or all of them): in fp32 and, where the CPU has bf16 in hardware, in bf16 with how many clips keep their
+    answer. Code contests limit the hidden test's run time; this says how much audio fits."""
+    split = index_train(cfg)
+    ensemble = from_bundle(out, None, {"path": str(split.source.path), "subdir": split.source.subdir}, "speed", "", "")
+    decoded, decoding = {}, 0.0
+    for rate in sorted({model.cfg.audio.sample_rate for model in ensemble.models}):
+        started, waves = time.perf_counter(), []
+        for rel in split.clips["path"][:SPEED_CLIPS]:
+            waves.append(to_int16(decode(split.source.read(rel), rate)[0]))
+            if sum(map(len, waves)) >= SPEED_AUDIO * rate:
+                break
+        decoding += time.perf_counter() - started
+        lengths = np.array([len(wave) for wave in waves])
+        clips = pd.DataFrame({"path": split.clips["path"][:len(waves)], "length": lengths,
+                              "offset": np.concatenate([[0], np.cumsum(lengths)[:-1]])})
+        cache = WaveCache(out, clips, pd.DataFrame(columns=["path", "error"]), np.concatenate(waves), "")
+        ids = np.array([f"clip_{i}" for i in range(len(waves))])
+        model_cfg = next(m.cfg for m in ensemble.models if m.cfg.audio.sample_rate == rate)
+        decoded[rate] = (pd.DataFrame({"id": ids}), answer_part(Part(ids, cache, np.arange(len(waves)), None),
+                                                                model_cfg), [])
+        minutes = lengths.sum() / rate / 60
+    cpu = torch.device("cpu")
+    timed = {}
+    for precision in ("fp32", "bf16") if native_bf16() else ("fp32",):
+        started = time.perf_counter()
+        preds = run_models(ensemble, decoded, cpu, precision, 0, write=False)
+        mean = np.mean([view for pred in preds for view in pred.views.values()], axis=0)
+        timed[precision] = (decoding + time.perf_counter() - started) / minutes, mean
+    per_minute, fp32 = timed["fp32"]
+    lines = [f"speed here (CPU, torch threads: {torch.get_num_threads()}): {per_minute:.1f} s per minute of audio in fp32, "
+             f"decoding and {len(ensemble.models)} fold models measured on {minutes * 60:.0f} s of training audio; an "
+             f"hour of test audio would take about {format_seconds(per_minute * 60)}"]
+    if "bf16" in timed:
+        faster, bf16 = timed["bf16"]
+        kept = int((bf16.argmax(-1) == fp32.argmax(-1)).sum())
+        advice = "predict with precision=bf16" if kept == len(fp32) and faster < per_minute else "keep fp32"
+        lines.append(f"bf16 (this CPU has it in hardware): {faster:.1f} s per minute of audio, the same top class on "
+                     f"{kept} of {len(fp32)} clips: {advice}")
+    return lines
+
+
 def main(argv: list[str]) -> None:
     options, overrides = parse_cli(argv, COMMAND_KEYS)
     if overrides:
@@ -99,6 +157,9 @@ def main(argv: list[str]) -> None:
     packed = "; ".join(f"{name} folds {fold_list(numbers)}" for name, numbers in folds.items())
     print(f"{out}: {len(manifest['models'])} fold models ({packed}), {manifest['method']}, {size / 1e6:.1f} MB; "
           f"predict anywhere with python -m competition.predict bundle={out} test=<folder>")
+    if parse_bool("speed", options["speed"]):
+        for line in measure_speed(out, load_experiment(names[0]).cfg):
+            print(line)
 
 
 if __name__ == "__main__":

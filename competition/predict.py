@@ -136,10 +136,11 @@ def precision_context(precision: str, device: torch.device):
 
 
 def run_models(ensemble: Ensemble, decoded: dict, device: torch.device, precision: str,
-               models_per_pass: int) -> list[ViewPreds]:
-    """Each model's probabilities on the test clips through its views, written to its own file on the way. Models of
-    one sample rate and window go over the clips together (models_per_pass at a time, 0: all), sharing each batch's
-    crops, views and, where their frontends match, log-mels."""
+               models_per_pass: int, write: bool = True) -> list[ViewPreds]:
+    """Each model's probabilities on the test clips through its views, written to its own file on the way (unless
+    not `write`: pack's speed measurement). Models of one sample rate and window go over the clips together
+    (models_per_pass at a time, 0: all), sharing each batch's crops, views and, where their frontends match,
+    log-mels."""
     total = sum(len(decoded[m.cfg.audio.sample_rate][1]) for m in ensemble.models)
     bar = tqdm(total=total, unit="clip", desc="predicting", file=sys.stderr, dynamic_ncols=True, disable=None)
     groups: dict[tuple[int, int], list[int]] = {}
@@ -160,8 +161,9 @@ def run_models(ensemble: Ensemble, decoded: dict, device: torch.device, precisio
             with precision_context(precision, device):
                 results = predict_together(predictors, part, device, lambda n: bar.update(n * len(chosen)))
             for i, model, views in zip(members[start:start + size], chosen, results):
-                frame = predictions_frame(part, with_mean(views), model.classes, task_of(model.cfg))
-                write_csv(frame, model.out)  # as a fold's test.csv
+                if write:
+                    write_csv(predictions_frame(part, with_mean(views), model.classes, task_of(model.cfg)),
+                              model.out)  # as a fold's test.csv
                 preds[i] = ViewPreds(part.ids, None, views)
     bar.close()
     return [preds[i] for i in range(len(ensemble.models))]

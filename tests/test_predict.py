@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import soundfile
 import torch
 
 from competition import blend, bundle, pack, predict
@@ -94,6 +95,24 @@ def test_a_bundle_moved_away_from_the_experiments_predicts_the_same_answer(proje
         (project / "submissions" / "later-soft.csv").read_text()
     assert sorted(p.name for p in (elsewhere / "predictions" / "later").iterdir()) == \
         ["t-fold_0.csv", "t-fold_1.csv", "t-fold_2.csv"]
+
+
+def test_pack_measures_the_bundles_speed_per_minute_of_audio(project: Path, capsys, monkeypatch) -> None:
+    """Seconds per minute of audio in fp32, and where the CPU has bf16 in hardware (pretended here) the same in bf16
+    with the clips whose answer it keeps; nothing is written for the measurement, and speed=false skips it."""
+    monkeypatch.setattr(pack, "native_bf16", lambda: True)
+    code, out, err = cli(capsys, pack, "exps=t", "out=bundle.zip")
+    assert code == 0, err
+    fp32, bf16 = out.splitlines()[-2:]
+    assert fp32.startswith("speed here (") and "s per minute of audio in fp32" in fp32
+    assert float(fp32.split("): ")[1].split(" s per minute")[0]) > 0
+    tones = sorted((project / "data" / "train").rglob("*.wav"))  # 72 tones, less than a minute: all of them
+    audio = sum(soundfile.info(path).duration for path in tones)
+    assert f"3 fold models measured on {audio:.0f} s of training audio" in fp32
+    assert bf16.startswith("bf16 (this CPU has it in hardware): ") and f" of {len(tones)} clips: " in bf16
+    assert not (project / "predictions").exists()
+    code, out, err = cli(capsys, pack, "exps=t", "out=again.zip", "speed=false")
+    assert code == 0 and "per minute of audio" not in out
 
 
 def test_half_precision_bundles_give_the_same_labels(project: Path, capsys) -> None:
