@@ -706,13 +706,18 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
     if (work / LAST).is_file():
         state.load(work / LAST)
         print(f"{title}: resuming after epoch {state.epoch} from {work / LAST}", file=sys.stderr)
-    started, first_epoch = time.time(), state.epoch + 1
-    for epoch in range(first_epoch, t.epochs + 1):
+    started, walls = time.time(), []
+    # the final predictions, in validation passes: every split through every view
+    final_passes = sum(len(p) for p in (data.val, data.holdout, data.test) if p) * len(cfg.tta.views) / len(data.val)
+    for epoch in range(state.epoch + 1, t.epochs + 1):
         if t.patience and state.epoch - state.best_epoch >= t.patience:
             break
+        epoch_started = time.time()
         row = _train_epoch(cfg, state, data, frontend, augmenter, heavy, epoch, steps_per_epoch, device, precision,
                            fold, observers)
+        validation_started = time.time()
         probs = predict(state.eval_model, frontend, data.val, cfg, device)
+        validation = time.time() - validation_started
         if not np.isfinite(probs).all():
             raise _diverged(epoch, fold, "the validation probabilities are NaN", cfg)
         row.update(_validation_scores(cfg, data.val.y, probs))
@@ -727,7 +732,8 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
         state.epoch = epoch
         state.save(work / LAST)  # after model.pt, so a resumed run never lacks the best weights it recorded
         write_csv(pd.DataFrame(state.history), work / "metrics.csv")
-        eta = (time.time() - started) / (epoch - first_epoch + 1) * (t.epochs - epoch)
+        walls.append(time.time() - epoch_started)
+        eta = time_left(walls, t.epochs - epoch, validation * final_passes)
         print(f"epoch {epoch:>3}/{t.epochs} | train loss {row['train_loss']:.4f} | val loss {row['val_loss']:.4f} "
               f"{t.metric} {row[f'val_{t.metric}']:.4f} | lr {row['lr']:.2e} | {row['seconds']:.1f}s "
               f"| eta {format_seconds(eta)}{' | best' if improved else ''}", flush=True)
@@ -743,6 +749,12 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
         model.load_state_dict(torch.load(work / "model.pt", map_location=device, weights_only=True)["model"])
     return _finish(cfg, model, frontend, data, device, precision, work, state.history, state.best_epoch, started,
                    averaged)
+
+
+def time_left(walls: list[float], epochs_left: int, final: float) -> float:
+    """The ETA: the epochs left at a typical epoch's wall time (the median; the first epoch, which pays one-off
+    costs such as oneDNN choosing its kernels, left out once there are others), then the `final` predictions."""
+    return float(np.median(walls[1:] if len(walls) > 1 else walls)) * epochs_left + final
 
 
 def _average(cfg: DictConfig, state: TrainState, frontend: Frontend, data: FoldData,

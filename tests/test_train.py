@@ -476,3 +476,10 @@ def test_average_best_averages_the_epochs_with_the_best_validation_metric(tones:
     for name in parameter_names(exp):
         torch.testing.assert_close(checkpoint["model"][name],
                                    torch.stack([epochs[e][name] for e in (2, 4, third)]).mean(0))
+
+
+def test_the_eta_leaves_out_the_first_epochs_start_up_and_counts_the_final_predictions() -> None:
+    from competition.train import time_left
+
+    assert time_left([30.0], 3, 5.0) == 95.0  # epoch 1 alone: all there is to go by
+    assert time_left([30.0, 10.0, 12.0, 11.0], 2, 5.0) == 2 * 11.0 + 5.0  # then the later epochs' median
