@@ -278,3 +278,34 @@ def test_predict_speed_smoke_times_every_variant_against_the_fp32_reference(caps
         assert 0 <= number(agreement) <= 1 and 0 <= number(difference) < 1, variant
     assert rows[1][3:] == ["1.0000", "0.0e+00"]  # the reference itself
     assert number(rows[0][2]) == 1.0 and number(rows[-1][3]) == 1.0  # the bundle answers as the folds do
+
+
+def test_tracking_overhead_smoke_trains_abba_with_and_without_tracking(capsys: pytest.CaptureFixture,
+                                                                        monkeypatch: pytest.MonkeyPatch):
+    lines = smoke("tracking_overhead", capsys, monkeypatch)
+    assert ("## Offline W&B tracking on experiments/default, fold 0, 1 epochs, 2 folds per mode in ABBA order"
+            in lines)
+    rows = table(lines, "| tracking | fold wall times (s) | median (s) | inside tracking calls (s) |")
+    assert [row[0] for row in rows] == ["disabled", "offline"]
+    for mode, walls, middle, inside, service in rows:
+        walls = [number(wall) for wall in walls.split(", ")]
+        assert len(walls) == 2 and all(wall > 0 for wall in walls) and number(middle) > 0
+        if mode == "disabled":
+            assert (inside, service) == ("-", "-")
+        else:
+            assert number(inside) > 0 and number(service) >= 0
+    off, on = number(rows[0][2]), number(rows[1][2])
+    assert lines[-1].startswith("offline / disabled median wall time: ")
+    assert number(lines[-1].split(": ")[1]) == pytest.approx(on / off, rel=0.1)  # medians printed to 0.1 s
+
+
+def test_tune_demo_smoke_compares_the_recipe_with_the_best_trial(capsys: pytest.CaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch):
+    lines = smoke("tune_demo", capsys, monkeypatch)
+    assert any(line.startswith("## Tuning the demo: 1 complete and 0 pruned trials of 1 epochs on fold 0 in ")
+               for line in lines)
+    rows = table(lines, "| config | searched values | validation accuracy (what was tuned) | locked holdout accuracy |")
+    assert [row[0] for row in rows] == ["recipe as shipped (trial 0)", "tuned (trial 0)"]
+    assert rows[0][1:] == rows[1][1:]  # one trial: the recipe is the best
+    assert sorted(value.split("=")[0] for value in rows[0][1].split(", ")) == ["mixup.p", "n_mels", "spec_time.p"]
+    assert 0 <= number(rows[0][2]) <= 1 and 0 <= number(rows[0][3]) <= 1 and number(rows[0][4]) >= 0
