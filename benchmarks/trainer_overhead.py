@@ -9,8 +9,9 @@ ours  competition.train._train_epoch, the loop competition.run trains with, on t
       experiment's batched augmentation (none in experiments/default), torch log-mel, one-hot targets, the model,
       soft cross-entropy, backward, AdamW, the one-cycle schedule, the loss read back every step, the tqdm bar.
 bare  the same timm model (competition.models.create_model: resnet18, in_chans=1), the same batch and input size
-      (64 mels x 101 frames), torch.randn inputs made beforehand: model(x) under the same autocast as ours (mixed
-      precision on CUDA per train.amp, none on the CPU), cross_entropy, backward, AdamW step.
+      (64 mels x 101 frames), torch.randn inputs made beforehand: model(x) in the same precision and memory format as
+      ours (competition.compute: on CUDA per train.amp, on the CPU per train.precision, bf16 only where the CPU has it
+      in hardware), cross_entropy, backward, AdamW step.
 Both run in this one process with the same torch thread count; after one untimed warm-up epoch each, they
 alternate (ours first on odd repeats, bare first on even ones). Reported: median samples/s of each and the median
 of the per-repeat ratios ours / bare. Validation is not part of either (the fold's per-epoch evaluation is
@@ -64,11 +65,11 @@ def measure(args: argparse.Namespace, overrides: list[str]) -> None:
     from timm.utils import ModelEmaV3
 
     from competition.augment import Augmenter, HeavyAugment, heavy_enabled
+    from competition.compute import autocast, training_memory_format, training_precision
     from competition.config import load_experiment
     from competition.frontend import LogMel
     from competition.models import create_model
-    from competition.train import (Part, TrainState, _train_epoch, autocast, crop_samples, load_data, make_scheduler,
-                                   resolve_device)
+    from competition.train import Part, TrainState, _train_epoch, crop_samples, load_data, make_scheduler, resolve_device
 
     device = resolve_device(args.device)
     # enough scheduled epochs that the one-cycle schedule never runs out of steps during the benchmark
@@ -88,7 +89,8 @@ def measure(args: argparse.Namespace, overrides: list[str]) -> None:
 
     # ours: the real loop, with its state built as competition.train._fit builds it
     torch.manual_seed(t.seed)
-    model = create_model(cfg, n_classes).to(device)
+    precision, memory_format = training_precision(t, device), training_memory_format(t, cfg.model.name)
+    model = create_model(cfg, n_classes).to(device, memory_format=memory_format)
     frontend = LogMel.from_config(cfg).to(device)
     augmenter = Augmenter(cfg.augment, cfg.audio.sample_rate, device)
     heavy = HeavyAugment(cfg.augment, cfg.audio.sample_rate) if heavy_enabled(cfg.augment) else None
@@ -97,7 +99,7 @@ def measure(args: argparse.Namespace, overrides: list[str]) -> None:
     state = TrainState(
         model=model, ema=ModelEmaV3(model, decay=t.ema) if t.ema else None, optimizer=optimizer,
         scheduler=make_scheduler(cfg, optimizer, steps),
-        scaler=torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and t.amp and not torch.cuda.is_bf16_supported()),
+        scaler=torch.amp.GradScaler("cuda", enabled=precision == "fp16"),
         rng=np.random.default_rng([t.seed, 0]), generator=torch.Generator(device).manual_seed(t.seed * 1000))
     shape = (t.batch_size, 1, cfg.frontend.n_mels, frontend.frames(crop_samples(cfg)))
     epoch_counter = iter(range(1, 10**6))
@@ -109,13 +111,14 @@ def measure(args: argparse.Namespace, overrides: list[str]) -> None:
     def ours() -> float:
         sync()
         started = time.perf_counter()
-        _train_epoch(cfg, state, data, frontend, augmenter, heavy, next(epoch_counter), steps, device, 0, [])
+        _train_epoch(cfg, state, data, frontend, augmenter, heavy, next(epoch_counter), steps, device, precision,
+                     0, [])
         sync()
         return steps * t.batch_size / (time.perf_counter() - started)
 
     # bare: the same backbone on tensors made beforehand
     torch.manual_seed(t.seed)
-    bare_model = create_model(cfg, n_classes).to(device).train()
+    bare_model = create_model(cfg, n_classes).to(device, memory_format=memory_format).train()
     bare_optimizer = torch.optim.AdamW(bare_model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     xs = torch.randn((steps, *shape), device=device)
     ys = torch.randint(0, n_classes, (steps, t.batch_size), device=device)
@@ -124,7 +127,7 @@ def measure(args: argparse.Namespace, overrides: list[str]) -> None:
         sync()
         started = time.perf_counter()
         for x, y in zip(xs, ys):
-            with autocast(device, t.amp):
+            with autocast(device, precision):
                 logits = bare_model(x)
             loss = F.cross_entropy(logits, y)
             bare_optimizer.zero_grad(set_to_none=True)
@@ -133,7 +136,7 @@ def measure(args: argparse.Namespace, overrides: list[str]) -> None:
         sync()
         return steps * t.batch_size / (time.perf_counter() - started)
 
-    log(f"input {tuple(shape)}; warm-up epoch of each")
+    log(f"input {tuple(shape)} in {precision}, {memory_format}; warm-up epoch of each")
     ours(), bare()
     results = {"ours": [], "bare": []}
     for r in range(args.repeats):
