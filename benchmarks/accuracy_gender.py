@@ -3,7 +3,7 @@ CNN, voice and voice-encoder recipes and the blend of the last two, with speaker
 
     python benchmarks/accuracy_gender.py [--regimes many,few,six] [--draws 5] [--many-draws 1] [--methods ...]
                                          [--groupings spk,clip] [--device cpu] [--keep]
-    python benchmarks/accuracy_gender.py --smoke      # smoke run: 10 speakers, 1 draw, 2 folds, 1 epoch
+    python benchmarks/accuracy_gender.py --smoke      # smoke run: 8 speakers, 1 draw, 2 folds, 1 epoch
 
 Why: a voice-gender model is judged on voices it never heard, and a local score made with folds that split one
 speaker's clips across folds (the contest's own `id<TAB>gender` table has no speaker column) says little about that.
@@ -49,8 +49,8 @@ the first method run on a data set (the old default) also pays for decoding its 
 Everything is written into a temporary project root (the split folders, made of symlinks to the clips, never
 copies; the contest and experiment configs; fold files; the waveform caches; fold outputs; answer files; each
 command's log), so the repository and ~/.cache are left untouched; `--keep` keeps it and prints where. --smoke runs
-the six regime's first draw on the first 5 speakers of each gender (voices), speaker-grouped folds alone, 2 of them,
-the CNN as common.TINY_CNN, the toolkit's commands in this process (common.toolkit_here).
+the six regime's first draw on the first 4 speakers of each gender (voices), speaker-grouped folds alone, 2 of them,
+1 s crops, the CNN as common.TINY_CNN, the toolkit's commands in this process (common.toolkit_here).
 """
 from __future__ import annotations
 
@@ -85,7 +85,8 @@ BASELINE = "baseline (log-mel + LR)"
 PROBE = "probe (speaker encoder + LR)"
 VOICE_ENCODER_RECIPE = REPO / "experiments" / "_recipes" / "voice_encoder.yaml"
 VOICE_PITCH_RECIPE = REPO / "experiments" / "_recipes" / "voice_pitch.yaml"
-SMOKE_PER_GENDER = 5  # a smoke run's speakers: the first five of each gender (60 clips)
+SMOKE_PER_GENDER = 4  # a smoke run's speakers: the first four of each gender (48 clips)
+SMOKE_DURATION = 1.0  # a smoke run's clips: the toolkit's crops of 1 s (pitch statistics and CNN inputs)
 
 
 @dataclass
@@ -160,7 +161,7 @@ def lay_out(root: Path, data_name: str, clips: pd.DataFrame, split: Split, with_
     return base
 
 
-def write_contest(root: Path, data_name: str, base: Path, with_speaker: bool, splits: int) -> Path:
+def write_contest(root: Path, data_name: str, base: Path, with_speaker: bool, splits: int, duration: float) -> Path:
     """experiments/_contests/<data_name>.yaml: the voice-gender contest on this split's folders."""
     train = {"path": str(base / "train"), "layout": "table", "table": "targets.tsv"}
     if with_speaker:
@@ -168,7 +169,7 @@ def write_contest(root: Path, data_name: str, base: Path, with_speaker: bool, sp
     contest = {
         "data": {"name": data_name, "train": train, "test": {"path": str(base / "test")},
                  "cache_dir": str(root / "cache")},
-        "audio": {"sample_rate": SAMPLE_RATE, "duration": DURATION},
+        "audio": {"sample_rate": SAMPLE_RATE, "duration": duration},
         "folds": {"n_splits": splits, "seed": 42, "holdout": 0.0},
         "submission": {"id_column": "id", "label_column": "gender", "delimiter": "\t", "header": False,
                        "extension": "tsv"},
@@ -331,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--splits", type=int, default=N_SPLITS, help=f"folds.n_splits (default {N_SPLITS})")
     parser.add_argument("--groupings", default=",".join(GROUPINGS),
                         help="folds of the toolkit methods: spk (speaker-grouped), clip (per clip) (default both)")
-    parser.add_argument("--smoke", action="store_true", help="smoke run: the first 5 speakers of each gender, six "
+    parser.add_argument("--smoke", action="store_true", help="smoke run: the first 4 speakers of each gender, six "
                                                               "regime, 1 draw, spk grouping, 2 folds, 1 epoch of a "
                                                               "resnet10t on 32 mels")
     parser.add_argument("--keep", action="store_true", help="keep the temporary project root (printed)")
@@ -384,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
                 data_name = f"g_{split.tag}_{grouping}"
                 with_speaker = grouping == "spk"
                 contest = write_contest(root, data_name, lay_out(root, data_name, clips, split, with_speaker),
-                                        with_speaker, args.splits)
+                                        with_speaker, args.splits, SMOKE_DURATION if args.smoke else DURATION)
                 for method in methods:
                     exp = f"{split.tag}_{grouping}_{method}"
                     if method not in ("pair", "pl"):

@@ -3,7 +3,7 @@ speaker come back down to what unseen speakers score?
 
     python benchmarks/voice_groups.py [--draws 5] [--train-per-gender N] [--groupings clip,voice,speaker]
                                       [--device cpu] [--keep]
-    python benchmarks/voice_groups.py --smoke     # smoke run: 10 speakers, 1 draw, commands in this process
+    python benchmarks/voice_groups.py --smoke     # smoke run: 8 speakers, 1 draw, commands in this process
 
 Why: the voice-gender contest's `targets.tsv` is `id<TAB>gender`, with no speaker column, so every clip is its own
 group and per-clip folds put one speaker's clips in several folds: the OOF score then rewards recognising voices the
@@ -30,7 +30,8 @@ validation).
 Everything is written into a temporary project root (split folders of symlinks, configs, fold files, the waveform
 and embedding caches, fold outputs, answer files, each command's log), so the repository and ~/.cache are left
 untouched; `--keep` keeps it and prints where. Set OMP_NUM_THREADS to leave cores to others. --smoke runs one draw of
-the first 5 speakers of each gender (accuracy_gender.voices), 3 of each trained on, the commands in this process.
+the first 4 speakers of each gender (accuracy_gender.voices), 3 of each trained on, 2 folds, 1 s crops, the commands
+in this process.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from accuracy_gender import DATA, voices
+from accuracy_gender import DATA, SMOKE_DURATION, voices
 from common import (REPO, Command, Stopwatch, commands, exit_cleanly_on_sigterm, hardware_line, log, markdown_table,
                     project_root)
 
@@ -53,6 +54,7 @@ VOICE_RECIPE = REPO / "experiments" / "_recipes" / "voice.yaml"
 SAMPLE_RATE = 16000
 DURATION = 3.0
 N_SPLITS = 3
+SMOKE_SPLITS = 2
 TEST_PER_GENDER = 15  # 30 of 102 speakers held out
 GROUPINGS = {"clip": "per clip", "voice": "folds.groups=voice", "speaker": "true speakers (reference)"}
 
@@ -97,17 +99,17 @@ def lay_out(root: Path, name: str, clips: pd.DataFrame, train: list[str], test: 
     return base
 
 
-def write_experiment(root: Path, name: str, base: Path, grouping: str) -> None:
+def write_experiment(root: Path, name: str, base: Path, grouping: str, splits: int, duration: float) -> None:
     """experiments/<name>/config.yaml: the voice-gender contest on this draw's folders (its own data.name, so its
     own fold file) with the voice recipe."""
-    folds = {"n_splits": N_SPLITS, "seed": 42, "holdout": 0.0, **({"groups": "voice"} if grouping == "voice" else {})}
+    folds = {"n_splits": splits, "seed": 42, "holdout": 0.0, **({"groups": "voice"} if grouping == "voice" else {})}
     train = {"path": str(base / "train"), "layout": "table", "table": "targets.tsv"}
     if grouping == "speaker":  # without a header the table's columns are id, label, group
         train.update({"table": "targets_speaker.tsv", "group_column": "group"})
     contest = {
         "data": {"name": name, "train": train,
                  "test": {"path": str(base / "test")}, "cache_dir": str(root / "cache")},
-        "audio": {"sample_rate": SAMPLE_RATE, "duration": DURATION},
+        "audio": {"sample_rate": SAMPLE_RATE, "duration": duration},
         "folds": folds,
         "submission": {"id_column": "id", "label_column": "gender", "delimiter": "\t", "header": False,
                        "extension": "tsv"},
@@ -155,8 +157,8 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"fold groupings to run: {', '.join(GROUPINGS)} (default all)")
     parser.add_argument("--device", default="cpu", help="device= of competition.run: cpu, cuda, cuda:N or auto")
     parser.add_argument("--keep", action="store_true", help="keep the temporary project root (printed)")
-    parser.add_argument("--smoke", action="store_true", help="smoke run: 1 draw of 10 speakers (the first 5 of each "
-                                                              "gender), 3 of each gender trained on")
+    parser.add_argument("--smoke", action="store_true", help="smoke run: 1 draw of 8 speakers (the first 4 of each "
+                                                              "gender), 3 of each gender trained on, 2 folds, 1 s")
     args = parser.parse_args(argv)
     exit_cleanly_on_sigterm()
     if not DATA.is_dir():
@@ -164,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     groupings = [g.strip() for g in args.groupings.split(",") if g.strip()]
     if not groupings or not set(groupings) <= set(GROUPINGS):
         raise SystemExit(f"--groupings: choose from {', '.join(GROUPINGS)} (got {args.groupings})")
+    splits, duration = (SMOKE_SPLITS, SMOKE_DURATION) if args.smoke else (N_SPLITS, DURATION)
     if args.smoke:
         args.draws, args.train_per_gender = 1, 3
     clips, speakers = voices(args.smoke)
@@ -180,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
             base = lay_out(root, f"d{draw}", clips, train, test)
             for grouping in groupings:
                 name = f"d{draw}_{grouping}"
-                write_experiment(root, name, base, grouping)
+                write_experiment(root, name, base, grouping, splits, duration)
                 result = run_one(root, name, draw, grouping, truth, speaker_of, args.device, command)
                 results.append(result)
                 log(f"draw {draw} {result.grouping}: OOF {result.oof:.4f}, test {result.test:.4f}"
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(f"Hardware: {hardware_line(args.device if args.device != 'auto' else 'cpu')}")
     print(f"voice.yaml recipe; {len(train)} training speakers, {len(test)} unseen test speakers per draw; "
-          f"{N_SPLITS} folds, seed 42, no holdout. Total wall time {total / 60:.1f} min")
+          f"{splits} folds, seed 42, no holdout. Total wall time {total / 60:.1f} min")
     print()
     print(markdown_table(["draw", "grouping", "OOF accuracy", "unseen-speaker test accuracy", "OOF - test", "groups",
                           "purity", "same-speaker pairs together", f"speakers in >1 fold (of {len(train)})", "seconds"],

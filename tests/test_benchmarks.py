@@ -213,7 +213,7 @@ def test_voice_groups_smoke_scores_every_grouping_and_the_voice_clusters(capsys:
                                                                          monkeypatch: pytest.MonkeyPatch):
     shared_data("speechocean762_gender")
     lines = smoke("voice_groups", capsys, monkeypatch)
-    assert any(line.startswith("voice.yaml recipe; 6 training speakers, 4 unseen test speakers per draw; 3 folds")
+    assert any(line.startswith("voice.yaml recipe; 6 training speakers, 2 unseen test speakers per draw; 2 folds")
                for line in lines)
     rows = table(lines, "| draw | grouping | OOF accuracy | unseen-speaker test accuracy | OOF - test | groups |")
     assert [row[:2] for row in rows] == [["0", grouping] for grouping in
