@@ -2,7 +2,7 @@
 linear probe and the CNN recipe, leave-one-speaker-out on the real FSDD recordings.
 
     python benchmarks/accuracy_fsdd_speakers.py [--speakers all] [--cnn-speakers theo] [--device cpu] [--keep]
-    python benchmarks/accuracy_fsdd_speakers.py --smoke      # smoke run: theo held, 36 clips, 1 epoch, no CNN
+    python benchmarks/accuracy_fsdd_speakers.py --smoke      # smoke run: theo held, 36 clips, 2 folds, no CNN
 
 Why: experiments/_recipes/words_encoder.yaml was chosen on fsdd's speaker-grouped OOF; a user's question is what its
 fold ensemble scores on a new speaker's clips, and whether the toolkit's folds, head and ensemble add anything to the
@@ -32,7 +32,8 @@ Reported: per held speaker, and the mean over those run, the ensemble's test acc
 accuracy, the CNN's where run, and seconds. Everything (split folders, configs, fold files, caches, fold outputs,
 answers, each command's log) lives in the temporary root, so the repository and ~/.cache are left untouched;
 `--keep` keeps it and prints where. Set OMP_NUM_THREADS=1 on a shared machine. --smoke runs the toolkit's commands in
-this process rather than in subprocesses (common.toolkit_here), on the digits 0-2 and takes 0-1 (36 clips).
+this process rather than in subprocesses (common.toolkit_here), on the digits 0-2 and takes 0-1 (36 clips), 2 folds of
+1 epoch.
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ PROBE_CS = (1.0, 10.0)
 SMOKE_SPEAKER = "theo"
 SMOKE_DIGITS, SMOKE_TAKES = 3, 2  # a smoke run's clips: takes 0-1 of the digits 0-2 by every speaker, 36 in all
 SMOKE_EPOCHS = {"train": {"epochs": 1}}  # a smoke run's experiments train one epoch
+SMOKE_SPLITS = 2  # and its contests have two folds
 
 # The CNN recipe cut to CPU size as benchmarks/accuracy_fsdd.py's FAST_RECIPE (resnet10t, 40 mels, 20 ms hop, 6
 # epochs, cheap batched augmentation), with fsdd's 8 kHz STFT (n_fft 512) and the plain view only.
@@ -107,13 +109,13 @@ def lay_out(root: Path, speaker: str, clips: pd.DataFrame) -> Path:
     return base
 
 
-def write_contest(root: Path, speaker: str, base: Path) -> Path:
+def write_contest(root: Path, speaker: str, base: Path, splits: int = N_SPLITS) -> Path:
     contest = {
         "data": {"name": f"fsdd_without_{speaker}",
                  "train": {"path": str(base / "train"), "layout": "filename", "filename_regex": FILENAME_REGEX},
                  "test": {"path": str(base / "test")}, "cache_dir": str(root / "cache")},
         "audio": {"sample_rate": SAMPLE_RATE, "duration": 1.0},
-        "folds": {"n_splits": N_SPLITS, "seed": 42, "holdout": 0.0},
+        "folds": {"n_splits": splits, "seed": 42, "holdout": 0.0},
     }
     path = root / "experiments" / "_contests" / f"fsdd_without_{speaker}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"held speakers the CNN recipe also runs on ('' none, 'all'; default {SMOKE_SPEAKER})")
     parser.add_argument("--device", default="cpu", help="device= of competition.run: cpu, cuda, cuda:N or auto")
     parser.add_argument("--smoke", action="store_true",
-                        help=f"smoke run: held speaker {SMOKE_SPEAKER} only, 36 clips, 1 epoch, no CNN")
+                        help=f"smoke run: held speaker {SMOKE_SPEAKER} only, 36 clips, 2 folds of 1 epoch, no CNN")
     parser.add_argument("--keep", action="store_true", help="keep the temporary project root (printed)")
     args = parser.parse_args(argv)
     exit_cleanly_on_sigterm()
@@ -211,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     everyone = sorted(clips["speaker"].unique())
     speakers = everyone if args.speakers == "all" else args.speakers.split(",")
     cnn_speakers = everyone if args.cnn_speakers == "all" else [s for s in args.cnn_speakers.split(",") if s]
+    splits = SMOKE_SPLITS if args.smoke else N_SPLITS
     if args.smoke:
         speakers, cnn_speakers = [SMOKE_SPEAKER], []
     unknown = sorted(set(speakers + cnn_speakers) - set(everyone))
@@ -229,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
             truth = clips[clips["speaker"] == speaker].set_index("id")["label"]
             held = Held(speaker, probe_right=run_probe(features, clips, speaker, truth))
             held.probe = {c: float(right.mean()) for c, right in held.probe_right.items()}
-            contest = write_contest(root, speaker, lay_out(root, speaker, clips))
+            contest = write_contest(root, speaker, lay_out(root, speaker, clips), splits)
             exp = f"words_{speaker}"
             write_experiment(root, exp, contest, WORDS_RECIPE, SMOKE_EPOCHS if args.smoke else None)
             held.words_right, held.words_oof, held.words_seconds = run_and_score(root, exp, truth, args.device, command)
@@ -246,8 +249,8 @@ def main(argv: list[str] | None = None) -> None:
                                                f"{held.cnn_seconds:.0f}s)"))
 
     total = time.perf_counter() - started
-    header = ["held speaker", "words 5-fold soft ensemble", *(f"probe LR C={c:g}" for c in PROBE_CS), "words OOF",
-              "cnn 5-fold soft", "cnn OOF", "seconds (words, cnn)"]
+    header = ["held speaker", f"words {splits}-fold soft ensemble", *(f"probe LR C={c:g}" for c in PROBE_CS),
+              "words OOF", f"cnn {splits}-fold soft", "cnn OOF", "seconds (words, cnn)"]
     rows = [[r.speaker, fmt(r.words), *(fmt(r.probe[c]) for c in PROBE_CS), fmt(r.words_oof), fmt(r.cnn),
              fmt(r.cnn_oof), f"{r.words_seconds:.0f}" + ("" if r.cnn is None else f", {r.cnn_seconds:.0f}")]
             for r in results]
@@ -264,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Hardware: {hardware_line(args.device if args.device != 'auto' else 'cpu')}; "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     print(f"words: experiments/_recipes/words_encoder.yaml; cnn: cnn.yaml + {json.dumps(CNN_FAST)}; "
-          f"{N_SPLITS} speaker-grouped folds, seed 42, no holdout; blend method=soft")
+          f"{splits} speaker-grouped folds, seed 42, no holdout; blend method=soft")
     print(f"Total wall time {total / 60:.1f} min ({total:.0f}s, of which probe features {probe_watch.seconds:.0f}s)")
     print()
     print(markdown_table(header, rows))

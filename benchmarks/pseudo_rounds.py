@@ -3,7 +3,7 @@ those test clips, and does its OOF score still estimate that accuracy?
 
     OMP_NUM_THREADS=1 python benchmarks/pseudo_rounds.py [--speakers all] [--threshold 0.9] [--targets hard]
                                                          [--rounds 1] [--parts fsdd,demo] [--device cpu] [--keep]
-    OMP_NUM_THREADS=1 python benchmarks/pseudo_rounds.py --smoke   # smoke run: theo held, 36 clips, no demo
+    OMP_NUM_THREADS=1 python benchmarks/pseudo_rounds.py --smoke   # smoke run: theo held, 36 clips, 2 folds, no demo
 
 Why: `python -m competition.pseudo` (README, "Pseudo-labels: a second round on the test clips") is meant for test
 speakers that differ from the training ones, and claims that its OOF stays honest because fold k is labelled by the
@@ -59,8 +59,8 @@ import numpy as np
 import pandas as pd
 
 from accuracy_fsdd import FAST_RECIPE
-from accuracy_fsdd_speakers import (FSDD, SMOKE_EPOCHS, SMOKE_SPEAKER, WORDS_RECIPE, clips_table, lay_out, mcnemar,
-                                    run_and_score, write_contest, write_experiment)
+from accuracy_fsdd_speakers import (FSDD, N_SPLITS, SMOKE_EPOCHS, SMOKE_SPEAKER, SMOKE_SPLITS, WORDS_RECIPE, clips_table,
+                                    lay_out, mcnemar, run_and_score, write_contest, write_experiment)
 
 DEMO_CONTEST = REPO / "experiments" / "_contests" / "demo_words.yaml"
 CNN_RECIPE = REPO / "experiments" / "_recipes" / "cnn.yaml"
@@ -231,11 +231,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parts", default="fsdd,demo", help="which contests: fsdd, demo or both (default)")
     parser.add_argument("--demo-epochs", type=int, default=None, help="train.epochs of the demo's CNN (default 6)")
     parser.add_argument("--device", default="cpu", help="device= of the toolkit commands: cpu, cuda, cuda:N or auto")
-    parser.add_argument("--smoke", action="store_true", help=f"smoke run: held speaker {SMOKE_SPEAKER} only, 36 clips, 1 "
-                                                              "epoch, threshold 0 (every test clip labelled), no demo")
+    parser.add_argument("--smoke", action="store_true", help=f"smoke run: held speaker {SMOKE_SPEAKER} only, 36 clips, 2 "
+                                                              "folds of 1 epoch, threshold 0 (every test clip "
+                                                              "labelled), no demo")
     parser.add_argument("--keep", action="store_true", help="keep the temporary project root (printed)")
     args = parser.parse_args(argv)
     exit_cleanly_on_sigterm()
+    splits = SMOKE_SPLITS if args.smoke else N_SPLITS
     if args.smoke:
         args.threshold = 0.0
     parts = ["fsdd"] if args.smoke else [p for p in args.parts.split(",") if p]
@@ -259,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         log(f"project root {root}")
         for speaker in speakers:
             truth = clips[clips["speaker"] == speaker].set_index("id")["label"]
-            contest = write_contest(root, speaker, lay_out(root, speaker, clips))
+            contest = write_contest(root, speaker, lay_out(root, speaker, clips), splits)
             exp = f"words_{speaker}"
             write_experiment(root, exp, contest, WORDS_RECIPE, SMOKE_EPOCHS if args.smoke else None)
             fsdd.append(Contest(speaker, play_rounds(root, exp, truth, args, command)))
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
         print()
         held = len(fsdd[0].rounds[0].right)
         print(f"### fsdd, leave one speaker out ({FSDD}; {held} test clips of the held speaker, {len(clips) - held} "
-              "training clips of five others; words_encoder recipe, 5 speaker-grouped folds)")
+              f"training clips of five others; words_encoder recipe, {splits} speaker-grouped folds)")
         print()
         print(table(fsdd, "held speaker", True, False))
         print()

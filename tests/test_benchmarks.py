@@ -161,7 +161,7 @@ def test_accuracy_fsdd_speakers_smoke_scores_the_ensemble_against_the_probe(caps
     lines = smoke("accuracy_fsdd_speakers", capsys, monkeypatch)
     assert ("## FSDD, leave one speaker out (6 test clips of the held speaker, 30 training clips of five others)"
             in lines)
-    rows = table(lines, "| held speaker | words 5-fold soft ensemble | probe LR C=1 | probe LR C=10 | words OOF |")
+    rows = table(lines, "| held speaker | words 2-fold soft ensemble | probe LR C=1 | probe LR C=10 | words OOF |")
     assert [row[0] for row in rows] == ["theo", "mean of 1"]
     assert rows[0][1:5] == rows[1][1:5] and rows[0][5:7] == ["-", "-"]  # one speaker; no CNN in a smoke run
     assert all(0 <= number(cell) <= 1 for cell in rows[0][1:5])
@@ -177,14 +177,15 @@ def test_pseudo_rounds_smoke_plays_round_one_and_a_pseudo_round(capsys: pytest.C
                                                                 monkeypatch: pytest.MonkeyPatch):
     shared_data("fsdd", "recordings")
     lines = smoke("pseudo_rounds", capsys, monkeypatch)
-    assert any(line.startswith("### fsdd, leave one speaker out (") and "; 6 test clips of the held speaker, 30 "
-               "training clips" in line for line in lines)
+    assert any(line.startswith("### fsdd, leave one speaker out (") and line.endswith(
+        "; 6 test clips of the held speaker, 30 training clips of five others; words_encoder recipe, 2 "
+        "speaker-grouped folds)") for line in lines)
     rows = table(lines, "| held speaker | round 1 test | round 1 OOF | round 2 test | round 2 OOF |")
     assert len(rows) == 1 and rows[0][0] == "theo"
     assert all(0 <= number(cell) <= 1 for cell in rows[0][1:5])
     assert number(rows[0][5]) == pytest.approx(number(rows[0][4]) - number(rows[0][3]), abs=2e-4)
     counts, right = rows[0][6].removesuffix(" right)").split(" (")
-    assert counts == "6, 6, 6, 6, 6" and right.endswith("/30")  # threshold 0: each fold labels every test clip
+    assert counts == "6, 6" and right.endswith("/12")  # threshold 0: each fold labels every test clip
     assert any(line.startswith("round 2 beats round 1 on the test clips: ") for line in lines)
     assert any(line.startswith("round 2 OOF within 2 points of its test accuracy: ") for line in lines)
     result = json.loads(lines[-1])
