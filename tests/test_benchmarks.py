@@ -1,5 +1,6 @@
-"""Benchmark scripts that keep working: the GPU check's smoke mode runs every check on the CPU here (about a minute,
-on generated data), and without a GPU the plain check says so in one line."""
+"""Every benchmark script keeps working: each one's --smoke run is a test, tiny and in this process (the GPU check,
+every check on the CPU in about a minute, and the multi-label heads in processes of their own); without a GPU the
+plain GPU check says so in one line."""
 from __future__ import annotations
 
 import importlib.util
