@@ -1,5 +1,5 @@
-"""Helpers shared by the benchmark scripts: the repository on the import path, the hardware line, tables, and
-toolkit commands run in subprocesses as a user runs them."""
+"""Helpers shared by the benchmark scripts: the repository on the import path, the hardware line, tables, toolkit
+commands run in subprocesses as a user runs them (or in this process for a smoke run), and a smoke run's data."""
 from __future__ import annotations
 
 import functools
@@ -172,11 +172,11 @@ def dotlist_dict(overrides: list[str]) -> dict:
     return OmegaConf.to_container(OmegaConf.from_dotlist(overrides))
 
 
-def demo_slice(root: Path, words: int = 3, speakers: int = 12, test_clips: int = 6) -> list[str]:
+def demo_slice(root: Path, words: int = 3, speakers: int = 10, test_clips: int = 6) -> list[str]:
     """A smoke run's slice of the keyword demo (generated on first use, as experiments/default generates it): the
-    first `speakers` training voices saying the first `words` words, and `test_clips` test clips of those words with
-    their test_answers.csv, symlinked under root/demo; returned: the overrides that point experiments/default at
-    them, its waveform cache in root. Twelve voices are the fewest its folds (5, and a tenth held out) accept."""
+    first `speakers` training voices saying the first `words` words, and `test_clips` test clips of those words,
+    symlinked under root/demo; returned: the overrides that point experiments/default at them, its waveform cache in
+    root. Ten voices are the fewest its folds accept: a tenth of them is held out."""
     import pandas as pd
 
     from competition.demo import ensure_demo
@@ -188,11 +188,9 @@ def demo_slice(root: Path, words: int = 3, speakers: int = 12, test_clips: int =
         for clip in sorted((source / "train" / word).iterdir())[:speakers]:
             (target / "train" / word / clip.name).symlink_to(clip)
     answers = pd.read_csv(source / "test_answers.csv", dtype=str)
-    answers = answers[answers["label"].isin(chosen)].head(test_clips)
     (target / "test").mkdir()
-    for name in answers["fname"]:
+    for name in answers.loc[answers["label"].isin(chosen), "fname"].head(test_clips):
         (target / "test" / name).symlink_to(source / "test" / name)
-    answers.to_csv(target / "test_answers.csv", index=False)
     return [f"data.train.path={target / 'train'}", f"data.test.path={target / 'test'}",
             f"data.cache_dir={root / 'cache'}"]
 

@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mels", default="64,128,224")
     parser.add_argument("--hop-224", type=int, default=72, help="hop at 224 mels (72: 223 frames; 160: 101)")
     parser.add_argument("--no-workers", action="store_true", help="skip the naive num_workers=2 row")
-    parser.add_argument("--smoke", action="store_true", help="smoke run: 64 mels, 64 clips (the 36 of a slice of the "
+    parser.add_argument("--smoke", action="store_true", help="smoke run: 64 mels, 64 clips (the 30 of a slice of the "
                                                               "demo, some twice), 32 timed, 1 repeat")
     args = parser.parse_args(argv)
     if args.smoke:

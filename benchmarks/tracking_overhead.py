@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--keep", action="store_true", help="keep the temporary project root (printed)")
     parser.add_argument("--smoke", action="store_true", help="smoke run: one ABBA round of 1 epoch of resnet10t on 32 "
-                                                              "mels, on 36 clips of the demo (3 words by 12 voices)")
+                                                              "mels, on 30 clips of the demo (3 words by 10 voices)")
     args = parser.parse_args(argv)
     exit_cleanly_on_sigterm()
     if args.smoke:

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", default="12m", help="stop starting trials after this long (default 12m)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--keep", action="store_true", help="keep the temporary project root (printed)")
-    parser.add_argument("--smoke", action="store_true", help="smoke run: 1 trial of 1 epoch of resnet10t on 36 clips "
+    parser.add_argument("--smoke", action="store_true", help="smoke run: 1 trial of 1 epoch of resnet10t on 30 clips "
                                                               "of the demo; benchmarks/results is left alone")
     args = parser.parse_args(argv)
     exit_cleanly_on_sigterm()
