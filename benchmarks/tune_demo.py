@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> None:
             rows.append([label, values, f"{done['val_accuracy']:.4f}", f"{done['holdout_accuracy']:.4f}",
                          f"{done['seconds']:.0f}"])
         states = [t.state.name for t in study.trials]
-        results = REPO / "benchmarks" / "results"
         if not args.smoke:
+            results = REPO / "benchmarks" / "results"
             results.mkdir(exist_ok=True)
             if (study_dir / "history.png").is_file():
                 shutil.copy2(study_dir / "history.png", results / "tune_demo_history.png")
