@@ -316,3 +316,18 @@ def test_tune_demo_smoke_compares_the_recipe_with_the_best_trial(capsys: pytest.
     assert rows[0][1:] == rows[1][1:]  # one trial: the recipe is the best
     assert sorted(value.split("=")[0] for value in rows[0][1].split(", ")) == ["mixup.p", "n_mels", "spec_time.p"]
     assert 0 <= number(rows[0][2]) <= 1 and 0 <= number(rows[0][3]) <= 1 and number(rows[0][4]) >= 0
+
+
+def test_training_speed_smoke_times_every_precision_and_memory_format(capsys: pytest.CaptureFixture,
+                                                                      monkeypatch: pytest.MonkeyPatch):
+    from competition.compute import native_bf16
+
+    lines = smoke("training_speed", capsys, monkeypatch)
+    rows = table(lines, "| backbone | timm family | input (mels x frames) | arm | samples/s | vs fp32 |")
+    assert [row[3] for row in rows] == ["fp32", "fp32 + channels_last", "bf16", "bf16 + channels_last"]
+    assert {(row[0], row[1], row[2]) for row in rows} == {("resnet10t", "resnet", "64x101")}
+    speeds = [number(row[4]) for row in rows]
+    assert all(speed > 0 for speed in speeds)
+    for row, speed in zip(rows, speeds):
+        assert number(row[5]) == pytest.approx(speed / speeds[0], abs=0.01)
+    assert lines[-1] == f"train.precision=auto trains in {'bf16' if native_bf16() else 'fp32'} on this CPU"
