@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from accuracy_fsdd import temporary_project
-from common import (TINY_CNN, Stopwatch, cores, demo_slice, exit_cleanly_on_sigterm, hardware_line, log, markdown_table,
-                    median, rate)
+from common import (TINY_CNN, Stopwatch, cores, demo_slice, environment, exit_cleanly_on_sigterm, hardware_line, log,
+                    markdown_table, median, rate)
 
 VIEWS = ["plain", "shift:-0.1", "shift:0.1", "gain:-6"]
 
@@ -137,9 +137,13 @@ def main(argv: list[str] | None = None) -> None:
                      OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(SubmissionConfig), cfg.submission)),
                      half=False, overwrite=True)
         test_args = [f"test={split.source.path}", "name=speed", "overwrite=true", "device=cpu"]
+        # predict caches the test clips under $COMPETITION_CACHE, keyed by their folder: a smoke run's slice is a new
+        # folder each time, so its cache goes into the project root rather than ~/.cache
+        predict_env = {"COMPETITION_CACHE": str(root / "cache")} if args.smoke else {}
 
         def pack_and_predict() -> np.ndarray:
-            predict_command.main([f"bundle={bundle}", *test_args])
+            with environment(predict_env):
+                predict_command.main([f"bundle={bundle}", *test_args])
             out = []
             for fold in range(len(models)):
                 frame = pd.read_csv(root / "predictions" / "speed" / f"speed-fold_{fold}.csv", dtype={"id": str})
