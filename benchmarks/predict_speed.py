@@ -10,8 +10,9 @@ Side by side in one run, clips per second of
   log-mel and batched model calls, one fold model after the other;
 - ours in one pass (train.predict_together, as `competition.predict` runs it): every fold model over each batch, one
   log-mel per view for all of them;
-- the one pass with channels_last memory format, bf16 autocast, TorchScript (traced and frozen), ONNX Runtime (when
-  installed) and, with --compile, torch.compile;
+- the one pass with channels_last memory format, bf16 autocast, TorchScript (traced and frozen), ONNX Runtime and
+  OpenVINO (each when installed; OpenVINO also in bf16 where the CPU has bf16 in hardware) and, with --compile,
+  torch.compile;
 - the whole pack-and-predict path: the models written as a bundle (competition.pack's format), then
   `python -m competition.predict bundle=... test=...` run as a user runs it (loading, predicting, writing files);
 with, for each variant, how far its predictions are from the model-by-model fp32 ones (argmax agreement, largest
@@ -55,6 +56,33 @@ def onnx_model(net, example):
             return torch.from_numpy(session.run(None, {"x": x.float().numpy()})[0])
 
     return OnnxRuntime()
+
+
+def openvino_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin has bf16 in hardware here (AVX512-BF16, AMX), where its bf16 hint means bf16."""
+    import openvino
+
+    return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def openvino_model(net, example, precision: str = "f32"):
+    """The network converted by OpenVINO straight from torch (its PyTorch frontend: no ONNX step, no onnx package) and
+    compiled for the CPU at `precision` ("f32" or "bf16", the plugin's inference precision), behind the nn.Module call
+    predict makes. The batch axis stays dynamic (the last batch is smaller), the others are fixed by the example."""
+    import openvino
+    import torch
+
+    core = openvino.Core()
+    converted = openvino.convert_model(net, example_input=example,
+                                       input=[openvino.PartialShape([-1, *example.shape[1:]])])
+    compiled = core.compile_model(converted, "CPU", {"INFERENCE_NUM_THREADS": cores(),
+                                                     "INFERENCE_PRECISION_HINT": precision})
+
+    class OpenVino(torch.nn.Module):
+        def forward(self, x):
+            return torch.from_numpy(compiled({0: np.ascontiguousarray(x.float().numpy())})[0])
+
+    return OpenVino()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -171,6 +199,16 @@ def main(argv: list[str] | None = None) -> None:
             variants["one pass + ONNX Runtime"] = lambda: one_pass(runtimes)
         except ImportError as exc:
             log(f"ONNX Runtime not timed: {exc} (pip install onnxruntime onnx)")
+        try:
+            engines = [openvino_model(net, example) for net in models]
+            variants["one pass + OpenVINO"] = lambda: one_pass(engines)
+            if openvino_bf16():
+                engines_bf16 = [openvino_model(net, example, "bf16") for net in models]
+                variants["one pass + OpenVINO bf16"] = lambda: one_pass(engines_bf16)
+            else:
+                log("OpenVINO bf16 not timed: the CPU has no bf16 in hardware (OPTIMIZATION_CAPABILITIES)")
+        except ImportError as exc:
+            log(f"OpenVINO not timed: {exc} (pip install openvino)")
         if args.compile:
             compiled = [torch.compile(net, dynamic=True) for net in models]
             with Stopwatch() as compiling:
