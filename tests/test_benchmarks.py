@@ -329,5 +329,5 @@ def test_training_speed_smoke_times_every_precision_and_memory_format(capsys: py
     speeds = [number(row[4]) for row in rows]
     assert all(speed > 0 for speed in speeds)
     for row, speed in zip(rows, speeds):
-        assert number(row[5]) == pytest.approx(speed / speeds[0], abs=0.01)
+        assert number(row[5]) == pytest.approx(speed / speeds[0], rel=0.05, abs=0.01)  # of speeds printed rounded
     assert lines[-1] == f"train.precision=auto trains in {'bf16' if native_bf16() else 'fp32'} on this CPU"
