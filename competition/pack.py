@@ -42,8 +42,8 @@ from competition.ensemble import METHODS, choose, parse_method
 from competition.errors import UserError
 from competition.data import index_train
 from competition.foldrun import fold_list
+from competition.inference import run_models
 from competition.members import class_prior, load_members, submission_format
-from competition.predict import run_models
 from competition.task import task_of
 from competition.train import Part, answer_part
 

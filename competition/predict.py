@@ -35,32 +35,29 @@ if __name__ == "__main__":
 
 import json
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 import torch
 from omegaconf import OmegaConf
-from tqdm import tqdm
 
 from competition.bundle import from_bundle
 from competition.cache import load_split
 from competition.cli import main_guard, parse_bool
-from competition.compute import autocast
 from competition.config import parse_cli, parse_value
 from competition.data import examples, index_test
 from competition.ensemble import (METHODS, Ensemble, FoldModel, answered, choose, combine_models, parse_method,
                                   with_views)
 from competition.errors import UserError
 from competition.files import atomic_write_text
+from competition.inference import precision_context, run_models
 from competition.leaderboard import log_answer
 from competition.members import class_prior, load_members, submission_format
-from competition.predictions import ViewPreds, test_record
+from competition.predictions import test_record
 from competition.submission import SUBMISSIONS_DIR, answer_cells, answer_path, smoothed, write_answer
 from competition.task import task_of
-from competition.train import (Part, Predictor, answer_part, build_fold_model, crop_samples, predict_together,
-                               predictions_frame, resolve_device, with_mean, write_csv)
+from competition.train import Part, answer_part, resolve_device
 
 COMMAND_KEYS = {"exps": "", "bundle": "", "test": "", "name": "", "method": "", "blend": "", "device": "auto",
                 "precision": "fp32", "overwrite": "false", "skip_bad_audio": "false", "models_per_pass": "0"}
@@ -125,48 +122,6 @@ def decode_test(models: list[FoldModel], skip_bad: bool) -> dict[int, tuple[pd.D
         part = Part(split.clips["id"].to_numpy(), cache, cache.rows(split.clips["path"]), None)
         decoded[rate] = (everything, answer_part(part, model.cfg), bad)
     return decoded
-
-
-def precision_context(precision: str, device: torch.device):
-    """bf16 autocast on the CPU for precision=bf16; on CUDA the configs' train.amp already decides."""
-    if precision not in ("fp32", "bf16"):
-        raise UserError(f"precision={precision}: choose fp32 or bf16 (bf16 autocast on the CPU: faster where the "
-                        "processor has AMX or AVX512-BF16, probabilities within about 1e-4)")
-    return autocast(device, precision) if device.type == "cpu" else nullcontext()
-
-
-def run_models(ensemble: Ensemble, decoded: dict, device: torch.device, precision: str,
-               models_per_pass: int, write: bool = True) -> list[ViewPreds]:
-    """Each model's probabilities on the test clips through its views, written to its own file on the way (unless
-    not `write`: pack's speed measurement). Models of one sample rate and window go over the clips together
-    (models_per_pass at a time, 0: all), sharing each batch's crops, views and, where their frontends match,
-    log-mels."""
-    total = sum(len(decoded[m.cfg.audio.sample_rate][1]) for m in ensemble.models)
-    bar = tqdm(total=total, unit="clip", desc="predicting", file=sys.stderr, dynamic_ncols=True, disable=None)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, model in enumerate(ensemble.models):
-        groups.setdefault((model.cfg.audio.sample_rate, crop_samples(model.cfg)), []).append(i)
-    preds: dict[int, ViewPreds] = {}
-    for (rate, _), members in groups.items():
-        _, part, _ = decoded[rate]
-        size = models_per_pass or len(members)
-        for start in range(0, len(members), size):
-            chosen = [ensemble.models[i] for i in members[start:start + size]]
-            bar.set_postfix_str(", ".join(m.title for m in chosen) if len(chosen) < 3 else f"{len(chosen)} models")
-            predictors = []
-            for model in chosen:
-                weights, frontend_state = model.state()
-                network, frontend = build_fold_model(model.cfg, len(model.classes), weights, frontend_state, device)
-                predictors.append(Predictor(network, frontend, model.cfg, list(model.cfg.tta.views)))
-            with precision_context(precision, device):
-                results = predict_together(predictors, part, device, lambda n: bar.update(n * len(chosen)))
-            for i, model, views in zip(members[start:start + size], chosen, results):
-                if write:
-                    write_csv(predictions_frame(part, with_mean(views), model.classes, task_of(model.cfg)),
-                              model.out)  # as a fold's test.csv
-                preds[i] = ViewPreds(part.ids, None, views)
-    bar.close()
-    return [preds[i] for i in range(len(ensemble.models))]
 
 
 def predict(ensemble: Ensemble, name: str, test: dict, *, device: torch.device, precision: str = "fp32",
