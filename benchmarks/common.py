@@ -161,21 +161,6 @@ def check_exit(code: int, root: Path, args: list[str], out_path: Path, err_path:
         raise ToolkitFailed(code)
 
 
-@contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    """The block runs with `values` set in os.environ; afterwards each of those variables is as it was."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name)
-            else:
-                os.environ[name] = value
-
-
 # A smoke run's CNN: the smallest that still runs every step of training and prediction.
 TINY_CNN = ["model.name=resnet10t", "frontend.n_mels=32", "train.epochs=1"]
 

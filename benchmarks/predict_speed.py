@@ -29,8 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from accuracy_fsdd import temporary_project
-from common import (TINY_CNN, Stopwatch, cores, demo_slice, environment, exit_cleanly_on_sigterm, hardware_line, log,
+from common import (TINY_CNN, Stopwatch, cores, demo_slice, exit_cleanly_on_sigterm, hardware_line, log,
                     markdown_table, median, rate)
+
+from competition.cache import environment
 
 VIEWS = ["plain", "shift:-0.1", "shift:0.1", "gain:-6"]
 

@@ -16,10 +16,11 @@ import shutil
 import socket
 import struct
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -65,10 +66,17 @@ def _decoding_pool(workers: int, source: Source):
     """Worker processes that start with one BLAS/OpenMP thread each: N workers with default threading
     oversubscribe the cores and run ~5x slower. The variables must be set before the child imports numpy, so
     they are set here while the children are spawned, and restored afterwards."""
-    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
-    os.environ.update({name: "1" for name in THREAD_VARIABLES})
-    try:
+    with environment({name: "1" for name in THREAD_VARIABLES}):
         return get_context("spawn").Pool(workers, initializer=_use_source, initargs=(source,))
+
+
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """The block runs with `values` set in os.environ; afterwards each of those variables is as it was."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
     finally:
         for name, value in saved.items():
             if value is None:
