@@ -246,3 +246,9 @@ def tones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     write_tones_experiment(tmp_path)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The benchmark scripts' smoke runs go last: they run whole scripts in this process (threads of inference
+    runtimes, signal handlers, W&B's service), and nothing they leave behind should meet another module's tests."""
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_benchmarks.py"))
