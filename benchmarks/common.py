@@ -99,20 +99,24 @@ def toolkit_env() -> dict[str, str]:
                 WANDB_MODE=os.environ.get("WANDB_MODE", "disabled"))
 
 
-def toolkit(root: Path, name: str, args: list[str], env: dict[str, str]) -> None:
+def toolkit(root: Path, name: str, args: list[str], env: dict[str, str], timeout: float | None = None) -> None:
     """`python -m <args>` in a subprocess with `root` as the working directory, its output in
-    logs/<name>.<verb>.{out,err}; a failure prints the log's tail and raises ToolkitFailed."""
+    logs/<name>.<verb>.{out,err}; a failure prints the log's tail and raises ToolkitFailed. A command still running
+    after `timeout` seconds is killed (subprocess.TimeoutExpired)."""
     out_path, err_path = log_paths(root, name, args)
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        code = subprocess.call([sys.executable, "-m", *args], cwd=root, env=env, stdout=out, stderr=err)
+        code = subprocess.call([sys.executable, "-m", *args], cwd=root, env=env, stdout=out, stderr=err,
+                               timeout=timeout)
     check_exit(code, root, args, out_path, err_path)
 
 
 def toolkit_here(root: Path, name: str, args: list[str]) -> None:
     """`python -m <args>` as toolkit runs it, but the verb's main in this process: no interpreter and torch start-up
     per command (about 8 s, most of a smoke run), the same code. The working directory and WANDB_MODE are set as
-    toolkit sets them for the command and restored afterwards; a bug in the toolkit raises here, with its traceback."""
+    toolkit sets them for the command and restored afterwards. A bug in the toolkit fails the command like a user's
+    mistake, its traceback in the log; this benchmark's own SIGTERM (exit_cleanly_on_sigterm) passes through."""
     import importlib
+    import traceback
     from contextlib import redirect_stderr, redirect_stdout
 
     from competition.cli import main_guard
@@ -128,7 +132,12 @@ def toolkit_here(root: Path, name: str, args: list[str]) -> None:
                 main_guard(main, args[1:])
                 code = 0
             except SystemExit as exc:
+                if exc.code == 128 + 15:  # this benchmark stopped, not the command failing
+                    raise
                 code = exc.code if isinstance(exc.code, int) else 1
+            except Exception:
+                traceback.print_exc()
+                code = 1
     finally:
         os.chdir(before)
         if wandb is None:

@@ -16,22 +16,22 @@ on a generated contest (harmonic tones, one class per fundamental, one pitch per
   demo      the README's first command, `python -m competition.run exp=default fold=0`, with device=cuda (not in
             --smoke: on the CPU it is the README's own four minutes)
 Where no GPU is visible it says so in one line and exits 1; --smoke runs every check on the CPU instead (the queue and
-the tuner pinned to two pretended GPUs by COMPETITION_FAKE_GPUS), which proves the script itself works. There, once
-`train` has decoded the clips and made the fold file, the other checks run side by side (queue then predict, which
-reads the queue's folds; tune; overhead): each is mostly its processes' start-up on one core, so a second core halves
-the wait. On a GPU they run one after another, as each times its own work.
+the tuner pinned to two pretended GPUs by COMPETITION_FAKE_GPUS), which proves the script itself works. There each
+command's main runs in this process (the queue's jobs and the tuner's workers still are processes of their own): an
+interpreter and torch start-up per command would be most of the smoke run's time.
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import io
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Callable
 
@@ -40,9 +40,10 @@ import pandas as pd
 import soundfile
 import yaml
 
-from common import REPO, exit_cleanly_on_sigterm
+from common import REPO, Command, exit_cleanly_on_sigterm, log_paths, toolkit, toolkit_env, toolkit_here
 
 EXP = "gpucheck"
+COMMAND_TIMEOUT = 600  # seconds: a command that hangs on the GPU fails its check instead of holding the machine
 
 
 def write_contest(root: Path, classes: int, speakers: int, takes: int, rng: np.random.Generator) -> None:
@@ -89,20 +90,32 @@ class Checks:
     """Runs the checks in order, printing one line each; a failing check prints the end of its output and the next
     check still runs."""
 
-    def __init__(self, root: Path, env: dict[str, str]) -> None:
-        self.root, self.env = root, env
+    def __init__(self, root: Path, run: Command, smoke: bool) -> None:
+        self.root, self.run_command, self.smoke = root, run, smoke
         self.passed: list[str] = []
         self.failed: list[str] = []
-        self.printing = threading.Lock()  # one whole line per check, also when checks run side by side
 
-    def command(self, *args: str, cwd: Path | None = None, timeout: float = 300) -> str:
-        """A command as a user types it, in the project; its output, or RuntimeError with the output's end."""
-        result = subprocess.run([sys.executable, *args], cwd=cwd or self.root, env=self.env, capture_output=True,
-                                text=True, timeout=timeout)
-        if result.returncode != 0:
-            tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-12:])
-            raise RuntimeError(f"`{' '.join(args)}` exited with {result.returncode}:\n{tail}")
-        return result.stdout + result.stderr
+    def command(self, *args: str, cwd: Path | None = None) -> str:
+        """`python -m <args>` as a user types it, in the project: everything it printed (a failure raises, its
+        output's end printed)."""
+        where = cwd or self.root
+        self.run_command(where, "check", list(args))
+        return "".join(path.read_text() for path in log_paths(where, "check", list(args)))
+
+    def script(self, name: str, *args: str) -> str:
+        """`python benchmarks/<name>.py <args>`: what it printed. In a smoke run its main runs in this process."""
+        if not self.smoke:
+            result = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{name}.py"), *args], text=True,
+                                    capture_output=True, timeout=COMMAND_TIMEOUT, env=toolkit_env())
+            if result.returncode != 0:
+                raise RuntimeError(f"{name}.py exited with {result.returncode}: {result.stderr.strip()[-800:]}")
+            return result.stdout
+        import importlib
+
+        printed = io.StringIO()
+        with redirect_stdout(printed):
+            importlib.import_module(name).main(list(args))
+        return printed.getvalue()
 
     def run(self, name: str, check: Callable[[], str]) -> None:
         started = time.perf_counter()
@@ -112,17 +125,7 @@ class Checks:
         except Exception as exc:  # every check is reported, whatever fails
             detail, status = f"{type(exc).__name__}: {exc}", "FAIL"
             self.failed.append(name)
-        with self.printing:
-            print(f"{status:<4}  {name:<8}  {time.perf_counter() - started:6.1f}s  {detail}", flush=True)
-
-    def run_side_by_side(self, chains: list[list[tuple[str, Callable[[], str]]]]) -> None:
-        """Each chain's checks in order, the chains at once (a thread each: the work is in the commands' processes)."""
-        threads = [threading.Thread(target=lambda chain=chain: [self.run(*check) for check in chain])
-                   for chain in chains]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        print(f"{status:<4}  {name:<8}  {time.perf_counter() - started:6.1f}s  {detail}", flush=True)
 
     def done(self, fold_dir: Path) -> dict:
         path = self.root / fold_dir / "DONE"
@@ -139,13 +142,15 @@ def check_cuda() -> str:
             f"{'yes' if torch.cuda.is_bf16_supported() else 'no (fp16 with loss scaling)'}, torch {torch.__version__}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="every check on the CPU, tiny (seconds)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary project and print its path")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     exit_cleanly_on_sigterm()
     import torch
+
+    from competition.cache import environment
 
     if not args.smoke and not torch.cuda.is_available():
         print("gpu_check: no CUDA GPU is visible here (torch.cuda.is_available() is False); run it on a machine with "
@@ -154,11 +159,11 @@ def main() -> None:
     gpus = [str(i) for i in range(2 if args.smoke else torch.cuda.device_count())]
     device = "cpu" if args.smoke else "cuda"
     root = Path(tempfile.mkdtemp(prefix="gpu-check-"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           "WANDB_MODE": "disabled", "COMPETITION_CACHE": str(root / "cache")}
-    if args.smoke:
-        env["COMPETITION_FAKE_GPUS"] = str(len(gpus))
-    checks = Checks(root, env)
+    settings = {"WANDB_MODE": "disabled", "COMPETITION_CACHE": str(root / "cache"),
+                **({"COMPETITION_FAKE_GPUS": str(len(gpus))} if args.smoke else {})}
+    run = toolkit_here if args.smoke else functools.partial(toolkit, env={**toolkit_env(), **settings},
+                                                            timeout=COMMAND_TIMEOUT)
+    checks = Checks(root, run, args.smoke)
     try:
         write_contest(root, *((3, 4, 3) if args.smoke else (8, 12, 5)), np.random.default_rng(0))
         write_experiment(root, args.smoke)
@@ -166,7 +171,7 @@ def main() -> None:
             checks.run("cuda", check_cuda)
 
         def train() -> str:
-            checks.command("-m", "competition.run", f"exp={EXP}", "fold=0", f"device={device}")
+            checks.command("competition.run", f"exp={EXP}", "fold=0", f"device={device}")
             done = checks.done(Path("experiments", EXP, "fold_0"))
             if not done["device"].startswith(device):
                 raise RuntimeError(f"DONE records device {done['device']}, not {device}")
@@ -185,7 +190,7 @@ def main() -> None:
             (project / "folds").mkdir()
             shutil.copy2(REPO / "folds" / "demo_words.csv", project / "folds")
             started = time.perf_counter()
-            checks.command("-m", "competition.run", "exp=default", "fold=0", f"device={device}", cwd=project)
+            checks.command("competition.run", "exp=default", "fold=0", f"device={device}", cwd=project)
             done = json.loads((project / "experiments" / "default" / "fold_0" / "DONE").read_text())
             return (f"the README's first command (exp=default fold=0, demo generated on first use) with device=cuda: "
                     f"{time.perf_counter() - started:.0f}s in all, {done['seconds']:.0f}s in the fold, validation "
@@ -193,7 +198,7 @@ def main() -> None:
 
         def queue() -> str:
             entries = ",".join(gpus if args.smoke else gpus + gpus)
-            checks.command("-m", "competition.run", f"exp={EXP}", "fold=all", f"gpus={entries}", "overwrite=true")
+            checks.command("competition.run", f"exp={EXP}", "fold=all", f"gpus={entries}", "overwrite=true")
             pinned = {fold: checks.done(Path("experiments", EXP, f"fold_{fold}"))["visible_devices"] for fold in (0, 1)}
             if any(value not in gpus for value in pinned.values()):
                 raise RuntimeError(f"jobs saw CUDA_VISIBLE_DEVICES {pinned}, expected one of {gpus} each")
@@ -204,8 +209,7 @@ def main() -> None:
 
         def tune() -> str:
             trials = len(gpus) if args.smoke else 2 * len(gpus)
-            checks.command("-m", "competition.tune", f"exp={EXP}", f"n_trials={trials}", f"gpus={','.join(gpus)}",
-                           timeout=600)
+            checks.command("competition.tune", f"exp={EXP}", f"n_trials={trials}", f"gpus={','.join(gpus)}")
             found = next((root / "experiments" / EXP / "tune").glob("*/trials.csv"), None)
             if found is None:
                 raise RuntimeError("no trials.csv was written")
@@ -218,7 +222,7 @@ def main() -> None:
         def predict() -> str:
             runs = (("checked", device), ("reference", "cpu"))
             for name, on in runs[:1] if args.smoke else runs:  # on the CPU the reference would be the same run
-                checks.command("-m", "competition.predict", f"exps={EXP}", "test=data/test", f"name={name}",
+                checks.command("competition.predict", f"exps={EXP}", "test=data/test", f"name={name}",
                                f"device={on}", "method=soft+tta")
             if args.smoke:
                 answer = pd.read_csv(next((root / "submissions").glob("checked-*")))
@@ -236,22 +240,17 @@ def main() -> None:
                     f"probability difference {largest:.1e} (fold 0, {len(numeric)} classes)")
 
         def overhead() -> str:
-            out = checks.command(str(REPO / "benchmarks" / "trainer_overhead.py"), "--root", str(root), "--exp", EXP,
-                                 "--device", device, "--steps", "1" if args.smoke else "6",
-                                 "--repeats", "1" if args.smoke else "3")
+            out = checks.script("trainer_overhead", "--root", str(root), "--exp", EXP, "--device", device,
+                                "--steps", "1" if args.smoke else "6", "--repeats", "1" if args.smoke else "3")
             rows = {line.split("|")[1].strip(): line.split("|")[2].strip(" *")
                     for line in out.splitlines() if line.startswith("| ")}
             ours, bare, ratio = (next(v for k, v in rows.items() if k.startswith(name)) for name in
                                  ("ours", "bare", "**ratio"))
             return f"ours {ours} samples/s, bare timm loop {bare}: ours / bare {ratio} (median of the repeats)"
 
-        if args.smoke:  # after train (the cache and the fold file made), the rest side by side on the CPU's cores
-            checks.run("train", train)
-            checks.run_side_by_side([[("queue", queue), ("predict", predict)], [("tune", tune)],
-                                     [("overhead", overhead)]])
-        else:
+        with environment(settings if args.smoke else {}):  # a smoke run's commands read them in this process
             for name, check in (("train", train), ("queue", queue), ("tune", tune), ("predict", predict),
-                                ("overhead", overhead), ("demo", demo)):
+                                ("overhead", overhead), *([] if args.smoke else [("demo", demo)])):
                 checks.run(name, check)
     finally:
         if args.keep:
@@ -260,7 +259,8 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
     print(f"gpu_check: {len(checks.passed)} passed, {len(checks.failed)} failed"
           + (f" ({', '.join(checks.failed)})" if checks.failed else ""), flush=True)
-    sys.exit(1 if checks.failed else 0)
+    if checks.failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

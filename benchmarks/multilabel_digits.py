@@ -57,13 +57,12 @@ import shutil
 import sys
 import tempfile
 import time
-import traceback
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import redirect_stderr
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import (REPO, TAIL_LINES, Stopwatch, ToolkitFailed, exit_cleanly_on_sigterm, hardware_line, log,
-                    markdown_table)
+from common import (REPO, Stopwatch, ToolkitFailed, exit_cleanly_on_sigterm, hardware_line, log, markdown_table,
+                    toolkit_here)
 
 import numpy as np
 import pandas as pd
@@ -123,41 +122,6 @@ def experiment_config(settings: Settings, mix: Path, cache: Path, head: str) -> 
         "tta": {"views": ["whole_max"]},
         "submission": {"window": WINDOW, "id_column": "row_id", "columns": "classes"},
     }
-
-
-def toolkit_here(root: Path, name: str, module: str, args: list[str]) -> str:
-    """`python -m <module> <args>` run in this process with `root` as the working directory, its output in
-    logs/<name>.<verb>.{out,err}; a failure (an error line, or a traceback, which is logged) prints the log's tail
-    and raises ToolkitFailed. Returns what it printed on stdout."""
-    from competition.cli import main_guard
-
-    logs = root / "logs"
-    logs.mkdir(exist_ok=True)
-    verb = module.rsplit(".", 1)[-1]
-    out_path, err_path = logs / f"{name}.{verb}.out", logs / f"{name}.{verb}.err"
-    main = importlib.import_module(module).main
-    before = os.getcwd()
-    os.chdir(root)
-    try:
-        with open(out_path, "w") as out, open(err_path, "w") as err, redirect_stdout(out), redirect_stderr(err):
-            try:
-                main_guard(main, list(args))
-                code = 0
-            except SystemExit as exc:
-                if exc.code == 128 + 15:  # this benchmark stopped (exit_cleanly_on_sigterm), not the command failing
-                    raise
-                code = exc.code if isinstance(exc.code, int) else 1
-            except Exception:  # a toolkit bug: its traceback goes to the log, and the benchmark stops
-                traceback.print_exc()
-                code = 1
-    finally:
-        os.chdir(before)
-    if code:
-        tail = (err_path.read_text(errors="replace") or out_path.read_text(errors="replace")).splitlines()
-        log(f"FAILED (exit {code}): python -m {module} {' '.join(args)}  (cwd {root})")
-        log("\n".join("    " + line for line in tail[-TAIL_LINES:]))
-        raise ToolkitFailed(code)
-    return out_path.read_text()
 
 
 def warm_up(root: Path, exp: str, test_clips: Path) -> None:
@@ -265,7 +229,8 @@ def fmt(value: float) -> str:
     return "-" if value is None or not np.isfinite(value) else f"{value:.4f}"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default="", help="folder for the mixed contest (made once, reused) and the project "
                                                    "root <work>/project (made fresh); default a temporary folder")
@@ -276,9 +241,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="a tiny contest (30 clips, 2 folds of 1 epoch, resnet10t "
                                                              "at 8 kHz, 32 mels): checks the flow, writes no results")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder (printed)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     exit_cleanly_on_sigterm()
-    os.environ.setdefault("WANDB_MODE", "disabled")
     settings = SMOKE if args.smoke else Settings()
     chosen = {k: v for k, v in (("folds", args.folds), ("epochs", args.epochs), ("model", args.model)) if v}
     settings = Settings(**{**settings.__dict__, **chosen})
@@ -311,8 +275,8 @@ def main() -> None:
         seconds = {}
         for head, exp in exps.items():
             with Stopwatch() as watch:
-                toolkit_here(root, exp, "competition.run", [f"exp={exp}", "fold=all", f"device={args.device}"])
-                toolkit_here(root, exp, "competition.predict", [f"exps={exp}", f"test={mix / 'test'}", "name=clips",
+                toolkit_here(root, exp, ["competition.run", f"exp={exp}", "fold=all", f"device={args.device}"])
+                toolkit_here(root, exp, ["competition.predict", f"exps={exp}", f"test={mix / 'test'}", "name=clips",
                                                                "method=soft", "overwrite=true",
                                                                f"device={args.device}"])
             seconds[head] = watch.seconds
@@ -321,8 +285,8 @@ def main() -> None:
         with Stopwatch() as blending:
             for row, members in blends.items():
                 for part, extra in (("windows", []), ("clips", ["test=clips"])):
-                    toolkit_here(root, f"{row}-{part}", "competition.blend",
-                                 [f"exps={','.join(members)}", "method=soft", f"name={row}-{part}", "overwrite=true",
+                    toolkit_here(root, f"{row}-{part}", ["competition.blend",
+                                                         f"exps={','.join(members)}", "method=soft", f"name={row}-{part}", "overwrite=true",
                                   *extra])
         seconds["blend"] = blending.seconds
         log(f"blends in {blending.seconds:.0f}s")
@@ -387,8 +351,7 @@ def main() -> None:
                   + f" (paired bootstrap 95% intervals of sed - plain, {resamples} resamples).")
     n_windows, n_full = len(window_truth), int((window_truth.sum(axis=1) > 0).sum())
     command = "OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "unset") + " python " + " ".join(
-        shlex.quote(a) for a in [str(Path(sys.argv[0]).resolve().relative_to(REPO))
-                                 if Path(sys.argv[0]).resolve().is_relative_to(REPO) else sys.argv[0], *sys.argv[1:]])
+        shlex.quote(a) for a in ["benchmarks/multilabel_digits.py", *argv])
     lines = [
         "## Multi-label heads on mixed spoken digits: model.head=plain against model.head=sed" + (" (SMOKE)" if
                                                                                                   args.smoke else ""),

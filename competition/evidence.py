@@ -29,7 +29,8 @@ def paired_test(metric: Metric, y: np.ndarray, probs_a: np.ndarray, probs_b: np.
     """b's score minus a's on the same clips, signed so that positive means b is better, and the two-sided p-value of
     'no difference'. Accuracy: McNemar's exact test, as only the clips one gets right and the other wrong tell them
     apart. Other metrics: a paired bootstrap over the clips, p the share of resampled differences on the other side
-    of zero, doubled; (count + 1) / (resamples + 1) so that a finite number of resamples never claims p = 0."""
+    of zero, doubled; (count + 1) / (resamples + 1) so that a finite number of resamples never claims p = 0. A metric
+    that is a mean over clips (Metric.per_clip) resamples the clips' differences, a batch of resamples at a time."""
     sign = 1.0 if metric.greater_is_better else -1.0
     difference = sign * (score(metric, y, probs_b) - score(metric, y, probs_a))
     if metric.name == "accuracy":
@@ -38,9 +39,16 @@ def paired_test(metric: Metric, y: np.ndarray, probs_a: np.ndarray, probs_b: np.
         return difference, binomtest(only_b, only_a + only_b).pvalue if only_a + only_b else 1.0
     rng = np.random.default_rng(rng_seed)
     resampled = np.empty(RESAMPLES)
-    for i in range(RESAMPLES):
-        clips = rng.integers(0, len(y), len(y))
-        resampled[i] = sign * (score(metric, y[clips], probs_b[clips]) - score(metric, y[clips], probs_a[clips]))
+    if metric.per_clip is not None:
+        differences = sign * (metric.per_clip(y, probs_b) - metric.per_clip(y, probs_a))
+        batch = max(1, 2**22 // len(y))  # resamples whose clip indices fit in 32 MiB
+        for start in range(0, RESAMPLES, batch):
+            clips = rng.integers(0, len(y), (min(batch, RESAMPLES - start), len(y)))
+            resampled[start:start + len(clips)] = differences[clips].mean(1)
+    else:
+        for i in range(RESAMPLES):
+            clips = rng.integers(0, len(y), len(y))
+            resampled[i] = sign * (score(metric, y[clips], probs_b[clips]) - score(metric, y[clips], probs_a[clips]))
     other_side = min((resampled <= 0).sum(), (resampled >= 0).sum())
     return difference, min(1.0, 2 * (other_side + 1) / (RESAMPLES + 1))
 

@@ -21,6 +21,8 @@ class Metric:
     score: Callable[[np.ndarray, np.ndarray], float]  # (truth, probabilities (clips, classes)): see the module doc
     greater_is_better: bool = True
     tasks: tuple[str, ...] = ("single",)  # among TASKS: the contests whose `y` and `p` the score understands
+    per_clip: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None  # a score that is the mean of one value
+    # per clip: those values, so that a bootstrap resamples them instead of rescoring every resample
 
     def better(self, new: float, old: float | None) -> bool:
         return old is None or (new > old if self.greater_is_better else new < old)
@@ -81,22 +83,32 @@ def _macro_f1_threshold(y: np.ndarray, p: np.ndarray) -> float:
     return float(metrics.f1_score(y >= 0.5, p >= 0.5, average="macro", zero_division=0))
 
 
-def _bce(y: np.ndarray, p: np.ndarray) -> float:
-    """Mean binary cross-entropy over clips and classes, the multi-label log loss: smooth where the ranking metrics
-    move in steps, and it takes soft labels as they are. Probabilities are clipped to [1e-15, 1 - 1e-15] so one
-    confident mistake costs a large finite amount instead of infinity."""
+def _log_loss_per_clip(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Each clip's share of sklearn's log loss: minus the log of its true class's probability, rows normalised and
+    clipped as sklearn does."""
+    q = p / p.sum(1, keepdims=True)
+    eps = np.finfo(q.dtype).eps
+    return -np.log(np.clip(q[np.arange(len(y)), y], eps, 1 - eps))
+
+
+def _bce_per_clip(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Each clip's binary cross-entropy averaged over its classes, the multi-label log loss: smooth where the ranking
+    metrics move in steps, and it takes soft labels as they are. Probabilities are clipped to [1e-15, 1 - 1e-15] so
+    one confident mistake costs a large finite amount instead of infinity."""
     q = np.clip(p, 1e-15, 1 - 1e-15)
-    return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+    return -np.mean(y * np.log(q) + (1 - y) * np.log(1 - q), axis=1)
 
 
 METRICS = {
     "accuracy": Metric("accuracy", lambda y, p: metrics.accuracy_score(y, p.argmax(1))),
     "balanced_accuracy": Metric("balanced_accuracy", lambda y, p: metrics.balanced_accuracy_score(y, p.argmax(1))),
     "macro_f1": Metric("macro_f1", lambda y, p: metrics.f1_score(y, p.argmax(1), average="macro")),
-    "log_loss": Metric("log_loss", lambda y, p: metrics.log_loss(y, p, labels=np.arange(p.shape[1])), False),
+    "log_loss": Metric("log_loss", lambda y, p: metrics.log_loss(y, p, labels=np.arange(p.shape[1])), False,
+                       per_clip=_log_loss_per_clip),
     "roc_auc": Metric("roc_auc", _roc_auc, tasks=TASKS),
     "lwlrap": Metric("lwlrap", _lwlrap, tasks=("multilabel",)),
     "cmap": Metric("cmap", _cmap, tasks=("multilabel",)),
     "macro_f1_threshold": Metric("macro_f1_threshold", _macro_f1_threshold, tasks=("multilabel",)),
-    "bce": Metric("bce", _bce, False, tasks=("multilabel",)),
+    "bce": Metric("bce", lambda y, p: float(_bce_per_clip(y, p).mean()), False, tasks=("multilabel",),
+                  per_clip=_bce_per_clip),
 }

@@ -1,5 +1,4 @@
-"""Every benchmark script keeps working: each one's --smoke run is a test, tiny and in this process (the GPU check,
-every check on the CPU in about a minute, and the multi-label heads in processes of their own); without a GPU the
+"""Every benchmark script keeps working: each one's --smoke run is a test, tiny and in this process; without a GPU the
 plain GPU check says so in one line."""
 from __future__ import annotations
 
@@ -26,13 +25,12 @@ def benchmark(script: str, *args: str, env: dict[str, str] | None = None) -> sub
                           text=True, timeout=900, env={**os.environ, **(env or {})})
 
 
-def test_gpu_check_runs_every_check_on_the_cpu_in_smoke_mode():
-    result = benchmark("gpu_check.py", "--smoke")
-    assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
+def test_gpu_check_runs_every_check_on_the_cpu_in_smoke_mode(capsys: pytest.CaptureFixture,
+                                                             monkeypatch: pytest.MonkeyPatch):
+    lines = smoke("gpu_check", capsys, monkeypatch)
     for check in ("train", "queue", "tune", "predict", "overhead"):
-        assert any(line.split()[:2] == ["ok", check] for line in lines), (check, result.stdout)
-    assert "pinned to CUDA_VISIBLE_DEVICES {0: '0', 1: '1'}" in result.stdout  # one job per pretended GPU
+        assert any(line.split()[:2] == ["ok", check] for line in lines), (check, lines)
+    assert "pinned to CUDA_VISIBLE_DEVICES {0: '0', 1: '1'}" in "\n".join(lines)  # one job per pretended GPU
     assert lines[-1] == "gpu_check: 5 passed, 0 failed"
 
 
@@ -44,16 +42,14 @@ def test_gpu_check_without_a_gpu_says_so_in_one_line():
     assert result.stderr.startswith("gpu_check: no CUDA GPU is visible here")
 
 
-def test_multilabel_digits_smoke_runs():
-    """The plain and SED heads trained, predicted, blended and scored on a tiny mixed-digit contest (about 40 s)."""
+def test_multilabel_digits_smoke_runs(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
+    """The plain and SED heads trained, predicted, blended and scored on a tiny mixed-digit contest."""
     shared_data("fsdd", "recordings")
     shared_data("background_noise")
-    result = benchmark("multilabel_digits.py", "--smoke", env={"OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
-    assert any(line.startswith("| head | OOF lwlrap | test clips lwlrap |") for line in lines), result.stdout
+    lines = smoke("multilabel_digits", capsys, monkeypatch)
+    assert any(line.startswith("| head | OOF lwlrap | test clips lwlrap |") for line in lines), lines
     for row in ("| plain (model.head=plain) |", "| sed (model.head=sed) |", "| soft blend of both |"):
-        assert any(line.startswith(row) for line in lines), (row, result.stdout)
+        assert any(line.startswith(row) for line in lines), (row, lines)
     assert lines[-1].startswith("Conclusion: ")
 
 

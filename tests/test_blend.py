@@ -3,9 +3,6 @@ file's exact format and checks, and the CLI on hand-made fold outputs and on rea
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -22,7 +19,7 @@ from competition.ensemble import (METHODS, apply_stacker, as_network, fit_caruan
 from competition.evidence import paired_test
 from competition.predictions import ViewPreds
 from competition.config import SubmissionConfig
-from conftest import error_line, run_verb, tone, write_clip, write_tones_data, write_tones_experiment
+from conftest import error_line, run_here, run_verb, tone, write_clip, write_tones_data, write_tones_experiment
 from competition.errors import UserError
 from competition.metrics import METRICS
 from competition.submission import check_answer, render_answer, write_answer
@@ -155,6 +152,25 @@ def test_bootstrap_p_is_small_for_a_clear_gain_and_one_for_none() -> None:
     assert difference == pytest.approx(log_loss.score(y, vague) - log_loss.score(y, sharp)) and difference > 0.3
     assert 0 < p < 0.01  # sharp wins every resample, and a finite bootstrap never claims p = 0
     assert paired_test(log_loss, y, vague, vague.copy()) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("name", ["log_loss", "bce"])
+def test_a_mean_over_clips_is_bootstrapped_from_its_per_clip_values_exactly_as_by_rescoring(name: str) -> None:
+    """Resampling the clips' values gives the rescoring bootstrap's p, on a difference too small to be sure of."""
+    import dataclasses
+
+    rng = np.random.default_rng(1)
+    metric = METRICS[name]
+    if name == "bce":
+        y = (rng.random((300, 4)) < 0.3).astype(float)
+        a = rng.random((300, 4))
+    else:
+        y = rng.integers(0, 3, 300)
+        a = rng.dirichlet([1, 1, 1], 300)
+    b = np.clip(a + rng.normal(0, 0.03, a.shape), 0.01, 0.99)
+    assert metric.per_clip(y, a).mean() == pytest.approx(metric.score(y, a), rel=1e-12)
+    fast, rescored = paired_test(metric, y, a, b), paired_test(dataclasses.replace(metric, per_clip=None), y, a, b)
+    assert fast[0] == rescored[0] and fast[1] == pytest.approx(rescored[1]) and 0.01 < fast[1] < 1
 
 
 # The answer file
@@ -657,8 +673,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_blend_cli_on_trained_folds(trained: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "competition.blend"], cwd=trained, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    result = run_here("competition.blend", cwd=trained)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     [path] = (trained / "submissions").glob("tones-*.json")
