@@ -2,7 +2,7 @@
 speaker come back down to what unseen speakers score?
 
     python benchmarks/voice_groups.py [--draws 5] [--train-per-gender N] [--groupings clip,voice,speaker]
-                                      [--device cpu] [--keep]
+                                      [--folds 3] [--recipe voice|voice_encoder] [--device cpu] [--keep]
     python benchmarks/voice_groups.py --smoke     # smoke run: 8 speakers, 1 draw, commands in this process
 
 Why: the voice-gender contest's `targets.tsv` is `id<TAB>gender`, with no speaker column, so every clip is its own
@@ -15,11 +15,12 @@ How: on the real recordings of ../shared/data/speechocean762_gender (612 clips, 
 51 female, 6 clips each), draw d (numpy.random.default_rng(d), per gender, males first) holds out 15 male + 15
 female speakers (about 30%) as the test set and trains on the other 72, laid out as the voice-gender contest:
 train/<id>.wav symlinks and train/targets.tsv (`id<TAB>gender`, no header, no speaker column), test/<id>.wav.
-The voice recipe (experiments/_recipes/voice.yaml) runs twice per draw through the real command line, in a
-subprocess with the temporary project root as cwd: `python -m competition.run exp=<name> fold=all` then
+A recipe (--recipe: experiments/_recipes/voice.yaml by default, or voice_encoder.yaml, the speaker encoder's
+linear head, which the README advises from tens of speakers) runs once per grouping and draw through the real
+command line, in a subprocess with the temporary project root as cwd: `python -m competition.run exp=<name> fold=all` then
 `python -m competition.blend exps=<name> name=<name>`; once with per-clip folds (the contest as it is), once with
 `folds.groups: voice`, and, for reference, once with the true speakers as groups (a third column of another table,
-train/targets_speaker.tsv, read with `group_column`), which a real contest would not have (3 folds, seed 42, no
+train/targets_speaker.tsv, read with `group_column`), which a real contest would not have (--folds folds, seed 42, no
 holdout, 3 s clips at 16 kHz, all three). The answer file
 submissions/<name>.tsv is scored against the held-out speakers' genders; the OOF score is `scores.oof` of
 submissions/<name>.json. For the voice groups, the fold file folds/<data name>.csv is compared with the true
@@ -50,7 +51,7 @@ import pandas as pd
 
 from competition.folds import purity, read_folds, together
 
-VOICE_RECIPE = REPO / "experiments" / "_recipes" / "voice.yaml"
+RECIPES = REPO / "experiments" / "_recipes"
 SAMPLE_RATE = 16000
 DURATION = 3.0
 N_SPLITS = 3
@@ -99,9 +100,10 @@ def lay_out(root: Path, name: str, clips: pd.DataFrame, train: list[str], test: 
     return base
 
 
-def write_experiment(root: Path, name: str, base: Path, grouping: str, splits: int, duration: float) -> None:
+def write_experiment(root: Path, name: str, base: Path, grouping: str, splits: int, duration: float,
+                     recipe: str) -> None:
     """experiments/<name>/config.yaml: the voice-gender contest on this draw's folders (its own data.name, so its
-    own fold file) with the voice recipe."""
+    own fold file) with experiments/_recipes/<recipe>.yaml."""
     folds = {"n_splits": splits, "seed": 42, "holdout": 0.0, **({"groups": "voice"} if grouping == "voice" else {})}
     train = {"path": str(base / "train"), "layout": "table", "table": "targets.tsv"}
     if grouping == "speaker":  # without a header the table's columns are id, label, group
@@ -119,7 +121,7 @@ def write_experiment(root: Path, name: str, base: Path, grouping: str, splits: i
     contest_path.write_text(json.dumps(contest, indent=2) + "\n")  # JSON is YAML
     folder = root / "experiments" / name
     folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(json.dumps({"contest": str(contest_path), "recipe": str(VOICE_RECIPE)}) + "\n")
+    (folder / "config.yaml").write_text(json.dumps({"contest": str(contest_path), "recipe": str(RECIPES / f"{recipe}.yaml")}) + "\n")
 
 
 def run_one(root: Path, name: str, draw: int, grouping: str, truth: pd.Series, speaker_of: pd.Series, device: str,
@@ -155,6 +157,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="train on this many speakers of each gender, test on the rest (default: hold out 15 each)")
     parser.add_argument("--groupings", default=",".join(GROUPINGS),
                         help=f"fold groupings to run: {', '.join(GROUPINGS)} (default all)")
+    parser.add_argument("--folds", type=int, default=N_SPLITS,
+                        help=f"folds.n_splits (default {N_SPLITS}; the voice-gender contest file ships 5)")
+    parser.add_argument("--recipe", default="voice", choices=["voice", "voice_encoder"],
+                        help="experiments/_recipes/<recipe>.yaml (default voice)")
     parser.add_argument("--device", default="cpu", help="device= of competition.run: cpu, cuda, cuda:N or auto")
     parser.add_argument("--keep", action="store_true", help="keep the temporary project root (printed)")
     parser.add_argument("--smoke", action="store_true", help="smoke run: 1 draw of 8 speakers (the first 4 of each "
@@ -166,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     groupings = [g.strip() for g in args.groupings.split(",") if g.strip()]
     if not groupings or not set(groupings) <= set(GROUPINGS):
         raise SystemExit(f"--groupings: choose from {', '.join(GROUPINGS)} (got {args.groupings})")
-    splits, duration = (SMOKE_SPLITS, SMOKE_DURATION) if args.smoke else (N_SPLITS, DURATION)
+    splits, duration = (SMOKE_SPLITS, SMOKE_DURATION) if args.smoke else (args.folds, DURATION)
     if args.smoke:
         args.draws, args.train_per_gender = 1, 3
     clips, speakers = voices(args.smoke)
@@ -183,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
             base = lay_out(root, f"d{draw}", clips, train, test)
             for grouping in groupings:
                 name = f"d{draw}_{grouping}"
-                write_experiment(root, name, base, grouping, splits, duration)
+                write_experiment(root, name, base, grouping, splits, duration, args.recipe)
                 result = run_one(root, name, draw, grouping, truth, speaker_of, args.device, command)
                 results.append(result)
                 log(f"draw {draw} {result.grouping}: OOF {result.oof:.4f}, test {result.test:.4f}"
@@ -195,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     print("## Speaker groups found by voice (speechocean762_gender, no speaker column)")
     print()
     print(f"Hardware: {hardware_line(args.device if args.device != 'auto' else 'cpu')}")
-    print(f"voice.yaml recipe; {len(train)} training speakers, {len(test)} unseen test speakers per draw; "
+    print(f"{args.recipe}.yaml recipe; {len(train)} training speakers, {len(test)} unseen test speakers per draw; "
           f"{splits} folds, seed 42, no holdout. Total wall time {total / 60:.1f} min")
     print()
     print(markdown_table(["draw", "grouping", "OOF accuracy", "unseen-speaker test accuracy", "OOF - test", "groups",
