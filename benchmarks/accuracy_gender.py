@@ -29,13 +29,16 @@ Methods, each trained and scored on exactly the same split:
 4. `voice pitch`: experiments/_recipes/voice_pitch.yaml (the voice recipe on the pitch quantiles alone).
 5. `voice encoder`: experiments/_recipes/voice_encoder.yaml (a logistic regression on the pretrained GE2E speaker
    embedding from the resemblyzer wheel, fitted exactly).
-6. `voice pitch + voice encoder`: `competition.blend exps=<voice pitch>,<voice encoder> method=soft`, the two
-   experiments above blended (no training of its own; its seconds are the blend's).
+6. `voice encoder fine-tuned` (`tuned`): experiments/_recipes/voice_encoder_tuned.yaml (the same encoder and an
+   MLP head trained end to end on the waveforms, frontend.trainable).
+7. `voice pitch + voice encoder`: `competition.blend exps=<voice pitch>,<voice encoder> method=soft`, the two
+   experiments above blended (no training of its own; its seconds are the blend's); `tpair` the same with the
+   fine-tuned encoder.
 8. `the pair after a pseudo-label round` (`pl`): `competition.pseudo exps=<voice pitch>,<voice encoder>
    threshold=0.9` and the same with the encoder first (each round is its first source's recipe trained again with
    the test clips the two label at 0.9 or more; fold k labelled by their fold k alone), then the two rounds blended
    soft as the pair is. Its seconds are the two rounds' and the blend's.
-7. `probe`: the frozen-encoder linear probe the encoder recipes must beat: the same speaker encoder on each whole
+9. `probe`: the frozen-encoder linear probe the encoder recipes must beat: the same speaker encoder on each whole
    clip (competition.encoders, mean of its windows, unit length) + one scikit-learn LogisticRegression (default C)
    on every training clip, no folds.
 A toolkit method runs through the real command line in a subprocess, cwd the temporary project root:
@@ -50,7 +53,8 @@ Everything is written into a temporary project root (the split folders, made of 
 copies; the contest and experiment configs; fold files; the waveform caches; fold outputs; answer files; each
 command's log), so the repository and ~/.cache are left untouched; `--keep` keeps it and prints where. --smoke runs
 the six regime's first draw on the first 4 speakers of each gender (voices), speaker-grouped folds alone, 2 of them,
-1 s crops, the CNN as common.TINY_CNN, the toolkit's commands in this process (common.toolkit_here).
+1 s crops, the CNN as common.TINY_CNN, the fine-tuned encoder for 2 epochs, the toolkit's commands in this process
+(common.toolkit_here).
 """
 from __future__ import annotations
 
@@ -77,13 +81,15 @@ MANY_TEST_PER_GENDER = 15  # 30 of 102 speakers held out
 FEW_TRAIN_PER_GENDER = {"few": 8, "six": 3}  # training speakers per gender: 16 (86 test speakers), 6 (96)
 GROUPINGS = {"spk": "speaker", "clip": "per clip"}  # data-name suffix -> how the folds are made
 METHODS = {"old": "old default (cnn)", "new": "new default (voice)", "pitch": "voice pitch", "enc": "voice encoder",
-           "pair": "voice pitch + voice encoder", "pl": "the pair after a pseudo-label round"}
-# pair blends the pitch and enc experiments, pl trains a pseudo-label round of each on the pair's labels: list them
-# after both
+           "tuned": "voice encoder fine-tuned", "pair": "voice pitch + voice encoder",
+           "tpair": "voice pitch + fine-tuned encoder", "pl": "the pair after a pseudo-label round"}
+BLENDS = {"pair": ("pitch", "enc"), "tpair": ("pitch", "tuned")}  # methods that blend two others, soft
+# pl trains a pseudo-label round of pitch and enc on the pair's labels: list it, and each blend, after its members
 PSEUDO_THRESHOLD = 0.9  # pl: the test clips whose pair probability reaches this are trained on
 BASELINE = "baseline (log-mel + LR)"
 PROBE = "probe (speaker encoder + LR)"
 VOICE_ENCODER_RECIPE = REPO / "experiments" / "_recipes" / "voice_encoder.yaml"
+VOICE_ENCODER_TUNED_RECIPE = REPO / "experiments" / "_recipes" / "voice_encoder_tuned.yaml"
 VOICE_PITCH_RECIPE = REPO / "experiments" / "_recipes" / "voice_pitch.yaml"
 SMOKE_PER_GENDER = 4  # a smoke run's speakers: the first four of each gender (48 clips)
 SMOKE_DURATION = 1.0  # a smoke run's clips: the toolkit's crops of 1 s (pitch statistics and CNN inputs)
@@ -180,13 +186,17 @@ def write_contest(root: Path, data_name: str, base: Path, with_speaker: bool, sp
     return path
 
 
-def write_experiment(root: Path, name: str, contest: Path, method: str, cnn: dict) -> None:
-    """experiments/<name>/config.yaml: the contest with the method's recipe; the old default's with `cnn` over it."""
+def write_experiment(root: Path, name: str, contest: Path, method: str, cnn: dict, smoke: bool = False) -> None:
+    """experiments/<name>/config.yaml: the contest with the method's recipe; the old default's with `cnn` over it
+    (and in a smoke run, the fine-tuned encoder's with 2 epochs)."""
     config = {"contest": str(contest)}
     if method == "old":
         config.update({"recipe": str(CNN_RECIPE), **cnn, "tta": {"views": ["plain"]}})
     else:
-        config["recipe"] = str({"new": VOICE_RECIPE, "pitch": VOICE_PITCH_RECIPE, "enc": VOICE_ENCODER_RECIPE}[method])
+        config["recipe"] = str({"new": VOICE_RECIPE, "pitch": VOICE_PITCH_RECIPE, "enc": VOICE_ENCODER_RECIPE,
+                                "tuned": VOICE_ENCODER_TUNED_RECIPE}[method])
+        if method == "tuned" and smoke:
+            config["train"] = {"epochs": 2}
     folder = root / "experiments" / name
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(json.dumps(config, indent=2) + "\n")
@@ -270,8 +280,8 @@ def run_linear(split: Split, clips: pd.DataFrame, features: dict[str, np.ndarray
 def run_toolkit(root: Path, split: Split, method: str, grouping: str, exp: str, truth: pd.Series,
                 device: str, command: Command) -> Result:
     with Stopwatch() as watch:
-        if method == "pair":
-            members = ",".join(exp.replace("_pair", f"_{part}") for part in ("pitch", "enc"))
+        if method in BLENDS:
+            members = ",".join(exp.replace(f"_{method}", f"_{part}") for part in BLENDS[method])
             command(root, exp, ["competition.blend", f"exps={members}", "method=soft", f"name={exp}"])
         elif method == "pl":  # each of the pair again, on the test clips both label surely (the first is the base)
             pitch, enc = (exp.replace("_pl", f"_{part}") for part in ("pitch", "enc"))
@@ -354,9 +364,9 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [r for r in regimes if r not in ("many", "few", "six")]
     if unknown or not regimes:
         raise SystemExit(f"--regimes: choose from many, few, six (got {args.regimes})")
-    for method in ("pair", "pl"):
-        if method in methods and not {"pitch", "enc"} <= set(methods[:methods.index(method)]):
-            raise SystemExit(f"--methods: {method} builds on pitch and enc, so list both before it")
+    for method, members in {**BLENDS, "pl": ("pitch", "enc")}.items():
+        if method in methods and not set(members) <= set(methods[:methods.index(method)]):
+            raise SystemExit(f"--methods: {method} builds on {' and '.join(members)}, so list both before it")
 
     clips, speakers = voices(args.smoke)
     splits = draw_splits(speakers, regimes, args.many_draws, args.draws)
@@ -388,8 +398,8 @@ def main(argv: list[str] | None = None) -> None:
                                         with_speaker, args.splits, SMOKE_DURATION if args.smoke else DURATION)
                 for method in methods:
                     exp = f"{split.tag}_{grouping}_{method}"
-                    if method not in ("pair", "pl"):
-                        write_experiment(root, exp, contest, method, cnn)
+                    if method not in (*BLENDS, "pl"):
+                        write_experiment(root, exp, contest, method, cnn, args.smoke)
                     result = run_toolkit(root, split, method, grouping, exp, truth, args.device, command)
                     done.append(result)
                     log(f"{split.tag} {exp}: OOF {fmt(result.oof)}, test {result.test:.4f} "
@@ -405,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(f"Hardware: {hardware_line(args.device if args.device != 'auto' else 'cpu')}")
     print(f"Old default: cnn.yaml with train.epochs={args.epochs}, tta plain; new default: voice.yaml; voice pitch: "
-          f"voice_pitch.yaml; voice encoder: voice_encoder.yaml; {args.splits} folds, seed 42, no holdout; blend method chosen from OOF evidence "
+          f"voice_pitch.yaml; voice encoder: voice_encoder.yaml; fine-tuned: voice_encoder_tuned.yaml; {args.splits} folds, seed 42, no holdout; blend method chosen from OOF evidence "
           "(the pair: soft)")
     print(f"Total wall time {total / 60:.1f} min ({total:.0f}s)")
     print()

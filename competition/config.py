@@ -16,7 +16,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from competition.augment import AugmentConfig, parse_tta_view, validate_augment
 from competition.compute import MEMORY_FORMATS, PRECISIONS
-from competition.encoders import POOLS, check_encoder_name
+from competition.encoders import POOLS, check_encoder_name, check_trainable
 from competition.errors import UserError
 from competition.frontend import STATS
 from competition.metrics import METRICS
@@ -80,6 +80,9 @@ class FrontendConfig:
     encoder: str = "speaker"  # kind=encoder: speaker | words | hf:<hub id or folder> (competition.encoders.ENCODERS)
     pool: str = "mean"  # kind=encoder: mean | meanstd of the encoder's frames over the clip
     layer: int = -1  # encoder=hf:...: the hidden layer whose frames are pooled (-1 the last)
+    trainable: bool = False  # kind=encoder: fine-tune the encoder end to end with the head (speaker or hf:...; the
+    # model must train over epochs: embedding_mlp), instead of a frozen encoder's cached embeddings
+    lr_scale: float = 0.1  # trainable: the encoder's learning rate as a fraction of train.lr
     n_mels: int = 64
     n_fft: int = 1024
     hop_length: int = 160
@@ -546,9 +549,16 @@ def validate(cfg: DictConfig, origin: str, command_line: set[str] = frozenset())
                         f"of {', '.join(STATS)}")
     if cfg.frontend.kind == "encoder":
         try:
-            check_encoder_name(cfg.frontend.encoder)
+            (check_trainable if cfg.frontend.trainable else check_encoder_name)(cfg.frontend.encoder)
         except UserError as exc:
             raise UserError(f"{where('frontend.encoder')}: {exc}") from None
+    if cfg.frontend.trainable and cfg.frontend.kind != "encoder":
+        raise UserError(f"{where('frontend.trainable')}: 'frontend.trainable' fine-tunes a pretrained encoder; set "
+                        f"frontend.kind=encoder, or frontend.trainable=false (a {cfg.frontend.kind} frontend has no "
+                        "weights to train)")
+    if not cfg.frontend.lr_scale > 0:
+        raise UserError(f"{where('frontend.lr_scale')}: 'frontend.lr_scale' is the encoder's share of train.lr, above "
+                        f"0; got {cfg.frontend.lr_scale}")
     if not cfg.tta.views:
         raise UserError(f"{where('tta.views')}: 'tta.views' is empty; use [plain] for no test-time augmentation")
     for view in cfg.tta.views:

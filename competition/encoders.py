@@ -17,6 +17,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import re
 import uuid
@@ -27,6 +28,7 @@ from typing import Callable
 import librosa
 import numpy as np
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from competition.errors import UserError
@@ -85,43 +87,72 @@ class GE2E(torch.nn.Module):
         return embedding / embedding.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def speaker_encoder(_: str, device: torch.device) -> Encoder:
-    """resemblyzer's GE2E: one embedding per 1.6 s window, windows 1/1.3 s apart (its own embed_utterance slicing),
-    on the clip's power mel (25 ms windows, 10 ms hop) after raising quiet clips to -30 dBFS."""
-    path, identity = package_file("resemblyzer", "Resemblyzer", "pretrained.pt")
-    model = GE2E()
-    state = torch.load(path, map_location="cpu", weights_only=True)["model_state"]
-    model.load_state_dict({k: v for k, v in state.items() if not k.startswith("similarity")})
-    model = model.to(device).eval()
-    rate, hop, window = 16000, 160, 160  # 10 ms frames, 160-frame (1.6 s) windows
-    step = round(rate / 1.3 / hop)
+class SpeakerWindows(torch.nn.Module):
+    """resemblyzer's GE2E over a clip's windows, in torch from the samples on (so it can be fine-tuned): one
+    embedding per 1.6 s window, windows 1/1.3 s apart (its own embed_utterance slicing), on the clip's power mel
+    (25 ms windows, 10 ms hop, librosa's 40-band filterbank) after raising quiet clips to -30 dBFS."""
 
-    def windows(wave: np.ndarray) -> np.ndarray:
-        rms = float(np.sqrt(np.mean(np.square(wave, dtype=np.float64)))) if len(wave) else 0.0
+    rate, hop, window = 16000, 160, 160  # 10 ms frames, 160-frame (1.6 s) windows
+
+    def __init__(self, ge2e: GE2E) -> None:
+        super().__init__()
+        self.ge2e = ge2e
+        self.step = round(self.rate / 1.3 / self.hop)
+        mel = librosa.filters.mel(sr=self.rate, n_fft=400, n_mels=40)
+        self.register_buffer("mel", torch.from_numpy(mel), persistent=False)
+        self.register_buffer("stft_window", torch.hann_window(400, periodic=True), persistent=False)
+
+    def windows(self, wave: torch.Tensor) -> torch.Tensor:
+        """A clip's (windows, 160, 40) mel windows, as librosa.feature.melspectrogram(n_fft=400, hop_length=160,
+        n_mels=40) cut them."""
+        rms = float(wave.detach().double().square().mean().sqrt()) if len(wave) else 0.0
         if 0 < rms < 10 ** (-30 / 20):
             wave = wave * (10 ** (-30 / 20) / rms)
-        count = int(np.ceil((len(wave) + 1) / hop))
-        starts = list(range(0, max(1, count - window + step + 1), step))
-        if len(starts) > 1 and (len(wave) - starts[-1] * hop) / (window * hop) < 0.75:
+        count = math.ceil((len(wave) + 1) / self.hop)
+        starts = list(range(0, max(1, count - self.window + self.step + 1), self.step))
+        if len(starts) > 1 and (len(wave) - starts[-1] * self.hop) / (self.window * self.hop) < 0.75:
             starts = starts[:-1]  # a last window mostly past the clip's end
-        wave = np.pad(wave, (0, max(0, (starts[-1] + window) * hop - len(wave))))
-        mel = librosa.feature.melspectrogram(y=wave, sr=rate, n_fft=400, hop_length=hop, n_mels=40).T
-        return np.stack([mel[start:start + window] for start in starts]).astype(np.float32)
+        wave = F.pad(wave, (0, max(0, (starts[-1] + self.window) * self.hop - len(wave))))
+        spec = torch.stft(wave, 400, self.hop, window=self.stft_window, center=True, pad_mode="constant",
+                          return_complex=True)
+        mel = (self.mel @ (spec.real.square() + spec.imag.square())).T
+        return torch.stack([mel[start:start + self.window] for start in starts])
+
+    def forward(self, waves: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Every clip's window embeddings, (windows, 256) each, from one batch through the LSTM."""
+        mels = [self.windows(wave.float()) for wave in waves]
+        return list(torch.split(self.ge2e(torch.cat(mels)), [len(m) for m in mels]))
+
+
+def speaker_windows(pretrained: bool = True) -> tuple[SpeakerWindows, dict]:
+    """A fresh GE2E over windows with resemblyzer's weights (or, with pretrained=False, for a fine-tuned fold's own
+    weights loaded next: no package needed), and the identity of the shipped weights."""
+    model, identity = GE2E(), {"encoder": "speaker"}
+    if pretrained:
+        path, package = package_file("resemblyzer", "Resemblyzer", "pretrained.pt")
+        state = torch.load(path, map_location="cpu", weights_only=True)["model_state"]
+        model.load_state_dict({k: v for k, v in state.items() if not k.startswith("similarity")})
+        identity.update(package)
+    return SpeakerWindows(model), identity
+
+
+def speaker_encoder(_: str, device: torch.device) -> Encoder:
+    """resemblyzer's GE2E speaker encoder, frozen (SpeakerWindows)."""
+    module, identity = speaker_windows()
+    module = module.to(device).eval()
 
     @torch.inference_mode()
     def frames(waves: list[np.ndarray]) -> list[np.ndarray]:
         """Every clip's windows through the LSTM in one batch (one call per clip is ten times slower), on one CPU
         thread: its small sequential steps gain nothing from two, and lose 20x when the other core is busy."""
-        mels = [windows(wave) for wave in waves]
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            embeddings = model(torch.from_numpy(np.concatenate(mels)).to(device)).cpu().numpy()
+            return [f.cpu().numpy() for f in module([torch.from_numpy(wave).to(device) for wave in waves])]
         finally:
             torch.set_num_threads(threads)
-        return np.split(embeddings, np.cumsum([len(m) for m in mels])[:-1])
 
-    return Encoder("speaker", rate, frames, {"encoder": "speaker", **identity})
+    return Encoder("speaker", SpeakerWindows.rate, frames, identity)
 
 
 def words_encoder(_: str, device: torch.device) -> Encoder:
@@ -161,26 +192,37 @@ def words_encoder(_: str, device: torch.device) -> Encoder:
     return Encoder("words", rate, frames, {"encoder": "words", **identity})
 
 
-def transformers_encoder(source: str, device: torch.device, layer: int = -1) -> Encoder:
-    """Any transformers audio model (wav2vec2, HuBERT, WavLM, AST ...) by hub id or local folder: the frames of one
-    hidden layer (`frontend.layer`, -1 the last). A folder is read offline; a hub id is fetched only because the user
-    named it, and an unreachable hub is one line saying how to use a local copy instead."""
+def _load_transformers(source: str, pretrained: bool = True):
+    """(feature extractor, model) of a transformers audio model by hub id or local folder; with pretrained=False the
+    architecture only (its config), for a fine-tuned fold's own weights loaded next. A folder is read offline; a hub
+    id is fetched only because the user named it, and an unreachable hub is one line saying how to use a local copy."""
     try:
-        from transformers import AutoFeatureExtractor, AutoModel
+        from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
     except ImportError:
         raise UserError("frontend.encoder=hf:... needs transformers: pip install transformers") from None
     folder = Path(source).expanduser()
     local = folder.is_dir()
+    where = str(folder) if local else source
     try:
-        extractor = AutoFeatureExtractor.from_pretrained(str(folder) if local else source, local_files_only=local)
-        model = AutoModel.from_pretrained(str(folder) if local else source, local_files_only=local)
+        extractor = AutoFeatureExtractor.from_pretrained(where, local_files_only=local)
+        model = (AutoModel.from_pretrained(where, local_files_only=local) if pretrained
+                 else AutoModel.from_config(AutoConfig.from_pretrained(where, local_files_only=local)))
     except (OSError, ValueError) as exc:
         hint = ("is it a folder saved with save_pretrained (config.json, weights, preprocessor_config.json)?" if local
                 else "on a machine without internet, save it elsewhere with save_pretrained and give that folder: "
                      "frontend.encoder=hf:/path/to/folder")
         raise UserError(f"frontend.encoder=hf:{source}: cannot load it ({str(exc).splitlines()[0][:160]}); {hint}") \
             from None
+    return extractor, model
+
+
+def transformers_encoder(source: str, device: torch.device, layer: int = -1) -> Encoder:
+    """Any transformers audio model (wav2vec2, HuBERT, WavLM, AST ...) by hub id or local folder: the frames of one
+    hidden layer (`frontend.layer`, -1 the last)."""
+    extractor, model = _load_transformers(source)
     model = model.to(device).eval()
+    folder = Path(source).expanduser()
+    local = folder.is_dir()
     weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) if local else []
     identity = {"encoder": f"hf:{folder.resolve() if local else source}", "layer": layer,
                 "package": "transformers", "version": importlib.metadata.version("transformers"),
@@ -200,8 +242,46 @@ def transformers_encoder(source: str, device: torch.device, layer: int = -1) -> 
     return Encoder(identity["encoder"], rate, frames, identity)
 
 
+class TransformersFrames(torch.nn.Module):
+    """A transformers model that takes raw samples (wav2vec2, HuBERT, WavLM), differentiably: each clip normalised as
+    its feature extractor does (zero mean and unit variance, where it does), then the frames of one hidden layer."""
+
+    def __init__(self, model: torch.nn.Module, layer: int, normalize: bool, rate: int) -> None:
+        super().__init__()
+        self.model, self.layer, self.normalize, self.rate = model, layer, normalize, rate
+
+    def forward(self, waves: list[torch.Tensor]) -> list[torch.Tensor]:  # one clip at a time: no padding to mask
+        out = []
+        for wave in waves:
+            x = wave.float()
+            if self.normalize:
+                x = (x - x.mean()) / (x.var(unbiased=False) + 1e-7).sqrt()
+            x = F.pad(x, (0, max(0, self.rate // 10 - len(x))))  # a silent clip's 160 samples are too few to convolve
+            out.append(self.model(input_values=x[None], output_hidden_states=True).hidden_states[self.layer][0])
+        return out
+
+
+def transformers_frames(source: str, layer: int, pretrained: bool = True) -> TransformersFrames:
+    """A fresh, trainable copy of a transformers model that reads raw samples; one whose feature extractor computes
+    spectrogram features first (AST, Whisper) is refused, since that step is not differentiable here."""
+    extractor, model = _load_transformers(source, pretrained)
+    if list(getattr(extractor, "model_input_names", []))[:1] != ["input_values"] or \
+            getattr(extractor, "feature_size", 1) != 1:
+        raise UserError(f"frontend.trainable: hf:{source} reads {type(extractor).__name__} features, not raw samples; "
+                        "fine-tune a model that reads the waveform (wav2vec2, HuBERT, WavLM), or set "
+                        "frontend.trainable=false")
+    return TransformersFrames(model, layer, bool(getattr(extractor, "do_normalize", False)),
+                              int(extractor.sampling_rate))
+
+
 ENCODERS: dict[str, Callable[..., Encoder]] = {"speaker": speaker_encoder, "words": words_encoder,
                                                "hf": transformers_encoder}
+# The encoders that frontend.trainable fine-tunes: (encoder source, frontend.layer, pretrained) -> a fresh torch
+# module from clips (a list of 1-D sample tensors) to their frames, (frames, dim) each, and the rate it reads.
+TRAINABLE: dict[str, Callable[[str, int, bool], torch.nn.Module]] = {
+    "speaker": lambda _, __, pretrained: speaker_windows(pretrained)[0],
+    "hf": transformers_frames,
+}
 # Encoders whose weights come in a pinned wheel: the only ones a bundle may name. A transformers encoder is a folder
 # or hub id of the packer's machine, which a bundle neither carries nor should make another machine read or fetch.
 BUNDLE_ENCODERS = ("speaker", "words")
@@ -343,9 +423,67 @@ class EncoderFrontend(torch.nn.Module):
         return features.to(wave.device)[:, None, :, None]
 
 
-def strip_padding(samples: np.ndarray, shortest: int = 160) -> np.ndarray:
-    """The clip without the exact zeros padded before and after it (at least `shortest` samples, for silence)."""
+def sounding_span(samples: np.ndarray, shortest: int = 160) -> slice:
+    """Where the clip is, without the exact zeros padded before and after it (at least `shortest` samples, for
+    silence)."""
     sounding = np.flatnonzero(samples)
     if len(sounding) == 0:
-        return samples[:shortest]
-    return samples[sounding[0]:max(sounding[-1] + 1, sounding[0] + shortest)]
+        return slice(0, shortest)
+    return slice(sounding[0], max(sounding[-1] + 1, sounding[0] + shortest))
+
+
+def strip_padding(samples: np.ndarray, shortest: int = 160) -> np.ndarray:
+    """The clip without the padding the waveform cache added (sounding_span)."""
+    return samples[sounding_span(samples, shortest)]
+
+
+class EncoderClassifier(torch.nn.Module):
+    """frontend.trainable: the encoder and the head as one model, fine-tuned end to end. It takes the waveforms (the
+    Waveforms frontend passes them through), strips each clip's padding as EncoderFrontend does, pools the
+    encoder's frames (mean, or mean and spread) and gives the head the (batch, 1, dim, 1) vectors the frozen path
+    gives it. As part of the model, the encoder's weights go wherever a fold's weights go: the optimiser (at
+    frontend.lr_scale times train.lr), EMA, SWA, resume, model.pt and bundles; augmentation of the waveforms reaches
+    the encoder. Nothing is cached: the embeddings change with every step."""
+
+    def __init__(self, frames: torch.nn.Module, pool: str, head: torch.nn.Module) -> None:
+        super().__init__()
+        self.frames, self.pool, self.head = frames, pool, head
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, head: torch.nn.Module, pretrained: bool = True) -> "EncoderClassifier":
+        """The configured encoder, fresh (its shipped weights, or with pretrained=False the architecture only, for a
+        trained fold's own weights), under `head`."""
+        f = cfg.frontend
+        check_trainable(f.encoder)
+        if hasattr(head, "fit"):
+            raise UserError(f"frontend.trainable fine-tunes the encoder over epochs, but model.name={cfg.model.name} is "
+                            "fitted exactly in one go; use model.name=embedding_mlp")
+        kind, _, source = f.encoder.partition(":")
+        frames = TRAINABLE[kind](source, f.layer, pretrained)
+        if frames.rate != cfg.audio.sample_rate:
+            raise UserError(f"frontend.trainable: frontend.encoder={f.encoder} reads {frames.rate} Hz audio, but "
+                            f"audio.sample_rate is {cfg.audio.sample_rate}; set audio.sample_rate={frames.rate}")
+        return cls(frames, f.pool, head)
+
+    def parameter_groups(self, lr: float, encoder_scale: float) -> list[dict]:
+        """The optimiser's groups: the pretrained encoder learns at `encoder_scale` times the head's rate, so the
+        fresh head's first large steps do not wash out what the encoder knows."""
+        return [{"params": list(self.head.parameters()), "lr": lr},
+                {"params": list(self.frames.parameters()), "lr": lr * encoder_scale}]
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        spans = [sounding_span(row) for row in (wave.detach() != 0).cpu().numpy()]
+        pooled = []
+        for frames in self.frames([row[span] for row, span in zip(wave, spans)]):
+            frames = frames.float()
+            pooled.append(frames.mean(0) if self.pool == "mean"
+                          else torch.cat([frames.mean(0), frames.std(0, unbiased=False)]))
+        return self.head(torch.stack(pooled)[:, None, :, None])
+
+
+def check_trainable(name: str) -> None:
+    """Refuse, before anything is loaded, to fine-tune an encoder that is not a torch module."""
+    check_encoder_name(name)
+    if name.split(":", 1)[0] not in TRAINABLE:
+        raise UserError(f"frontend.trainable: frontend.encoder={name} runs as an exported ONNX graph, which cannot "
+                        "be fine-tuned; fine-tune speaker or hf:<model>, or set frontend.trainable=false")

@@ -146,10 +146,23 @@ class ClipStats(torch.nn.Module):
         return torch.cat(features, -1)[:, None, :, None]
 
 
-Frontend = LogMel | ClipStats | EncoderFrontend
+class Waveforms(torch.nn.Module):
+    """The samples themselves, for a model that computes its own features differentiably: a fine-tuned encoder
+    (frontend.trainable, competition.encoders.EncoderClassifier)."""
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return wave
+
+
+def encoder_frontend(cfg: DictConfig) -> EncoderFrontend | Waveforms:
+    """Frozen, the encoder is a frontend whose embeddings are cached; fine-tuned, it is part of the model."""
+    return Waveforms() if cfg.frontend.get("trainable", False) else EncoderFrontend.from_config(cfg)
+
+
+Frontend = LogMel | ClipStats | EncoderFrontend | Waveforms
 FRONTENDS: dict[str, Callable[[DictConfig], Frontend]] = {"logmel": LogMel.from_config,
                                                           "clip_stats": ClipStats.from_config,
-                                                          "encoder": EncoderFrontend.from_config}
+                                                          "encoder": encoder_frontend}
 
 
 def make_frontend(cfg: DictConfig) -> Frontend:

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from competition.backbones import SEDModel  # also registers our own models with timm
+from competition.encoders import EncoderClassifier
 from competition.errors import UserError
 from competition.frontend import make_frontend
 
@@ -42,8 +43,12 @@ def _check_weights_cover(model: torch.nn.Module, weights: Path) -> None:
 
 def create_model(cfg: DictConfig, num_classes: int, pretrained: bool = True) -> torch.nn.Module:
     """The configured backbone with a `num_classes` head (model.head: the backbone's own, or an SED head) and a
-    one-channel stem; with pretrained=False, no weights are loaded (for a trained fold's own weights, loaded next)."""
+    one-channel stem, or with frontend.trainable the encoder and that head as one model; with pretrained=False, no
+    weights are loaded (for a trained fold's own weights, loaded next)."""
     check_backbone(cfg.model.name)
+    if cfg.frontend.kind == "encoder" and cfg.frontend.get("trainable", False):
+        head = _backbone(cfg.model, False, num_classes=num_classes)
+        return _materialise(EncoderClassifier.from_config(cfg, head, pretrained), cfg)
     if cfg.model.get("head", "plain") == "sed":  # get: a fold saved before model.head existed has a plain head
         backbone = _backbone(cfg.model, pretrained, num_classes=0, global_pool="")  # the SED head pools, classifies
         return _materialise(SEDModel(_check_feature_map(backbone, cfg), num_classes, cfg.model.drop_rate), cfg)

@@ -197,7 +197,8 @@ def make_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_
     if t.schedule == "onecycle":  # its rising phase is the warm-up
         rise = t.warmup_epochs / t.epochs if t.warmup_epochs else 0.25
         # at least two rising steps: torch divides by the phase's length in steps, zero for a one-step phase
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t.lr, total_steps=total,
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                                   total_steps=total,
                                                    pct_start=min(max(rise, 2 / total), 0.99))
     warmup = round(t.warmup_epochs * steps_per_epoch)
     decay = {"cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress)),
@@ -696,7 +697,9 @@ def _fit(cfg: DictConfig, data: FoldData, fold: int, device: torch.device, work:
         return _fit_exactly(cfg, model, frontend, data, device, work, observers)
     augmenter = Augmenter(cfg.augment, cfg.audio.sample_rate, device)
     heavy = HeavyAugment(cfg.augment, cfg.audio.sample_rate) if heavy_enabled(cfg.augment) else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    groups = (model.parameter_groups(t.lr, cfg.frontend.lr_scale) if hasattr(model, "parameter_groups")
+              else model.parameters())  # a fine-tuned encoder learns more slowly than its fresh head
+    optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
     steps_per_epoch = max(1, len(data.train) // t.batch_size + (len(data.train) % t.batch_size >= 2))
     state = TrainState(
         model=model, ema=ModelEmaV3(model, decay=t.ema) if t.ema else None, optimizer=optimizer,

@@ -234,7 +234,8 @@ def test_accuracy_gender_smoke_runs_every_method_on_unseen_speakers(capsys: pyte
     shared_data("speechocean762_gender")
     lines = smoke("accuracy_gender", capsys, monkeypatch)
     methods = ["baseline (log-mel + LR)", "probe (speaker encoder + LR)", "old default (cnn)", "new default (voice)",
-               "voice pitch", "voice encoder", "voice pitch + voice encoder", "the pair after a pseudo-label round"]
+               "voice pitch", "voice encoder", "voice encoder fine-tuned", "voice pitch + voice encoder",
+               "voice pitch + fine-tuned encoder", "the pair after a pseudo-label round"]
     rows = table(lines, "| regime | draw | method | grouping | local OOF accuracy | unseen-speaker test accuracy |")
     assert [row[:4] for row in rows] == [["six", "0", method, "-" if i < 2 else "speaker"]
                                          for i, method in enumerate(methods)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import librosa
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,7 +14,8 @@ from omegaconf import OmegaConf
 
 from competition import blend, bundle, pack, predict
 from competition.config import load_experiment
-from competition.encoders import EmbeddingStore, EncoderFrontend, load_encoder, strip_padding
+from competition.encoders import (EmbeddingStore, EncoderClassifier, EncoderFrontend, load_encoder, speaker_windows,
+                                  strip_padding)
 from competition.errors import UserError
 from competition.train import load_fold_model, train_fold
 from conftest import error_line, run_verb as cli, train_every_fold, write_tones_data, write_tones_experiment
@@ -195,3 +197,83 @@ def test_config_refuses_an_unknown_encoder_in_one_line(tones: Path, capsys) -> N
     code, _, err = cli(capsys, run, "exp=bad", "fold=0")
     assert code != 0
     assert "frontend.encoder" in error_line(err) and "wav2vec" in error_line(err)
+
+
+def test_the_speaker_encoders_torch_windows_are_librosas_mel_windows() -> None:
+    """The fine-tunable path computes resemblyzer's input itself: the same power mel as librosa, cut into the same
+    1.6 s windows 77 frames (1/1.3 s) apart."""
+    wave = voice_like(16000, 3.0, 130, 0)
+    windows = speaker_windows(pretrained=False)[0].windows(torch.from_numpy(wave)).numpy()
+    mel = librosa.feature.melspectrogram(y=wave, sr=16000, n_fft=400, hop_length=160, n_mels=40).T
+    assert windows.shape == (3, 160, 40)
+    for window, start in zip(windows[:2], (0, 77)):  # the third runs into the padding past the clip's end
+        assert np.allclose(window, mel[start:start + 160], rtol=1e-4, atol=1e-6)
+
+
+TRAINABLE = {**ENCODER, "audio": {"sample_rate": 16000, "duration": 0.75},
+             "frontend": {"kind": "encoder", "encoder": "speaker", "trainable": True, "lr_scale": 0.1},
+             "model": {"name": "embedding_mlp"}, "train": {"epochs": 2, "lr": 0.01, "batch_size": 8}}
+
+
+def test_before_a_step_the_fine_tunable_encoder_embeds_as_the_frozen_frontend_does(tmp_path: Path) -> None:
+    cfg = OmegaConf.create({"frontend": {**TRAINABLE["frontend"], "pool": "meanstd", "layer": -1},
+                            "audio": TRAINABLE["audio"], "model": {"name": "embedding_mlp"}})
+    tuned = EncoderClassifier.from_config(cfg, torch.nn.Flatten())
+    frozen = EncoderFrontend("speaker", "meanstd", -1, 16000, tmp_path / "store")
+    waves = np.zeros((2, 16000), np.float32)
+    waves[0, 3000:3000 + 9600] = voice_like(16000, 0.6, 130, 3)
+    waves[1, :12000] = voice_like(16000, 0.75, 220, 4)
+    with torch.no_grad():
+        assert torch.allclose(tuned(torch.from_numpy(waves)), frozen(torch.from_numpy(waves)).flatten(1), atol=2e-3)
+
+
+def test_a_fine_tuned_encoder_trains_end_to_end_and_travels_in_its_folds_weights(encoded: Path, tmp_path: Path,
+                                                                                  capsys, monkeypatch) -> None:
+    monkeypatch.chdir(encoded)
+    store = sorted((encoded / "cache" / "embeddings").rglob("*.npz"))
+    write_tones_experiment(encoded, "tuned", **TRAINABLE)
+    summary = train_fold(load_experiment("tuned"), 0, "cpu")
+    assert summary["val_accuracy"] >= 0.8
+    assert sorted((encoded / "cache" / "embeddings").rglob("*.npz")) == store  # nothing cached: weights move
+    weights = torch.load(encoded / "experiments" / "tuned" / "fold_0" / "model.pt", weights_only=True)["model"]
+    shipped = speaker_windows()[0].state_dict()
+    assert shipped.keys() == {k.removeprefix("frames.") for k in weights if k.startswith("frames.")}
+    assert not torch.equal(weights["frames.ge2e.lstm.weight_hh_l0"], shipped["ge2e.lstm.weight_hh_l0"])
+    code, _, err = cli(capsys, pack, "exps=tuned", f"out={tmp_path / 'tuned.zip'}", "missing=skip", "method=soft")
+    assert code == 0, err
+    import importlib.util
+    real = importlib.util.find_spec  # the fold's own weights are in the bundle: the wheel is not needed to predict
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "resemblyzer" else real(name, *a))
+    code, _, err = cli(capsys, predict, f"bundle={tmp_path / 'tuned.zip'}", "test=data/test", "name=tuned")
+    assert code == 0, err
+    answers = pd.read_csv(encoded / "submissions" / "tuned-soft.csv")
+    test = pd.read_csv(encoded / "experiments" / "tuned" / "fold_0" / "test.csv")
+    assert list(answers.iloc[:, 1]) == list(test[summary["classes"]].idxmax(axis=1).loc[answers.index])
+
+
+def test_a_transformers_encoder_is_fine_tuned_from_its_folder(encoded: Path, tiny_w2v: Path, monkeypatch) -> None:
+    monkeypatch.chdir(encoded)
+    write_tones_experiment(encoded, "w2v_tuned", **{**TRAINABLE, "frontend": {**TRAINABLE["frontend"],
+                                                                              "encoder": f"hf:{tiny_w2v}"},
+                                                    "train": {**TRAINABLE["train"], "epochs": 1}})
+    import transformers
+
+    train_fold(load_experiment("w2v_tuned"), 0, "cpu")
+    weights = torch.load(encoded / "experiments" / "w2v_tuned" / "fold_0" / "model.pt", weights_only=True)["model"]
+    start = transformers.Wav2Vec2Model.from_pretrained(tiny_w2v).state_dict()
+    key = "encoder.layers.0.attention.q_proj.weight"
+    assert not torch.equal(weights[f"frames.model.{key}"], start[key])
+
+
+@pytest.mark.parametrize("sections, key, words", [
+    ({"frontend": {"kind": "encoder", "encoder": "words", "trainable": True}}, "frontend.encoder", "ONNX"),
+    ({"frontend": {"kind": "logmel", "trainable": True}}, "frontend.trainable", "frontend.kind=encoder"),
+    ({"frontend": {"kind": "encoder", "trainable": True, "lr_scale": 0}}, "frontend.lr_scale", "above 0"),
+    ({**TRAINABLE, "model": {"name": "embedding_linear"}}, "embedding_linear", "embedding_mlp"),
+])
+def test_what_cannot_be_fine_tuned_is_one_line(tones: Path, capsys, sections: dict, key: str, words: str) -> None:
+    from competition import run
+    write_tones_experiment(tones, "bad", **sections)
+    code, _, err = cli(capsys, run, "exp=bad", "fold=0")
+    assert code != 0
+    assert key in error_line(err) and words in error_line(err)
