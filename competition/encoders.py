@@ -23,7 +23,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import librosa
 import numpy as np
@@ -192,7 +192,7 @@ def words_encoder(_: str, device: torch.device) -> Encoder:
     return Encoder("words", rate, frames, {"encoder": "words", **identity})
 
 
-def _load_transformers(source: str, pretrained: bool = True):
+def _load_transformers(source: str, pretrained: bool = True) -> tuple[Any, torch.nn.Module]:
     """(feature extractor, model) of a transformers audio model by hub id or local folder; with pretrained=False the
     architecture only (its config), for a fine-tuned fold's own weights loaded next. A folder is read offline; a hub
     id is fetched only because the user named it, and an unreachable hub is one line saying how to use a local copy."""

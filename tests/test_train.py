@@ -28,9 +28,11 @@ def run_cli(module: str, *args: str, cwd: Path, **env: str) -> subprocess.Comple
 
 
 def test_run_writes_complete_fold_outputs(tones: Path) -> None:
-    result = run_cli("competition.run", "exp=tones", "fold=0", "device=cpu", cwd=tones)
+    # 8 epochs: after the tones config's 4, validation accuracy is anywhere from 0.72 to 1.00 with the seed and the
+    # precision (bf16 where the CPU has it); after 8 it is 1.00 for each of seeds 42, 1 and 3, in fp32 and in bf16
+    result = run_cli("competition.run", "exp=tones", "fold=0", "device=cpu", "train.epochs=8", cwd=tones)
     assert result.returncode == 0, result.stderr
-    assert "epoch   4/4" in result.stdout and "eta" in result.stdout
+    assert "epoch   8/8" in result.stdout and "eta" in result.stdout
     fold_dir = tones / "experiments" / "tones" / "fold_0"
     for name in ("DONE", "model.pt", "config.yaml", "metrics.csv", "curves.png", "oof.csv", "holdout.csv", "test.csv"):
         assert (fold_dir / name).is_file(), name
@@ -52,7 +54,7 @@ def test_run_writes_complete_fold_outputs(tones: Path) -> None:
     accuracy = (oof[classes].to_numpy().argmax(1) == oof["label"].map(classes.index)).mean()
     assert summary["val_accuracy"] == pytest.approx(accuracy)
     assert accuracy >= 0.9  # three well separated tones
-    assert len(pd.read_csv(fold_dir / "metrics.csv")) == summary["epochs_run"] == 4
+    assert len(pd.read_csv(fold_dir / "metrics.csv")) == summary["epochs_run"] == 8
     checkpoint = torch.load(fold_dir / "model.pt", weights_only=False)
     assert checkpoint["classes"] == classes and checkpoint["epoch"] == summary["best_epoch"]
 
