@@ -1,9 +1,9 @@
 """How a model's arithmetic runs on a device: the precision (autocast) and memory format of training and evaluation.
 
 CPU training in bf16 pays only where the processor computes bf16 in hardware (AMX, AVX512-BF16): there bf16
-autocast trained resnet18 1.7x and res2next50 1.5x faster than fp32; elsewhere oneDNN emulates it and a training
-step takes several times longer (benchmarks/training_speed.py), so train.precision=auto picks bf16 only on such
-processors. On CUDA train.amp decides (bf16 where the GPU has it, fp16 with loss scaling otherwise). Evaluation on
+autocast trained resnet18 1.4x and res2next50 1.8x faster than fp32 (an AMD EPYC with AVX512-BF16); elsewhere
+oneDNN emulates it and a training step takes several times longer (benchmarks/training_speed.py), so
+train.precision=auto picks bf16 only on such processors. On CUDA train.amp decides (bf16 where the GPU has it, fp16 with loss scaling otherwise). Evaluation on
 the CPU stays in fp32 unless the caller asks for bf16 (predict's precision=bf16).
 
 channels_last memory format is used for training where it was measured faster for the backbone's timm family
@@ -20,8 +20,11 @@ from omegaconf import DictConfig
 PRECISIONS = ("auto", "fp32", "bf16")  # train.precision's choices
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # train.memory_format's choices
 # timm model modules (families) whose CPU training steps ran faster in channels_last than in the default layout,
-# fp32, side by side in benchmarks/training_speed.py; a family is added here when that benchmark says so
-CHANNELS_LAST_FAMILIES: frozenset[str] = frozenset()
+# side by side in benchmarks/training_speed.py; a family is added here when that benchmark says so. Idle 2-core AMD
+# EPYC with AVX512-BF16, batch 16, medians of 3 repeats (benchmarks/results/training_speed_idle_bf16.txt), in fp32
+# and in bf16: resnet 1.08x and 1.06x, res2net 1.32x and 1.32x, efficientnet 1.35x and 1.13x, mobilenetv3 1.32x and
+# 1.07x; on a busy machine without bf16 in hardware, fp32, none slower (1.00x-4.3x, one step per arm)
+CHANNELS_LAST_FAMILIES: frozenset[str] = frozenset({"resnet", "res2net", "efficientnet", "mobilenetv3"})
 
 
 def native_bf16() -> bool:
