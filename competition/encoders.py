@@ -481,6 +481,12 @@ class EncoderClassifier(torch.nn.Module):
         return self.head(torch.stack(pooled)[:, None, :, None])
 
 
+def fine_tuned(cfg: DictConfig) -> bool:
+    """Whether the configured encoder is fine-tuned: then the model takes the waveforms (EncoderClassifier) and the
+    frontend passes them through; the two must agree, so both ask here. `get`: folds saved before the key existed."""
+    return cfg.frontend.kind == "encoder" and bool(cfg.frontend.get("trainable", False))
+
+
 def check_trainable(name: str) -> None:
     """Refuse, before anything is loaded, to fine-tune an encoder that is not a torch module."""
     check_encoder_name(name)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from competition.encoders import EncoderFrontend
+from competition.encoders import EncoderFrontend, fine_tuned
 
 PITCH_RANGE = (50.0, 500.0)  # Hz: adult and child voices
 PITCH_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -156,7 +156,7 @@ class Waveforms(torch.nn.Module):
 
 def encoder_frontend(cfg: DictConfig) -> EncoderFrontend | Waveforms:
     """Frozen, the encoder is a frontend whose embeddings are cached; fine-tuned, it is part of the model."""
-    return Waveforms() if cfg.frontend.get("trainable", False) else EncoderFrontend.from_config(cfg)
+    return Waveforms() if fine_tuned(cfg) else EncoderFrontend.from_config(cfg)
 
 
 Frontend = LogMel | ClipStats | EncoderFrontend | Waveforms

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from competition.backbones import SEDModel  # also registers our own models with timm
-from competition.encoders import EncoderClassifier
+from competition.encoders import EncoderClassifier, fine_tuned
 from competition.errors import UserError
 from competition.frontend import make_frontend
 
@@ -46,7 +46,7 @@ def create_model(cfg: DictConfig, num_classes: int, pretrained: bool = True) -> 
     one-channel stem, or with frontend.trainable the encoder and that head as one model; with pretrained=False, no
     weights are loaded (for a trained fold's own weights, loaded next)."""
     check_backbone(cfg.model.name)
-    if cfg.frontend.kind == "encoder" and cfg.frontend.get("trainable", False):
+    if fine_tuned(cfg):
         head = _backbone(cfg.model, False, num_classes=num_classes)
         return _materialise(EncoderClassifier.from_config(cfg, head, pretrained), cfg)
     if cfg.model.get("head", "plain") == "sed":  # get: a fold saved before model.head existed has a plain head
