@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     from omegaconf import OmegaConf
 
     from competition import predict as predict_command
-    from competition.augment import parse_tta_view
+    from competition.views import parse_tta_view
     from competition.cache import load_split
     from competition.config import SubmissionConfig, load_experiment
     from competition.data import index_test, index_train

@@ -64,7 +64,8 @@ def measure(args: argparse.Namespace, overrides: list[str]) -> None:
     """Both loops timed and the table printed, in the project folder that is the working directory."""
     from timm.utils import ModelEmaV3
 
-    from competition.augment import Augmenter, HeavyAugment, heavy_enabled
+    from competition.augment import Augmenter, HeavyAugment
+    from competition.augment_params import heavy_enabled
     from competition.compute import autocast, training_memory_format, training_precision
     from competition.config import load_experiment
     from competition.frontend import LogMel

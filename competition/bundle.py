@@ -23,15 +23,10 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from safetensors import SafetensorError
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
 
-from competition.config import SubmissionConfig, check_submission
-from competition.encoders import BUNDLE_ENCODERS
+from competition.config import BUNDLE_ENCODERS, SubmissionConfig, check_submission
 from competition.ensemble import METHODS, TTA, Ensemble, FoldModel, choose, network_problem, with_views
 from competition.errors import UserError
 from competition.files import atomic_write
@@ -47,6 +42,8 @@ CHUNK = 2**20  # bytes read (and hashed) at a time
 
 def tensors_bytes(model_state: dict, frontend_state: dict | None, half: bool) -> bytes:
     """One safetensors file: the model's tensors under `model.`, the frontend's statistics under `frontend.`."""
+    from safetensors.torch import save as save_tensors  # torch: imported once there are tensors, not to check paths
+
     tensors = {f"model.{k}": (v.half() if half and v.is_floating_point() else v).contiguous().clone()
                for k, v in model_state.items()}
     tensors.update({f"frontend.{k}": v.contiguous().clone() for k, v in (frontend_state or {}).items()})
@@ -340,6 +337,10 @@ def from_bundle(path: Path, views: list[str] | None, test: dict, name: str, meth
 
 def _bundle_state(read: Callable[[str], bytes], name: str) -> Callable[[], tuple[dict, dict | None]]:
     def state() -> tuple[dict, dict | None]:
+        import torch
+        from safetensors import SafetensorError
+        from safetensors.torch import load as load_tensors
+
         try:
             tensors = load_tensors(read(name))  # safetensors: data only, nothing in it can run
         except (SafetensorError, ValueError) as exc:

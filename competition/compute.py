@@ -17,8 +17,6 @@ from typing import ContextManager
 import torch
 from omegaconf import DictConfig
 
-PRECISIONS = ("auto", "fp32", "bf16")  # train.precision's choices
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # train.memory_format's choices
 # timm model modules (families) whose CPU training steps ran faster in channels_last than in the default layout,
 # side by side in benchmarks/training_speed.py; a family is added here when that benchmark says so. Idle 2-core AMD
 # EPYC with AVX512-BF16, batch 16, medians of 3 repeats (benchmarks/results/training_speed_idle_bf16.txt), in fp32

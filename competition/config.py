@@ -14,12 +14,10 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from competition.augment import AugmentConfig, parse_tta_view, validate_augment
-from competition.compute import MEMORY_FORMATS, PRECISIONS
-from competition.encoders import POOLS, check_encoder_name, check_trainable
+from competition.augment_params import AugmentConfig, validate_augment
 from competition.errors import UserError
-from competition.frontend import STATS
 from competition.metrics import METRICS
+from competition.views import parse_tta_view
 
 EXPERIMENTS_DIR = Path("experiments")
 
@@ -140,7 +138,7 @@ class TrainConfig:
 class TTAConfig:
     """Test-time views: each predicted separately, then averaged (view 'mean')."""
 
-    views: list[str] = field(default_factory=lambda: ["plain"])  # competition.augment.TTA_VIEWS: plain, window:<f>,
+    views: list[str] = field(default_factory=lambda: ["plain"])  # competition.views.TTA_VIEWS: plain, window:<f>,
     # shift:<f>, roll:<f>, gain:<dB>, whole (the whole clip, window by window, averaged), whole_max
 
 
@@ -228,6 +226,14 @@ class Config:
 MIN_WINDOW = 0.1  # seconds: the shortest answer window (submission.window)
 TASK_METRICS = {"single": "accuracy", "multilabel": "lwlrap"}  # train.metric when none is given
 SPACE_KEYS = ("choices", "low", "high", "log", "step")
+STATS = ("bands", "pitch")  # frontend.stats: what ClipStats gives, each mel band's level and spread, the voiced pitch
+# frontend.encoder's kinds (competition.encoders.ENCODERS: `hf` is written hf:<hub id or folder>), and those that
+# frontend.trainable can fine-tune (competition.encoders.TRAINABLE); named here so configs are checked without torch
+ENCODER_KINDS = ("speaker", "words", "hf")
+TRAINABLE_ENCODERS = ("speaker", "hf")
+# Encoders whose weights come in a pinned wheel: the only ones a bundle may name. A transformers encoder is a folder
+# or hub id of the packer's machine, which a bundle neither carries nor should make another machine read or fetch.
+BUNDLE_ENCODERS = ("speaker", "words")
 CHOICES = {
     "data.train.layout": ("table", "class_folders", "filename", "files"),
     "frontend.kind": ("logmel", "clip_stats", "encoder"),
@@ -236,11 +242,11 @@ CHOICES = {
     "submission.columns": ("label", "classes"),
     "folds.groups": ("", "voice"),
     "pseudo.targets": ("hard", "soft"),
-    "frontend.pool": POOLS,
+    "frontend.pool": ("mean", "meanstd"),
     "frontend.normalize": ("clip", "dataset", "none"),
     "train.schedule": ("onecycle", "cosine", "linear", "constant"),
-    "train.precision": PRECISIONS,
-    "train.memory_format": MEMORY_FORMATS,
+    "train.precision": ("auto", "fp32", "bf16"),  # competition.compute
+    "train.memory_format": ("auto", "channels_last", "contiguous"),
     "train.metric": tuple(METRICS),
     "tune.pruner": ("auto", "median", "hyperband", "wilcoxon", "none"),  # competition.tune.PRUNERS, and auto
     "tracking.wandb.mode": ("offline", "online", "disabled"),
@@ -261,13 +267,14 @@ class Experiment:
 
 
 def _demo_path(sub: str) -> str:
-    from competition.demo import demo_path
+    from competition.demo import demo_root
 
-    return demo_path(sub)
+    return str(demo_root() / sub)
 
 
 def _register_resolvers() -> None:
-    """`${demo:words/train}` in a config generates the built-in demo on first use and gives its path."""
+    """`${demo:words/train}` in a config gives the built-in demo's path; load_config generates the demo there on first
+    use, once the config has passed its checks."""
     if not OmegaConf.has_resolver("demo"):
         OmegaConf.register_resolver("demo", _demo_path)
 
@@ -481,6 +488,22 @@ def command_line_keys(overrides: list[str]) -> set[str]:
     return {item.partition("=")[0] for item in overrides}
 
 
+def check_encoder_name(name: str) -> None:
+    """Refuse an unknown `frontend.encoder` before anything is loaded."""
+    kind = name.split(":", 1)[0]
+    if kind not in ENCODER_KINDS or (kind == "hf") != (":" in name and bool(name.split(":", 1)[1])):
+        raise UserError(f"frontend.encoder '{name}' is not an encoder; use one of speaker, words or "
+                        "hf:<hub id or folder>")
+
+
+def check_trainable(name: str) -> None:
+    """Refuse, before anything is loaded, to fine-tune an encoder that is not a torch module."""
+    check_encoder_name(name)
+    if name.split(":", 1)[0] not in TRAINABLE_ENCODERS:
+        raise UserError(f"frontend.trainable: frontend.encoder={name} runs as an exported ONNX graph, which cannot "
+                        "be fine-tuned; fine-tune speaker or hf:<model>, or set frontend.trainable=false")
+
+
 def validate(cfg: DictConfig, origin: str, command_line: set[str] = frozenset()) -> None:
     """Checks a schema cannot express: choices, ranges, and values needed before any work starts. A bad value is
     blamed on the command line when it came from there (`command_line`: the dotted keys it set), else on the file."""
@@ -677,6 +700,7 @@ def load_config(config_file: Path, overrides: list[str] = ()) -> DictConfig:
     if "tune.space" in command_line_keys(list(overrides)):  # a whole space given replaces the files' space
         cfg.tune.space = {}
     cfg = _merge(cfg, command_line, "command line")
+    uses_demo = any("${demo:" in str(value) for value in _flatten(OmegaConf.to_container(cfg)).values())
     try:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as exc:
@@ -688,6 +712,10 @@ def load_config(config_file: Path, overrides: list[str] = ()) -> DictConfig:
         origin = "command line" if "data.name" in given else config_file
         raise UserError(f"{origin}: 'data.name' is empty; name the data set (it names folds/<name>.csv)")
     validate(cfg, str(config_file), given)
+    if uses_demo:  # a mistyped command line is refused before seconds of generating
+        from competition.demo import ensure_demo
+
+        ensure_demo()
     OmegaConf.set_readonly(cfg, True)
     return cfg
 

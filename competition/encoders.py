@@ -4,7 +4,8 @@ Models trained from scratch on a few training voices learn those voices; an enco
 speakers or words carries what generalises, and a small head on top of it learns the task. The weights come inside
 PyPI wheels (no hub needed): `speaker` is the GE2E speaker encoder in `resemblyzer`, `words` the ResNet-50 keyword
 embedding in `efficientword-net` (run with onnxruntime), and `hf:<hub id or folder>` any audio model transformers can
-load. A new encoder is one function in ENCODERS that returns an `Encoder`.
+load. A new encoder is one function in ENCODERS that returns an `Encoder`, and its name in
+competition.config.ENCODER_KINDS (which checks configs before torch is imported).
 
 Embeddings are computed once: EncoderFrontend keys each clip by the encoder's identity (name, package version,
 weights hash) and the exact samples it is given (so the view, the crop and the data are all in the key), and keeps
@@ -31,10 +32,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from competition.config import check_encoder_name, check_trainable
 from competition.errors import UserError
 from competition.files import atomic_write, file_sha256
-
-POOLS = ("mean", "meanstd")
 
 
 @dataclass
@@ -282,17 +282,6 @@ TRAINABLE: dict[str, Callable[[str, int, bool], torch.nn.Module]] = {
     "speaker": lambda _, __, pretrained: speaker_windows(pretrained)[0],
     "hf": transformers_frames,
 }
-# Encoders whose weights come in a pinned wheel: the only ones a bundle may name. A transformers encoder is a folder
-# or hub id of the packer's machine, which a bundle neither carries nor should make another machine read or fetch.
-BUNDLE_ENCODERS = ("speaker", "words")
-
-
-def check_encoder_name(name: str) -> None:
-    """Refuse an unknown `frontend.encoder` before anything is loaded."""
-    kind = name.split(":", 1)[0]
-    if kind not in ENCODERS or (kind == "hf") != (":" in name and bool(name.split(":", 1)[1])):
-        raise UserError(f"frontend.encoder '{name}' is not an encoder; use one of speaker, words or "
-                        "hf:<hub id or folder>")
 
 
 @functools.lru_cache(maxsize=8)
@@ -485,11 +474,3 @@ def fine_tuned(cfg: DictConfig) -> bool:
     """Whether the configured encoder is fine-tuned: then the model takes the waveforms (EncoderClassifier) and the
     frontend passes them through; the two must agree, so both ask here. `get`: folds saved before the key existed."""
     return cfg.frontend.kind == "encoder" and bool(cfg.frontend.get("trainable", False))
-
-
-def check_trainable(name: str) -> None:
-    """Refuse, before anything is loaded, to fine-tune an encoder that is not a torch module."""
-    check_encoder_name(name)
-    if name.split(":", 1)[0] not in TRAINABLE:
-        raise UserError(f"frontend.trainable: frontend.encoder={name} runs as an exported ONNX graph, which cannot "
-                        "be fine-tuned; fine-tune speaker or hf:<model>, or set frontend.trainable=false")

@@ -21,9 +21,6 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
-from scipy.optimize import minimize
-from scipy.stats import rankdata
-from sklearn.exceptions import ConvergenceWarning
 
 from competition.config import Config
 from competition.data import with_test_source
@@ -66,6 +63,8 @@ def rank_average(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
     Not offered on two classes: there p1 = 1 - p0, so a clip's two ranks mirror each other and the argmax only says
     whether the clip lies above the median clip, a threshold at the median whatever the class balance (0.92 OOF where
     every fold model scored 1.000)."""
+    from scipy.stats import rankdata  # scipy and sklearn are imported where used: checking arguments needs neither
+
     ranks = rankdata(probs, axis=1) / probs.shape[1]
     combined = np.tensordot(weights, ranks, axes=1)
     return combined / combined.sum(1, keepdims=True)
@@ -90,6 +89,8 @@ def rank_average_per_class(probs: np.ndarray, weights: np.ndarray) -> np.ndarray
     """Multi-label rank average: per class, the weighted mean of each model's ranks of the clips, scaled to (0, 1]:
     the order of the clips for each class, which is all that lwlrap, ROC AUC and cmAP score; not a probability to
     threshold."""
+    from scipy.stats import rankdata
+
     return np.tensordot(weights, rankdata(probs, axis=1) / probs.shape[1], axes=1)
 
 
@@ -123,6 +124,8 @@ def fit_scipy(probs: np.ndarray, y: np.ndarray, metric: Metric) -> np.ndarray:
     def loss(weights: np.ndarray) -> tuple[float, np.ndarray]:
         mixed = np.clip(weights @ right, EPS, None)
         return -np.log(mixed).mean(), -(right / mixed).mean(1)
+
+    from scipy.optimize import minimize
 
     m = len(probs)
     result = minimize(loss, np.full(m, 1 / m), jac=True, method="SLSQP", bounds=[(0, 1)] * m,
@@ -179,6 +182,7 @@ def fit_mlp_stacker(probs: np.ndarray, y: np.ndarray, metric: Metric) -> dict:
     """A small MLP (32 ReLU units, L2 1e-2, Adam for at most 300 epochs) on the members' log-probabilities:
     interactions between members that a linear stacker cannot express. No early stopping: on a validation tenth its
     accuracy stalls in the first epochs and stops it there."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 
     constant = constant_network(probs, y)

@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binomtest
 
 from competition.ensemble import (METHODS, TTA, ensemble, mean_probability, nested_blend, nested_score, oof_stack,
                                   offered, parse_method, score)
@@ -34,6 +33,8 @@ def paired_test(metric: Metric, y: np.ndarray, probs_a: np.ndarray, probs_b: np.
     sign = 1.0 if metric.greater_is_better else -1.0
     difference = sign * (score(metric, y, probs_b) - score(metric, y, probs_a))
     if metric.name == "accuracy":
+        from scipy.stats import binomtest  # here: checking a command's arguments needs no scipy
+
         right_a, right_b = probs_a.argmax(1) == y, probs_b.argmax(1) == y
         only_b, only_a = int((right_b & ~right_a).sum()), int((right_a & ~right_b).sum())
         return difference, binomtest(only_b, only_a + only_b).pvalue if only_a + only_b else 1.0

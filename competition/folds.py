@@ -24,8 +24,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
-from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
-from sklearn.model_selection import StratifiedGroupKFold
 
 from competition.cli import main_guard, parse_bool
 from competition.config import load_experiment, parse_cli
@@ -84,10 +82,14 @@ def _stratified_group_split(clips: pd.DataFrame, n_splits: int, seed: int, task:
         classes = task.classes(clips["label"])
         held = np.zeros((groups.max() + 1, len(classes)))
         np.maximum.at(held, groups.to_numpy(), task.encode(clips["label"], classes))
+        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold  # here: checking arguments needs no sklearn
+
         splitter = MultilabelStratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         for k, (_, val) in enumerate(splitter.split(held, held)):
             folds[groups.isin(val).to_numpy()] = k
         return folds
+    from sklearn.model_selection import StratifiedGroupKFold  # here: checking arguments needs no sklearn
+
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     # a class smaller than n_splits just misses some folds; sklearn's multi-line warning about it gives way to
     # validate_folds' one line where that matters (a class left in a single fold)
@@ -470,13 +472,14 @@ def main(argv: list[str]) -> None:
     from competition.data import index_train
 
     options, overrides = parse_cli(argv, {"exp": "default", "overwrite": "false"})
+    overwrite = parse_bool("overwrite", options["overwrite"])
     exp = load_experiment(options["exp"], overrides)
     cfg = exp.cfg
     split, cache = load_split(index_train(cfg), cfg, cfg.data.skip_bad_audio)
     folds = make_configured_folds(cfg, split.clips, cache)
     path = fold_path(cfg)
     validate_folds(folds, cfg.folds.n_splits, path, exp.name, task_of(cfg))
-    written = write_folds(folds, path, overwrite=parse_bool("overwrite", options["overwrite"]))
+    written = write_folds(folds, path, overwrite=overwrite)
     print(class_counts(folds, task_of(cfg)).to_string())
     warning = per_clip_warning(folds, path)
     if warning:

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from competition.config import STATS
 from competition.encoders import EncoderFrontend, fine_tuned
 
 PITCH_RANGE = (50.0, 500.0)  # Hz: adult and child voices
 PITCH_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
-STATS = ("bands", "pitch")  # what ClipStats can give: each mel band's level and spread, the voiced pitch
 
 
 class LogMel(torch.nn.Module):

@@ -11,7 +11,6 @@ from tqdm import tqdm
 
 from competition.compute import autocast
 from competition.ensemble import Ensemble
-from competition.errors import UserError
 from competition.predictions import ViewPreds
 from competition.task import task_of
 from competition.train import (Predictor, build_fold_model, crop_samples, predict_together, predictions_frame,
@@ -19,10 +18,7 @@ from competition.train import (Predictor, build_fold_model, crop_samples, predic
 
 
 def precision_context(precision: str, device: torch.device):
-    """bf16 autocast on the CPU for precision=bf16; on CUDA the configs' train.amp already decides."""
-    if precision not in ("fp32", "bf16"):
-        raise UserError(f"precision={precision}: choose fp32 or bf16 (bf16 autocast on the CPU: faster where the "
-                        "processor has AMX or AVX512-BF16, probabilities within about 1e-4)")
+    """bf16 autocast on the CPU for precision=bf16 (predict.PRECISIONS); on CUDA the configs' train.amp decides."""
     return autocast(device, precision) if device.type == "cpu" else nullcontext()
 
 

@@ -7,12 +7,20 @@ of the same shape. `Metric.tasks` says which of the two a metric accepts."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Callable
 
 import numpy as np
-from sklearn import metrics
 
 TASKS = ("single", "multilabel")
+
+
+def _sklearn() -> ModuleType:
+    """sklearn.metrics, imported at the first score: a second of imports that a mistyped command line need not wait
+    for (configs name metrics, and are checked before any work starts)."""
+    from sklearn import metrics
+
+    return metrics
 
 
 @dataclass(frozen=True)
@@ -38,13 +46,13 @@ def _roc_auc(y: np.ndarray, p: np.ndarray) -> float:
         scored = np.flatnonzero((counts > 0) & (counts < len(y)))
         if len(scored) == 0:
             return float("nan")
-        return float(np.mean([metrics.roc_auc_score(positive[:, c], p[:, c]) for c in scored]))
+        return float(np.mean([_sklearn().roc_auc_score(positive[:, c], p[:, c]) for c in scored]))
     present = np.unique(y)
     if len(present) < 2:
         return float("nan")
     if p.shape[1] == 2:
-        return float(metrics.roc_auc_score(y, p[:, 1]))
-    return float(np.mean([metrics.roc_auc_score(y == c, p[:, c]) for c in present]))
+        return float(_sklearn().roc_auc_score(y, p[:, 1]))
+    return float(np.mean([_sklearn().roc_auc_score(y == c, p[:, c]) for c in present]))
 
 
 def _lwlrap(y: np.ndarray, p: np.ndarray) -> float:
@@ -74,13 +82,13 @@ def _cmap(y: np.ndarray, p: np.ndarray, padding_factor: int = 5) -> float:
     a class counts as perfect and each real class's score is pulled towards one, as on the leaderboard."""
     pad = np.ones((padding_factor, y.shape[1]))
     truth = np.vstack([y >= 0.5, pad])
-    return float(metrics.average_precision_score(truth, np.vstack([p, pad]), average="macro"))
+    return float(_sklearn().average_precision_score(truth, np.vstack([p, pad]), average="macro"))
 
 
 def _macro_f1_threshold(y: np.ndarray, p: np.ndarray) -> float:
     """Macro F1 over classes of the predictions thresholded at 0.5 (p >= 0.5 is a positive); a class with neither a
     true nor a predicted positive scores 0 rather than a warning."""
-    return float(metrics.f1_score(y >= 0.5, p >= 0.5, average="macro", zero_division=0))
+    return float(_sklearn().f1_score(y >= 0.5, p >= 0.5, average="macro", zero_division=0))
 
 
 def _log_loss_per_clip(y: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -100,10 +108,10 @@ def _bce_per_clip(y: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 
 METRICS = {
-    "accuracy": Metric("accuracy", lambda y, p: metrics.accuracy_score(y, p.argmax(1))),
-    "balanced_accuracy": Metric("balanced_accuracy", lambda y, p: metrics.balanced_accuracy_score(y, p.argmax(1))),
-    "macro_f1": Metric("macro_f1", lambda y, p: metrics.f1_score(y, p.argmax(1), average="macro")),
-    "log_loss": Metric("log_loss", lambda y, p: metrics.log_loss(y, p, labels=np.arange(p.shape[1])), False,
+    "accuracy": Metric("accuracy", lambda y, p: _sklearn().accuracy_score(y, p.argmax(1))),
+    "balanced_accuracy": Metric("balanced_accuracy", lambda y, p: _sklearn().balanced_accuracy_score(y, p.argmax(1))),
+    "macro_f1": Metric("macro_f1", lambda y, p: _sklearn().f1_score(y, p.argmax(1), average="macro")),
+    "log_loss": Metric("log_loss", lambda y, p: _sklearn().log_loss(y, p, labels=np.arange(p.shape[1])), False,
                        per_clip=_log_loss_per_clip),
     "roc_auc": Metric("roc_auc", _roc_auc, tasks=TASKS),
     "lwlrap": Metric("lwlrap", _lwlrap, tasks=("multilabel",)),

@@ -29,23 +29,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from competition.bundle import check_out, from_bundle, write_bundle
 from competition.cache import WaveCache, decode, to_int16
 from competition.cli import format_seconds, main_guard, parse_bool
-from competition.compute import native_bf16
-from competition.config import load_experiment, parse_cli
-from competition.encoders import BUNDLE_ENCODERS
+from competition.config import BUNDLE_ENCODERS, load_experiment, parse_cli
 from competition.ensemble import METHODS, choose, parse_method
 from competition.errors import UserError
 from competition.data import index_train
 from competition.foldrun import fold_list
-from competition.inference import run_models
 from competition.members import class_prior, load_members, submission_format
 from competition.task import task_of
-from competition.train import Part, answer_part
 
 COMMAND_KEYS = {"exps": "", "out": "", "method": "", "blend": "", "half": "false", "missing": "fail",
                 "overwrite": "false", "speed": "true"}
@@ -78,6 +73,8 @@ def pack(names: list[str], out: Path, method: str, blend_report: str, half: bool
             raise UserError(f"{member.name}: frontend.encoder={member.cfg.frontend.encoder} is a transformers model, "
                             f"which a bundle cannot carry yet (only {', '.join(BUNDLE_ENCODERS)}, whose weights come "
                             "in their wheels); predict with exps= on a machine that has the model")
+    import torch  # the arguments and the folds are checked: the work starts
+
     for member in members:
         for fold in member.folds:
             checkpoint = torch.load(fold.dir / "model.pt", map_location="cpu", weights_only=True)
@@ -93,6 +90,12 @@ def measure_speed(out: Path, cfg: DictConfig) -> list[str]:
     fold model through its views in one pass), on the first training clips of `cfg`'s data (at least SPEED_AUDIO
     seconds, or all of them): in fp32 and, where the CPU has bf16 in hardware, in bf16 with how many clips keep their
     answer. Code contests limit the hidden test's run time; this says how much audio fits."""
+    import torch
+
+    from competition.compute import native_bf16
+    from competition.inference import run_models
+    from competition.train import Part, answer_part
+
     split = index_train(cfg)
     ensemble = from_bundle(out, None, {"path": str(split.source.path), "subdir": split.source.subdir}, "speed", "", "")
     decoded, decoding = {}, 0.0
@@ -142,10 +145,13 @@ def main(argv: list[str]) -> None:
     if options["missing"] not in ("fail", "skip"):
         raise UserError(f"missing={options['missing']}: expected fail (refuse an experiment short of a fold) or skip "
                         "(pack its finished folds, naming the others)")
+    half, overwrite = parse_bool("half", options["half"]), parse_bool("overwrite", options["overwrite"])
+    speed = parse_bool("speed", options["speed"])
+    if options["method"]:
+        parse_method(options["method"])
     names = [n.strip() for n in options["exps"].split(",") if n.strip()]
     out = Path(options["out"])
-    manifest = pack(names, out, options["method"], options["blend"], parse_bool("half", options["half"]),
-                    parse_bool("overwrite", options["overwrite"]), options["missing"] == "skip")
+    manifest = pack(names, out, options["method"], options["blend"], half, overwrite, options["missing"] == "skip")
     if METHODS[parse_method(manifest["method"])[0]].across_clips:
         print(f"warning: method={manifest['method']} ranks each model's scores across the clips predicted together, "
               "so a clip's label from this bundle depends on the other clips in its test set: predict the whole test "
@@ -157,7 +163,7 @@ def main(argv: list[str]) -> None:
     packed = "; ".join(f"{name} folds {fold_list(numbers)}" for name, numbers in folds.items())
     print(f"{out}: {len(manifest['models'])} fold models ({packed}), {manifest['method']}, {size / 1e6:.1f} MB; "
           f"predict anywhere with python -m competition.predict bundle={out} test=<folder>")
-    if parse_bool("speed", options["speed"]):
+    if speed:
         for line in measure_speed(out, load_experiment(names[0]).cfg):
             print(line)
 

@@ -36,13 +36,11 @@ if __name__ == "__main__":
 import json
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
-import torch
 from omegaconf import OmegaConf
 
-from competition.bundle import from_bundle
 from competition.cache import load_split
 from competition.cli import main_guard, parse_bool
 from competition.config import parse_cli, parse_value
@@ -51,16 +49,20 @@ from competition.ensemble import (METHODS, Ensemble, FoldModel, answered, choose
                                   with_views)
 from competition.errors import UserError
 from competition.files import atomic_write_text
-from competition.inference import precision_context, run_models
 from competition.leaderboard import log_answer
 from competition.members import class_prior, load_members, submission_format
 from competition.predictions import test_record
 from competition.submission import SUBMISSIONS_DIR, answer_cells, answer_path, smoothed, write_answer
 from competition.task import task_of
-from competition.train import Part, answer_part, resolve_device
+
+if TYPE_CHECKING:
+    import torch
+
+    from competition.train import Part
 
 COMMAND_KEYS = {"exps": "", "bundle": "", "test": "", "name": "", "method": "", "blend": "", "device": "auto",
                 "precision": "fp32", "overwrite": "false", "skip_bad_audio": "false", "models_per_pass": "0"}
+PRECISIONS = ("fp32", "bf16")  # precision=: bf16 autocast on the CPU (on CUDA the configs' train.amp decides)
 
 
 def from_experiments(names: list[str], views: list[str] | None, test: dict, name: str, method: str,
@@ -83,6 +85,8 @@ def from_experiments(names: list[str], views: list[str] | None, test: dict, name
 
 def _checkpoint_state(path: Path) -> Callable[[], tuple[dict, dict | None]]:
     def state() -> tuple[dict, dict | None]:
+        import torch
+
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # tensors only: never runs code
         return checkpoint["model"], checkpoint.get("frontend")
     return state
@@ -107,6 +111,8 @@ def split_overrides(overrides: list[str]) -> tuple[dict, list[str] | None]:
 def decode_test(models: list[FoldModel], skip_bad: bool) -> dict[int, tuple[pd.DataFrame, Part, list[str]]]:
     """The test clips decoded once per sample rate the models need: the clips, the Part to predict, and the ids of
     clips that could not be read (left out with skip_bad_audio=true)."""
+    from competition.train import Part, answer_part
+
     decoded = {}
     for model in models:
         rate = model.cfg.audio.sample_rate
@@ -127,6 +133,8 @@ def decode_test(models: list[FoldModel], skip_bad: bool) -> dict[int, tuple[pd.D
 def predict(ensemble: Ensemble, name: str, test: dict, *, device: torch.device, precision: str = "fp32",
             skip_bad: bool = False, overwrite: bool = False, models_per_pass: int = 0) -> Path:
     """The answer file for test set `name` (and each model's predictions and the set's record): what main runs."""
+    from competition.inference import run_models
+
     method, tta = parse_method(ensemble.method)
     label = ensemble.method
     path = answer_path(f"{name}-{label}", ensemble.answer_format)
@@ -181,21 +189,30 @@ def main(argv: list[str]) -> None:
     name = options["name"] or Path(options["test"].rstrip("/")).stem
     if not name or "/" in name or name.startswith("."):
         raise UserError(f"name={name}: give the test set a plain name (it names the prediction and answer files)")
-    device = resolve_device(options["device"])
-    precision_context(options["precision"], device)  # a bad value is refused before any work
+    if options["precision"] not in PRECISIONS:
+        raise UserError(f"precision={options['precision']}: choose fp32 or bf16 (bf16 autocast on the CPU: faster "
+                        "where the processor has AMX or AVX512-BF16, probabilities within about 1e-4)")
     skip_bad = parse_bool("skip_bad_audio", options["skip_bad_audio"])
+    overwrite = parse_bool("overwrite", options["overwrite"])
     models_per_pass = options["models_per_pass"]
     if not models_per_pass.isdigit():
         raise UserError(f"models_per_pass={models_per_pass}: give how many fold models share one pass over the test "
                         "clips (0: all of them, the default; fewer holds fewer models in memory at once)")
     models_per_pass = int(models_per_pass)
+    if options["method"]:
+        parse_method(options["method"])
+    # The arguments are checked: the work starts, and with it the imports of torch, timm and librosa.
+    from competition.bundle import from_bundle
+    from competition.train import resolve_device
+
+    device = resolve_device(options["device"])
     if options["bundle"]:
         ensemble = from_bundle(Path(options["bundle"]), views, test, name, options["method"], options["blend"])
     else:
         names = [n.strip() for n in options["exps"].split(",") if n.strip()]
         ensemble = from_experiments(names, views, test, name, options["method"], options["blend"])
     path = predict(ensemble, name, test, device=device, precision=options["precision"], skip_bad=skip_bad,
-                   overwrite=parse_bool("overwrite", options["overwrite"]), models_per_pass=models_per_pass)
+                   overwrite=overwrite, models_per_pass=models_per_pass)
     experiments = ", ".join(dict.fromkeys(m.experiment for m in ensemble.models))
     print(f"{len(ensemble.models)} fold models of {experiments}, {ensemble.method}: answer file {path}; each model's "
           f"probabilities beside it, e.g. {ensemble.models[0].out}")

@@ -28,38 +28,50 @@ if __name__ == "__main__":
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from competition.cli import main_guard, parse_bool
 from competition.config import Experiment, load_experiment, parse_cli
 from competition.errors import UserError
 from competition.foldrun import FoldBusy, FoldFinished
-from competition.models import check_backbone
 from competition.queue import (EXIT_BUSY, EXIT_SKIPPED, JOB_ENV, Job, connect_ray, fold_problems, import_ray,
                                plan_fold, queue_options, run_queue)
 from competition.tracking import decide, fold_tracking
-from competition.train import DataSet, load_data, resolve_device, train_fold
+
+if TYPE_CHECKING:
+    from competition.train import DataSet
 
 COMMAND_KEYS = {"exp": "default", "fold": "0", "device": "auto", "overwrite": "false", "resume": "false",
                 "gpus": "", "workers": "", "launcher": "", "ray.address": "auto", "ray.cpus": "1", "ray.gpus": "auto"}
 
 
-def parse_fold(value: str, n_splits: int) -> list[int]:
+def parse_fold(value: str) -> list[int] | None:
+    """fold=: the fold numbers given, in order and each once, or None for all (checked against an experiment's
+    folds.n_splits by folds_of, once it is read)."""
     if value == "all":
-        return list(range(n_splits))
+        return None
     folds = []
     for item in value.split(","):
         if not item.strip().lstrip("-").isdigit():
             raise UserError(f"fold={value}: expected a fold number, a comma-separated list or 'all'")
         folds.append(int(item))
+    return list(dict.fromkeys(folds))
+
+
+def folds_of(folds: list[int] | None, n_splits: int) -> list[int]:
+    if folds is None:
+        return list(range(n_splits))
     for fold in folds:
         if not 0 <= fold < n_splits:
             raise UserError(f"fold={fold} is out of range: folds.n_splits is {n_splits} (folds 0..{n_splits - 1})")
-    return list(dict.fromkeys(folds))
+    return folds
 
 
 def train_tracked(exp: Experiment, fold: int, device: str, overwrite: bool, resume: bool,
                   data: DataSet | None = None) -> dict:
     """train_fold, mirrored to the dashboards `tracking` configures (a W&B run per fold, offline by default)."""
+    from competition.train import train_fold
+
     with fold_tracking(exp, fold) as observers:
         return train_fold(exp, fold, device, overwrite, resume, data, observers)
 
@@ -122,6 +134,7 @@ def main(argv: list[str]) -> None:
     if twice:
         raise UserError(f"exp={options['exp']} lists {', '.join(twice)} twice: each (experiment, fold) job runs once")
     queue = queue_options(options)  # checked before any experiment is read
+    asked = parse_fold(options["fold"])
     if queue is not None and queue.launcher == "ray":
         import_ray()
     exps = [load_experiment(spec, overrides) for spec in specs]
@@ -129,7 +142,11 @@ def main(argv: list[str]) -> None:
     if len(set(dirs)) < len(dirs):
         raise UserError(f"exp={options['exp']} names one experiment folder twice: each (experiment, fold) job runs "
                         "once")
-    folds = [parse_fold(options["fold"], exp.cfg.folds.n_splits) for exp in exps]
+    folds = [folds_of(asked, exp.cfg.folds.n_splits) for exp in exps]
+    # The arguments are checked: the work starts, and with it the imports of torch, timm and librosa.
+    from competition.models import check_backbone
+    from competition.train import load_data, resolve_device
+
     for exp in exps:
         check_backbone(exp.cfg.model.name)  # before any audio is decoded
     decide(*(exp.cfg for exp in exps))  # W&B online or offline, once for every fold and job

@@ -24,7 +24,8 @@ from timm.utils import ModelEmaV3
 from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm import tqdm
 
-from competition.augment import Augmenter, HeavyAugment, heavy_enabled, parse_tta_view
+from competition.augment import Augmenter, HeavyAugment
+from competition.augment_params import heavy_enabled
 from competition.cache import JoinedCache, WaveCache, load_split, window_starts, windowed
 from competition.cli import format_seconds
 from competition.compute import autocast, evaluation_precision, training_memory_format, training_precision
@@ -43,6 +44,7 @@ from competition.models import check_backbone, create_model
 from competition.observe import FoldObserver
 from competition.predictions import recorded_source
 from competition.task import Task, task_of
+from competition.views import parse_tta_view
 
 RESERVED_COLUMNS = {"id", "label", "view"}
 

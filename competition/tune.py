@@ -45,7 +45,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import optuna
 import pandas as pd
@@ -61,11 +61,12 @@ from competition.errors import UserError
 from competition.files import atomic_write, atomic_write_text
 from competition.foldrun import DONE, Inputs, can_resume, differences, is_finished, staleness
 from competition.metrics import METRICS
-from competition.models import check_backbone
 from competition.queue import GRACE_SECONDS, Slot, Stopper, job_env, local_slots
 from competition.tracking import FoldMirror, Runs, decide, mirror_study
 from competition.observe import FoldObserver
-from competition.train import DataSet, load_data, train_fold
+
+if TYPE_CHECKING:
+    from competition.train import DataSet
 
 COMMAND_KEYS = {"exp": "default", "n_trials": "20", "timeout": "", "study": "", "storage": "", "gpus": "",
                 "workers": "", "device": "auto"}
@@ -168,6 +169,8 @@ def check_space_values(config_file: Path, overrides: list[str], space: dict[str,
             try:
                 cfg = load_config(config_file, [*overrides, *as_overrides({key: value})])
                 if key == "model.name":
+                    from competition.models import check_backbone  # timm: only for a searched backbone
+
                     check_backbone(cfg.model.name)
             except UserError as exc:
                 raise UserError(f"{set_by(config_file, overrides, 'tune', 'space', key)}: 'tune.space.{key}' value "
@@ -408,6 +411,8 @@ class Objective:
                                f"fold_{fold}/" if len(cfg.tune.folds) > 1 else "")]
                 if not per_fold:
                     observers.append(PruningReporter(trial, f"val_{metric}", first_step))
+                from competition.train import train_fold
+
                 summary = train_fold(exp, fold, self.device, overwrite=is_finished(fold_dir),
                                      resume=can_resume(fold_dir), data=data, observers=observers)
             scores.append(summary[f"val_{metric}"])
@@ -686,13 +691,17 @@ def main(argv: list[str]) -> None:
     worker = bool(os.environ.get(WORKER_ENV))
     slots = local_slots(gpus, workers, options["device"]) if (gpus or workers) and not worker else []
     exp = load_experiment(options["exp"], overrides)
-    space = search_space(exp)
-    if "model.name" not in space:  # else each searched backbone is checked with the space
-        check_backbone(exp.cfg.model.name)
-    check_space_values(find_experiment(options["exp"]), overrides, space)
     name = options["study"] or exp.name
     if "/" in name or name.startswith("."):
         raise UserError(f"study={name}: give the study a plain name (it names a folder and the tuned experiment)")
+    space = search_space(exp)
+    check_space_values(find_experiment(options["exp"]), overrides, space)
+    # The arguments are checked: the work starts, and with it the imports of torch, timm and librosa.
+    from competition.models import check_backbone
+    from competition.train import load_data
+
+    if "model.name" not in space:  # else each searched backbone was checked with the space
+        check_backbone(exp.cfg.model.name)
     storage = options["storage"] or default_storage(exp)
     opened = open_storage(storage, exp.cfg)
     study_dir = exp.dir / "tune" / name

@@ -11,10 +11,12 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError
 
-from competition.augment import (AUGMENTATIONS, AugmentConfig, Augmenter, HeavyAugment, heavy_enabled, load_noise_bank,
-                                 parse_tta_view, validate_augment)
+from competition.augment import (IMPLEMENTATIONS, Augmenter, ClipAugmentation, HeavyAugment, MixAugmentation,
+                                 SpecAugmentation, WaveAugmentation, load_noise_bank)
+from competition.augment_params import AUGMENTATIONS, AugmentConfig, heavy_enabled, validate_augment
 from competition.errors import UserError
 from competition.frontend import LogMel
+from competition.views import parse_tta_view
 from conftest import FSDD, SHARED, shared_data, tone
 
 BACKGROUND = SHARED / "background_noise"  # real noise recordings; tests that read them call shared_data first
@@ -64,6 +66,15 @@ def test_schema_is_off_by_default_and_rejects_unknown_keys() -> None:
     assert heavy_enabled({"time_stretch": {"p": 0.3}})
 
 
+def test_every_augmentation_has_an_implementation_for_its_stage() -> None:
+    """The parameters (checked without torch) and the implementations are two registries under the same keys; each
+    implementation takes what its stage hands it (a clip, waveforms, spectrograms or the batch to mix)."""
+    assert list(IMPLEMENTATIONS) == list(AUGMENTATIONS)
+    kinds = {"clip": ClipAugmentation, "wave": WaveAugmentation, "spec": SpecAugmentation, "mix": MixAugmentation}
+    for name, params in AUGMENTATIONS.items():
+        assert issubclass(IMPLEMENTATIONS[name], kinds[params.stage]), name
+
+
 def test_everything_off_returns_the_inputs_themselves() -> None:
     augmenter = Augmenter(AugmentConfig(), 8000)
     x, spec, targets = wave_batch(), torch.randn(4, 1, 16, 20), torch.eye(4)
@@ -85,7 +96,7 @@ def test_each_augmentation_is_off_at_p_zero(name: str) -> None:
     cfg = {name: {**STRONG[name], "p": 0.0}}
     validate_augment(cfg, "test")
     x = wave_batch()
-    if AUGMENTATIONS[name][1].stage == "clip":
+    if AUGMENTATIONS[name].stage == "clip":
         assert not heavy_enabled(cfg)
         np.testing.assert_array_equal(HeavyAugment(cfg, 8000)(x[0].numpy()), x[0].numpy())
         return

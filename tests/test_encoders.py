@@ -12,8 +12,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from competition import blend, bundle, pack, predict
-from competition.config import load_experiment
+from competition import blend, bundle, encoders, pack, predict
+from competition.config import BUNDLE_ENCODERS, ENCODER_KINDS, TRAINABLE_ENCODERS, load_experiment
 from competition.encoders import (EmbeddingStore, EncoderClassifier, EncoderFrontend, load_encoder, speaker_windows,
                                   strip_padding)
 from competition.errors import UserError
@@ -277,3 +277,11 @@ def test_what_cannot_be_fine_tuned_is_one_line(tones: Path, capsys, sections: di
     code, _, err = cli(capsys, run, "exp=bad", "fold=0")
     assert code != 0
     assert key in error_line(err) and words in error_line(err)
+
+
+def test_configs_name_exactly_the_registered_encoders() -> None:
+    """Configs are checked without torch, against names in competition.config; the loaders are registered in
+    competition.encoders under the same names."""
+    assert list(encoders.ENCODERS) == list(ENCODER_KINDS)
+    assert list(encoders.TRAINABLE) == list(TRAINABLE_ENCODERS)
+    assert set(BUNDLE_ENCODERS) <= set(encoders.ENCODERS) - {"hf"}

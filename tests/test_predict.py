@@ -13,7 +13,7 @@ import pytest
 import soundfile
 import torch
 
-from competition import blend, bundle, pack, predict
+from competition import blend, bundle, compute, pack, predict
 from competition.cache import load_split
 from competition.config import load_experiment
 from competition.data import Source, Split
@@ -100,7 +100,7 @@ def test_a_bundle_moved_away_from_the_experiments_predicts_the_same_answer(proje
 def test_pack_measures_the_bundles_speed_per_minute_of_audio(project: Path, capsys, monkeypatch) -> None:
     """Seconds per minute of audio in fp32, and where the CPU has bf16 in hardware (pretended here) the same in bf16
     with the clips whose answer it keeps; nothing is written for the measurement, and speed=false skips it."""
-    monkeypatch.setattr(pack, "native_bf16", lambda: True)
+    monkeypatch.setattr(compute, "native_bf16", lambda: True)
     code, out, err = cli(capsys, pack, "exps=t", "out=bundle.zip")
     assert code == 0, err
     fp32, bf16 = out.splitlines()[-2:]
