@@ -10,9 +10,9 @@ Side by side in one run, clips per second of
   log-mel and batched model calls, one fold model after the other;
 - ours in one pass (train.predict_together, as `competition.predict` runs it): every fold model over each batch, one
   log-mel per view for all of them;
-- the one pass with channels_last memory format, bf16 autocast, TorchScript (traced and frozen), ONNX Runtime and
-  OpenVINO (each when installed; OpenVINO also in bf16 where the CPU has bf16 in hardware) and, with --compile,
-  torch.compile;
+- the one pass with channels_last memory format, bf16 autocast, both (what predict's precision=bf16 runs),
+  TorchScript (traced and frozen), ONNX Runtime and OpenVINO (each when installed; OpenVINO also in bf16 where the
+  CPU has bf16 in hardware) and, with --compile, torch.compile;
 - the whole pack-and-predict path: the models written as a bundle (competition.pack's format), then
   `python -m competition.predict bundle=... test=...` run as a user runs it (loading, predicting, writing files);
 with, for each variant, how far its predictions are from the model-by-model fp32 ones (argmax agreement, largest
@@ -191,8 +191,11 @@ def main(argv: list[str] | None = None) -> None:
             copy.load_state_dict(net.state_dict())
             channels_last.append(copy.to(memory_format=torch.channels_last))
         variants["one pass + channels_last"] = lambda: one_pass(channels_last)
-        variants["one pass + bf16 autocast"] = lambda: one_pass(models, lambda: torch.autocast("cpu",
-                                                                                              dtype=torch.bfloat16))
+        def bf16() -> torch.autocast:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+
+        variants["one pass + bf16 autocast"] = lambda: one_pass(models, bf16)
+        variants["one pass + channels_last + bf16 (predict precision=bf16)"] = lambda: one_pass(channels_last, bf16)
         with torch.inference_mode():
             scripted = [torch.jit.freeze(torch.jit.trace(net, example)) for net in models]
         variants["one pass + TorchScript (traced, frozen)"] = lambda: one_pass(scripted)
@@ -205,7 +208,10 @@ def main(argv: list[str] | None = None) -> None:
             engines = [openvino_model(net, example) for net in models]
             variants["one pass + OpenVINO"] = lambda: one_pass(engines)
             if openvino_bf16():
-                engines_bf16 = [openvino_model(net, example, "bf16") for net in models]
+                with Stopwatch() as converting:  # what predict would pay once per run before the first clip
+                    engines_bf16 = [openvino_model(net, example, "bf16") for net in models]
+                log(f"OpenVINO bf16: converting and compiling took {converting.seconds / len(models):.1f} s per fold "
+                    "model")
                 variants["one pass + OpenVINO bf16"] = lambda: one_pass(engines_bf16)
             else:
                 log("OpenVINO bf16 not timed: the CPU has no bf16 in hardware (OPTIMIZATION_CAPABILITIES)")

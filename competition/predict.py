@@ -22,7 +22,7 @@ get the class prior of the training clips, said per clip. method=rank ranks each
 predicted together, so a clip's answer depends on the others in the set: predict says so (predict the whole test set
 in one call). A bundle is untrusted input (see competition.pack): names in it that would reach a path are refused
 unless plain, and its test clips are cached where this machine caches them ($COMPETITION_CACHE), whatever the config
-it carries says. precision=bf16 runs the models under bf16 autocast on the CPU: 1.3-1.6x faster on CPUs with bf16
+it carries says. precision=bf16 runs the models under bf16 autocast on the CPU: 1.3-1.8x faster on CPUs with bf16
 instructions (benchmarks/predict_speed.py), probabilities within about 1e-4 of fp32 (on CUDA, train.amp decides).
 """
 
