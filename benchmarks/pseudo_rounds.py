@@ -59,8 +59,9 @@ import numpy as np
 import pandas as pd
 
 from accuracy_fsdd import FAST_RECIPE
-from accuracy_fsdd_speakers import (FSDD, N_SPLITS, SMOKE_EPOCHS, SMOKE_SPEAKER, SMOKE_SPLITS, WORDS_RECIPE, clips_table,
-                                    lay_out, mcnemar, run_and_score, write_contest, write_experiment)
+from accuracy_fsdd_speakers import (FSDD, N_SPLITS, SMOKE_EPOCHS, SMOKE_SPEAKER, SMOKE_SPLITS, WORDS_RECIPE,
+                                    clips_table, lay_out, mcnemar, probe_features, run_and_score, run_probe,
+                                    write_contest, write_experiment)
 
 DEMO_CONTEST = REPO / "experiments" / "_contests" / "demo_words.yaml"
 CNN_RECIPE = REPO / "experiments" / "_recipes" / "cnn.yaml"
@@ -87,6 +88,7 @@ class Round:
 class Contest:
     name: str  # the held speaker, or "demo"
     rounds: list[Round] = field(default_factory=list)
+    probe: dict[float, np.ndarray] = field(default_factory=dict)  # fsdd: per C, the frozen-encoder probe's right clips
 
 
 def fold_dirs(root: Path, exp: str) -> list[Path]:
@@ -222,6 +224,26 @@ def verdicts(contests: list[Contest], prefix: str) -> list[str]:
     return lines
 
 
+def against_probe(contests: list[Contest]) -> list[str]:
+    """Each round against the frozen-encoder linear probe on the same test clips (accuracy_fsdd_speakers' probe: the
+    words encoder, one logistic regression on the five training speakers' clips): the bar an encoder recipe must
+    clear. It "beats" the probe when its pooled test accuracy is higher and McNemar's p < 0.05."""
+    lines = []
+    for c in contests[0].probe:
+        probe = np.concatenate([contest.probe[c] for contest in contests])
+        for r in range(len(contests[0].rounds)):
+            ours = np.concatenate([contest.rounds[r].right for contest in contests])
+            only_ours, only_probe, p = mcnemar(ours, probe)
+            higher = sum(contest.rounds[r].test > contest.probe[c].mean() for contest in contests)
+            beats = ours.mean() > probe.mean() and p < SIGNIFICANCE
+            lines.append(f"{round_name(r)} beats the probe (LR C={c:g}, mean "
+                         f"{mean([x.probe[c].mean() for x in contests]):.4f}): {'yes' if beats else 'no'} (mean "
+                         f"{mean([x.rounds[r].test for x in contests]):.4f}, McNemar "
+                         f"p={p:.3g}; {only_ours} clips right only in {round_name(r)}, {only_probe} only by the probe; "
+                         f"higher on {higher}/{len(contests)})")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--speakers", default="all", help="comma-separated held fsdd speakers (default all six)")
@@ -259,12 +281,15 @@ def main(argv: list[str] | None = None) -> None:
     demo: list[Contest] = []
     with project_root("competition-pseudo-rounds-", args.keep) as root:
         log(f"project root {root}")
+        features = probe_features(clips) if speakers else None
         for speaker in speakers:
             truth = clips[clips["speaker"] == speaker].set_index("id")["label"]
             contest = write_contest(root, speaker, lay_out(root, speaker, clips), splits)
             exp = f"words_{speaker}"
             write_experiment(root, exp, contest, WORDS_RECIPE, SMOKE_EPOCHS if args.smoke else None)
-            fsdd.append(Contest(speaker, play_rounds(root, exp, truth, args, command)))
+            probe = run_probe(features, clips, speaker, truth)
+            log(f"{speaker}: probe " + ", ".join(f"C={c:g} {right.mean():.4f}" for c, right in probe.items()))
+            fsdd.append(Contest(speaker, play_rounds(root, exp, truth, args, command), probe))
         if "demo" in parts:
             _, truth = demo_truth()
             extra = dotlist_dict(demo_recipe)
@@ -290,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         print()
         print(table(fsdd, "held speaker", True, False))
         print()
-        for line in verdicts(fsdd, ""):
+        for line in verdicts(fsdd, "") + against_probe(fsdd):
             print(line)
     if demo:
         print()
@@ -303,8 +328,10 @@ def main(argv: list[str] | None = None) -> None:
             print(line)
     skip = ("right",)
     print(json.dumps({"threshold": args.threshold, "targets": args.targets, "seconds": round(total, 1),
-                      "results": [{"contest": c.name, "rounds": [{k: v for k, v in r.__dict__.items() if k not in skip}
-                                                                for r in c.rounds]} for c in fsdd + demo]}))
+                      "results": [{"contest": c.name,
+                                   "probe": {f"C={k:g}": float(v.mean()) for k, v in c.probe.items()},
+                                   "rounds": [{k: v for k, v in r.__dict__.items() if k not in skip}
+                                              for r in c.rounds]} for c in fsdd + demo]}))
 
 
 if __name__ == "__main__":
