@@ -37,6 +37,14 @@ class Params:
         if getattr(self, low) > getattr(self, high):
             yield low, f"must be at most {high} ({getattr(self, high)}), got {getattr(self, low)}"
 
+    def _range(self, low: str, high: str, lowest: float, highest: float) -> Iterator[tuple[str, str]]:
+        """low <= high, both within [lowest, highest]."""
+        yield from self._order(low, high)
+        if getattr(self, low) < lowest:
+            yield low, f"must be at least {lowest:g}, got {getattr(self, low)}"
+        if getattr(self, high) > highest:
+            yield high, f"must be at most {highest:g}, got {getattr(self, high)}"
+
     def _fraction(self, key: str) -> Iterator[tuple[str, str]]:
         if not 0.0 <= getattr(self, key) <= 1.0:
             yield key, f"must be in [0, 1], got {getattr(self, key)}"
@@ -96,11 +104,7 @@ class PitchShiftParams(Params):
     max_semitones: float = 2.0
 
     def problems(self) -> Iterator[tuple[str, str]]:
-        yield from self._order("min_semitones", "max_semitones")
-        if self.min_semitones < -24:
-            yield "min_semitones", f"must be at least -24, got {self.min_semitones}"
-        if self.max_semitones > 24:
-            yield "max_semitones", f"must be at most 24, got {self.max_semitones}"
+        yield from self._range("min_semitones", "max_semitones", -24, 24)
 
 
 @dataclass
@@ -110,11 +114,7 @@ class TimeStretchParams(Params):
     max_rate: float = 1.25
 
     def problems(self) -> Iterator[tuple[str, str]]:
-        yield from self._order("min_rate", "max_rate")
-        if self.min_rate < 0.1:
-            yield "min_rate", f"must be at least 0.1, got {self.min_rate}"
-        if self.max_rate > 10:
-            yield "max_rate", f"must be at most 10, got {self.max_rate}"
+        yield from self._range("min_rate", "max_rate", 0.1, 10)
 
 
 @dataclass
