@@ -85,9 +85,10 @@ def smoke(name: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPa
                 signal.signal(number, handler)
     assert outputs() == files
     changed = {k for k in set(environment) | set(os.environ) if environment.get(k) != os.environ.get(k)}
-    # torch's compile cache settings, set on first use, and W&B's service address, which wandb.teardown() clears when
-    # this process started the service (in an earlier test too) are the libraries' own
-    assert {k for k in changed if not k.startswith(("TORCHINDUCTOR_", "WANDB_SERVICE"))} == set()
+    # torch's compile cache settings, set on first use, scikit-learn's OpenMP settings (KMP_*), set by its first
+    # import, which may come inside a script now that metrics import it at the first score, and W&B's service address,
+    # which wandb.teardown() clears when this process started the service (in an earlier test too) are the libraries'
+    assert {k for k in changed if not k.startswith(("TORCHINDUCTOR_", "KMP_", "WANDB_SERVICE"))} == set()
     assert (os.getcwd(), torch.get_num_threads()) == (str(REPO), threads)
     return capsys.readouterr().out.splitlines()
 
@@ -302,7 +303,8 @@ def test_tracking_overhead_smoke_trains_abba_with_and_without_tracking(capsys: p
             assert number(inside) > 0 and number(service) >= 0
     off, on = number(rows[0][2]), number(rows[1][2])
     assert lines[-1].startswith("offline / disabled median wall time: ")
-    assert number(lines[-1].split(": ")[1]) == pytest.approx(on / off, rel=0.1)  # medians printed to 0.1 s
+    ratio = number(lines[-1].split(": ")[1])  # of the medians before they were printed to 0.1 s: within their rounding
+    assert (on - 0.05) / (off + 0.05) - 1e-3 <= ratio <= (on + 0.05) / max(off - 0.05, 1e-9) + 1e-3, (on, off, ratio)
 
 
 def test_tune_demo_smoke_compares_the_recipe_with_the_best_trial(capsys: pytest.CaptureFixture,
