@@ -3,8 +3,9 @@
 CPU training in bf16 pays only where the processor computes bf16 in hardware (AMX, AVX512-BF16): there bf16
 autocast trained resnet18 1.4x and res2next50 1.8x faster than fp32 (an AMD EPYC with AVX512-BF16); elsewhere
 oneDNN emulates it and a training step takes several times longer (benchmarks/training_speed.py), so
-train.precision=auto picks bf16 only on such processors. On CUDA train.amp decides (bf16 where the GPU has it, fp16 with loss scaling otherwise). Evaluation on
-the CPU stays in fp32 unless the caller asks for bf16 (predict's precision=bf16).
+train.precision=auto picks bf16 only on such processors. On CUDA train.amp decides (bf16 where the GPU has it, fp16
+with loss scaling otherwise). Evaluation on the CPU stays in fp32 unless the caller asks for bf16 (predict's
+precision=bf16).
 
 channels_last memory format is used for training where it was measured faster for the backbone's timm family
 (CHANNELS_LAST_FAMILIES); prediction always uses it (train.build_fold_model).

@@ -192,6 +192,12 @@ def words_encoder(_: str, device: torch.device) -> Encoder:
     return Encoder("words", rate, frames, {"encoder": "words", **identity})
 
 
+def _local_folder(source: str) -> Path | None:
+    """The folder an `hf:` source names, or None for a hub id."""
+    folder = Path(source).expanduser()
+    return folder if folder.is_dir() else None
+
+
 def _load_transformers(source: str, pretrained: bool = True) -> tuple[Any, torch.nn.Module]:
     """(feature extractor, model) of a transformers audio model by hub id or local folder; with pretrained=False the
     architecture only (its config), for a fine-tuned fold's own weights loaded next. A folder is read offline; a hub
@@ -200,8 +206,8 @@ def _load_transformers(source: str, pretrained: bool = True) -> tuple[Any, torch
         from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
     except ImportError:
         raise UserError("frontend.encoder=hf:... needs transformers: pip install transformers") from None
-    folder = Path(source).expanduser()
-    local = folder.is_dir()
+    folder = _local_folder(source)
+    local = folder is not None
     where = str(folder) if local else source
     try:
         extractor = AutoFeatureExtractor.from_pretrained(where, local_files_only=local)
@@ -221,8 +227,8 @@ def transformers_encoder(source: str, device: torch.device, layer: int = -1) -> 
     hidden layer (`frontend.layer`, -1 the last)."""
     extractor, model = _load_transformers(source)
     model = model.to(device).eval()
-    folder = Path(source).expanduser()
-    local = folder.is_dir()
+    folder = _local_folder(source)
+    local = folder is not None
     weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) if local else []
     identity = {"encoder": f"hf:{folder.resolve() if local else source}", "layer": layer,
                 "package": "transformers", "version": importlib.metadata.version("transformers"),
