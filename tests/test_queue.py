@@ -14,6 +14,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -36,6 +38,24 @@ WHERE_AND_WHEN = {"started_at", "finished_at", "host", "pid", "visible_devices",
 
 def require_ray():
     return require_extra("ray", what="Ray")[0]
+
+
+@contextmanager
+def ray_cluster(cpus: int) -> Iterator[str]:
+    """A local Ray cluster started by a driver process of its own, as a user's cluster is: its GCS address. A driver in
+    pytest's process would leave Ray's threads behind, and its SIGSEGV handler in place of faulthandler's, for every
+    later test."""
+    script = (f"import ray, sys; ray.init(num_cpus={cpus}, include_dashboard=False, object_store_memory=100 * 1024**2,"
+              " log_to_driver=False); print(ray.get_runtime_context().gcs_address, flush=True); sys.stdin.read()")
+    with subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True) as driver:
+        try:
+            address = driver.stdout.readline().strip()
+            assert address, f"the Ray cluster's driver ended with {driver.wait()} before it gave an address"
+            yield address
+        finally:
+            driver.stdin.close()  # the driver shuts its cluster down and ends
+            driver.wait(timeout=120)
 
 
 def write_contest(root: Path) -> None:
@@ -319,16 +339,14 @@ def test_gpus_pin_each_worker_through_cuda_visible_devices(grid: tuple[Path, sub
 
 def test_ray_runs_the_same_jobs_into_the_same_files(grid: tuple[Path, subprocess.CompletedProcess],
                                                     tmp_path: Path) -> None:
-    ray = require_ray()
+    require_ray()
     local = grid[0]
     root = copy_of(grid, tmp_path, outputs=False)
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2, log_to_driver=False)
-    try:  # a cluster the user already runs; the queue connects to it by address
-        address = ray.get_runtime_context().gcs_address
+    with ray_cluster(cpus=2) as address:  # a cluster the user already runs; the queue connects to it by address
+        # a new local cluster asks for Ray's token (~/.ray/auth_token); a client that names an address sends it only
+        # when told to
         result = run_cli("competition.run", "exp=a", "fold=0,1", "launcher=ray", f"ray.address={address}",
-                         "device=cpu", cwd=root)  # two jobs at once on the two CPUs Ray was given
-    finally:
-        ray.shutdown()
+                         "device=cpu", cwd=root, RAY_AUTH_MODE="token")  # two jobs at once on Ray's two CPUs
     assert result.returncode == 0, result.stdout + result.stderr
     rows = summary(root)
     for exp, fold in JOBS[:2]:
