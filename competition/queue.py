@@ -637,6 +637,26 @@ def _reachable(address: str, key: str) -> None:
                         "give the Ray head node's address (port 6379 unless `ray start --head --port` chose another)")
 
 
+def _asks_for_token(address: str) -> bool:
+    """Whether the cluster's GCS at `address` refuses a caller without Ray's token, as a new cluster does by Ray's
+    default. Ray sends the token to an address it was given only when RAY_AUTH_MODE=token, and without it retries for
+    half a minute, printing its raw gcs_client lines; one call here, within 3 seconds, tells at once."""
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):  # not a plain channel's business
+        return False
+    try:
+        import grpc
+        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    except ImportError:  # Ray moved its generated stubs: ray.init says what is wrong, later
+        return False
+    with grpc.insecure_channel(address) as channel:
+        try:
+            gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(gcs_service_pb2.GetClusterIdRequest(),
+                                                                              timeout=3)
+        except grpc.RpcError as exc:
+            return exc.code() == grpc.StatusCode.UNAUTHENTICATED
+    return False
+
+
 def connect_ray(address: str) -> tuple[Any, bool]:
     """Ray, connected to the cluster at `address` (auto: the one `ray start` runs on this machine; local: a new one
     just for this command). Returns (ray, whether we connected and so must disconnect)."""
@@ -660,6 +680,10 @@ def connect_ray(address: str) -> tuple[Any, bool]:
             pass  # ray.init find the cluster and say what is wrong
     else:
         _reachable(address, key)
+        if (not address.startswith("ray://") and os.environ.get("RAY_AUTH_MODE", "").lower() != "token"
+                and _asks_for_token(address)):
+            raise UserError(f"{key}: the cluster asks for Ray's token: set RAY_AUTH_MODE=token (the token is read from "
+                            "RAY_AUTH_TOKEN or ~/.ray/auth_token)")
     import logging
 
     try:

@@ -338,13 +338,20 @@ def test_gpus_pin_each_worker_through_cuda_visible_devices(grid: tuple[Path, sub
 
 
 def test_ray_runs_the_same_jobs_into_the_same_files(grid: tuple[Path, subprocess.CompletedProcess],
-                                                    tmp_path: Path) -> None:
+                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     require_ray()
     local = grid[0]
     root = copy_of(grid, tmp_path, outputs=False)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # Ray's defaults, for the cluster and for the queue
     with ray_cluster(cpus=2) as address:  # a cluster the user already runs; the queue connects to it by address
-        # a new local cluster asks for Ray's token (~/.ray/auth_token); a client that names an address sends it only
-        # when told to
+        # a new cluster asks for Ray's token (~/.ray/auth_token), which goes to an address only with RAY_AUTH_MODE=token
+        tokenless = run_cli("competition.run", "exp=a", "fold=0,1", "launcher=ray", f"ray.address={address}",
+                            "device=cpu", cwd=root)
+        assert tokenless.returncode == 2, tokenless.stderr
+        # one line, at once: not Ray's half a minute of raw gcs_client retries
+        assert tokenless.stderr.splitlines() == [f"error: ray.address={address}: the cluster asks for Ray's token: "
+                                                 "set RAY_AUTH_MODE=token (the token is read from RAY_AUTH_TOKEN or "
+                                                 "~/.ray/auth_token)"]
         result = run_cli("competition.run", "exp=a", "fold=0,1", "launcher=ray", f"ray.address={address}",
                          "device=cpu", cwd=root, RAY_AUTH_MODE="token")  # two jobs at once on Ray's two CPUs
     assert result.returncode == 0, result.stdout + result.stderr
