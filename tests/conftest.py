@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -246,6 +248,18 @@ def tones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     write_tones_experiment(tmp_path)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers_put_back() -> Iterator[None]:
+    """A command or script a test runs in this process may set signal handlers meant for a process of its own: a
+    script's SIGTERM handler, torch's SIGCHLD handler for DataLoader workers (which would fire on every child process
+    that ends from then on, in any later test). Each is put back after the test."""
+    handlers = {number: signal.getsignal(number) for number in signal.valid_signals()}
+    yield
+    for number, handler in handlers.items():
+        if handler is not None and signal.getsignal(number) != handler:
+            signal.signal(number, handler)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

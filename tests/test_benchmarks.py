@@ -6,7 +6,6 @@ import importlib.util
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -65,8 +64,7 @@ def outputs() -> dict[str, int]:
 def smoke(name: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """benchmarks/<name>.py --smoke, its main run in this process from the repository root as a user runs it (a
     subprocess would spend about 8 s importing torch and the toolkit): the lines it printed. It must leave the
-    repository's outputs, the working directory, the environment and torch's threads as it found them; the signal
-    handlers it set are put back."""
+    repository's outputs, the working directory, the environment and torch's threads as it found them."""
     monkeypatch.chdir(REPO)
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # the scripts import common and each other
     spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
@@ -74,15 +72,7 @@ def smoke(name: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up while it loads
     spec.loader.exec_module(module)
     files, environment, threads = outputs(), dict(os.environ), torch.get_num_threads()
-    handlers = {number: signal.getsignal(number) for number in signal.valid_signals()}
-    try:
-        module.main(["--smoke"])
-    finally:
-        # a script's signal handlers are meant for its own process: exit_cleanly_on_sigterm's, and torch's SIGCHLD
-        # handler for DataLoader workers, which would fire on every child process that ends from then on
-        for number, handler in handlers.items():
-            if handler is not None and signal.getsignal(number) != handler:
-                signal.signal(number, handler)
+    module.main(["--smoke"])  # the signal handlers it sets are put back after the test (conftest)
     assert outputs() == files
     changed = {k for k in set(environment) | set(os.environ) if environment.get(k) != os.environ.get(k)}
     # torch's compile cache settings, set on first use, scikit-learn's OpenMP settings (KMP_*), set by its first
