@@ -193,8 +193,9 @@ class PseudoConfig:
 
     source: list[str] = field(default_factory=list)  # experiments whose folds label the clips; empty: none
     test: str = ""  # the clips: "" the configured test set (fold_<k>/test.csv), else a set predict named
-    threshold: float = 0.9  # keep clips whose most likely class has at least this probability
-    targets: str = "hard"  # hard: that class | soft: the probabilities (models fitted exactly take the class)
+    threshold: float = 0.9  # keep clips whose most likely class is this sure (multilabel: each class, present or not)
+    # hard: that class (multilabel: the classes at 0.5) | soft: the probabilities (models fitted exactly take the hard)
+    targets: str = "hard"
 
 
 @dataclass
@@ -525,9 +526,6 @@ def validate(cfg: DictConfig, origin: str, command_line: set[str] = frozenset())
         given = [where(key) for key in ("train.metric", "data.task")]
         raise UserError(f"{'command line' if 'command line' in given else origin}: 'train.metric' is {metric.name}, "
                         f"which does not score data.task={cfg.data.task} contests; choose one of {fitting}")
-    if cfg.data.task == "multilabel" and cfg.pseudo.source:
-        raise UserError(f"{where('pseudo.source')}: pseudo-labels are made for single-label contests only "
-                        "(data.task=single); leave pseudo.source empty")
     if cfg.train.focal_gamma < 0:
         raise UserError(f"{where('train.focal_gamma')}: 'train.focal_gamma' cannot be negative, got "
                         f"{cfg.train.focal_gamma}")

@@ -25,13 +25,14 @@ from competition.config import EXPERIMENTS_DIR
 from competition.errors import UserError
 from competition.foldrun import DONE, read_record
 from competition.predictions import read_preds
+from competition.task import task_of
 
 
 @dataclass
 class FoldLabels:
     """The unlabelled clips one fold trains on, with the sources' probabilities for them."""
 
-    ids: np.ndarray  # the clips whose most likely class reaches pseudo.threshold
+    ids: np.ndarray  # the clips sure enough (Task.sure: pseudo.threshold)
     probs: np.ndarray  # (clips, classes): the sources' mean probabilities, in the experiment's class order
     offered: int  # clips labelled, before the threshold
     digest: str  # SHA-256 over the prediction files they come from
@@ -49,8 +50,9 @@ def predictions_file(cfg: DictConfig) -> str:
 
 def fold_labels(cfg: DictConfig, classes: list[str], fold: int, fold_file: str) -> FoldLabels:
     """Fold `fold`'s pseudo-labels: each source's fold models' probabilities (their TTA views averaged), averaged over
-    the sources, the clips below pseudo.threshold left out. The sources must have been trained on this experiment's
-    fold file (its SHA-256 `fold_file`): on other folds their fold k would have trained on this fold k's clips."""
+    the sources, the clips not sure to pseudo.threshold left out (Task.sure). The sources must have been trained on
+    this experiment's fold file (its SHA-256 `fold_file`): on other folds their fold k would have trained on this fold
+    k's clips."""
     digest, parts = hashlib.sha256(), []
     for source in cfg.pseudo.source:
         for k in labelling_folds(fold):
@@ -84,5 +86,5 @@ def fold_labels(cfg: DictConfig, classes: list[str], fold: int, fold_file: str) 
             raise UserError(f"pseudo.source: {', '.join(cfg.pseudo.source)} predicted different clips in their "
                             f"{predictions_file(cfg)}; predict the same set with each")
         probs += part.p[position] / len(parts)
-    keep = probs.max(1) >= cfg.pseudo.threshold
+    keep = task_of(cfg).sure(probs, cfg.pseudo.threshold)
     return FoldLabels(ids[keep], probs[keep], len(ids), digest.hexdigest())

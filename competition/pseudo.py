@@ -85,8 +85,8 @@ def check_options(options: dict) -> tuple[int, list[str]]:
     except ValueError:
         threshold = -1.0
     if not 0.0 <= threshold <= 1.0:
-        raise UserError(f"threshold={options['threshold']}: give the probability a clip's most likely class needs to "
-                        "be kept, in [0, 1] (e.g. 0.9)")
+        raise UserError(f"threshold={options['threshold']}: give how sure a clip's labels must be for it to be "
+                        "kept, a probability in [0, 1] (e.g. 0.9)")
     if options["targets"] not in ("hard", "soft"):
         raise UserError(f"targets={options['targets']}: choose hard (the most likely class) or soft (the "
                         "probabilities)")

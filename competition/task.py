@@ -121,6 +121,18 @@ class Task:
             return [[classes[i]] for i in probs.argmax(1)]
         return [[c for c, hit in zip(classes, row) if hit] for row in probs >= threshold]
 
+    def sure(self, probs: np.ndarray, threshold: float) -> np.ndarray:
+        """The clips whose labels a pseudo-label round may take: the most likely class at `threshold` or above, or for
+        multilabel every class that sure, present (p >= threshold) or absent (p <= 1 - threshold), since a class
+        taken as absent is a label too."""
+        if not self.multilabel:
+            return probs.max(1) >= threshold
+        return np.maximum(probs, 1.0 - probs).min(1) >= threshold
+
+    def hard(self, probs: np.ndarray) -> np.ndarray:
+        """Probabilities as labels: the most likely class, or for multilabel every class at 0.5 or above."""
+        return (probs >= 0.5).astype(np.float32) if self.multilabel else probs.argmax(1)
+
     def one_hot(self, y: np.ndarray, n_classes: int) -> np.ndarray:
         """Labels as a (clips, classes) matrix, whatever the task."""
         return y.astype(np.float32) if self.multilabel else np.eye(n_classes, dtype=np.float32)[y]

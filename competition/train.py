@@ -64,10 +64,10 @@ class Part:
         return len(self.rows)
 
 
-def joined(part: Part, extra: Part, n_classes: int) -> Part:
+def joined(part: Part, extra: Part, task: Task, n_classes: int) -> Part:
     """A fold's training clips and its pseudo-labelled clips as one Part (soft targets for all, if the extra have
-    them: one-hot for the labelled clips)."""
-    soft = None if extra.soft is None else np.concatenate([np.eye(n_classes)[part.y], extra.soft])
+    them: the labelled clips' own labels as a matrix)."""
+    soft = None if extra.soft is None else np.concatenate([task.one_hot(part.y, n_classes), extra.soft])
     return Part(np.concatenate([part.ids, extra.ids]), JoinedCache(part.cache, extra.cache),
                 np.concatenate([part.rows, extra.rows + len(part.cache.clips)]), np.concatenate([part.y, extra.y]), soft)
 
@@ -93,6 +93,7 @@ class DataSet:
     folds: np.ndarray  # each training clip's fold; -1 is the locked holdout
     test: Part | None
     inputs: Inputs
+    task: Task
     pseudo: dict[int, Part] = field(default_factory=dict)  # fold -> its pseudo-labelled clips (competition.labels)
 
     def fold(self, fold: int) -> FoldData:
@@ -101,7 +102,7 @@ class DataSet:
 
         train, extra = part((self.folds != fold) & (self.folds >= 0)), self.pseudo.get(fold)
         if extra is not None and len(extra):
-            train = joined(train, extra, len(self.classes))
+            train = joined(train, extra, self.task, len(self.classes))
         return FoldData(self.classes, train, part(self.folds == fold), part(self.folds == -1), self.test,
                         len(extra) if extra is not None else 0)
 
@@ -131,7 +132,7 @@ def load_data(exp: Experiment) -> DataSet:
     pseudo, digests = pseudo_labelled(exp, classes, test, fold_file)
     inputs = Inputs(OmegaConf.to_container(cfg), list(exp.overrides), fold_file, train_cache.fingerprint,
                     test_fingerprint, digests)
-    return DataSet(classes, train, clips["fold"].to_numpy(), test, inputs, pseudo)
+    return DataSet(classes, train, clips["fold"].to_numpy(), test, inputs, task, pseudo)
 
 
 def answer_part(part: Part, cfg: DictConfig) -> Part:
@@ -160,7 +161,7 @@ def pseudo_labelled(exp: Experiment, classes: list[str], test: Part | None,
         except UserError as exc:
             raise UserError(f"pseudo.test={cfg.pseudo.test}: {exc}") from None
         split, cache = load_split(index_test(with_test_source(cfg, source)), cfg, skip_bad=True)
-        pool = Part(split.clips["id"].to_numpy(), cache, cache.rows(split.clips["path"]), None)
+        pool = answer_part(Part(split.clips["id"].to_numpy(), cache, cache.rows(split.clips["path"]), None), cfg)
     if pool is None:
         raise UserError(f"{exp.name}: pseudo.source is set but there are no clips to label: set data.test, or "
                         "pseudo.test=<the name of a set competition.predict predicted>")
@@ -171,7 +172,7 @@ def pseudo_labelled(exp: Experiment, classes: list[str], test: Part | None,
         if (position < 0).any():
             raise UserError(f"pseudo.source: clip {labels.ids[position < 0][0]} that {', '.join(cfg.pseudo.source)} "
                             "labelled is not among the clips to label now; predict the set again with the sources")
-        parts[fold] = Part(labels.ids, pool.cache, pool.rows[position], labels.probs.argmax(1),
+        parts[fold] = Part(labels.ids, pool.cache, pool.rows[position], task_of(cfg).hard(labels.probs),
                            labels.probs.astype(np.float32) if cfg.pseudo.targets == "soft" else None)
         digests[str(fold)] = labels.digest
     return parts, digests

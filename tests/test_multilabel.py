@@ -1,10 +1,11 @@
 """Multi-label contests (data.task=multilabel) from configuration alone: label lists and class columns read, folds
 that keep speakers whole and spread every class, BCE training of plain and SED heads (in one command and on the
-queue) and a tune, per-class blends with evidence, answers as label lists or probability columns, and predict and
+queue) and a tune, pseudo-labels, per-class blends with evidence, answers as label lists or probability columns, and predict and
 bundles reproducing them. The contest is 'chords' (tests/conftest.py): the tones mixed one to three at a time by
 competition.mixtures."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +162,44 @@ def test_smoothing_mixes_each_window_with_its_neighbours_in_the_same_recording_o
     assert out[:, 0] == pytest.approx([0.5 * 0.8 + 0.25 * 0.0 + 0.25 * 0.4, 0.75 * 0.0 + 0.25 * 0.8,
                                        0.75 * 0.4 + 0.25 * 0.8, 1.0])  # a lone window keeps its own
     assert smoothed(ids, probs, OmegaConf.merge(sub, {"smooth": 0.0})) is probs
+
+
+@pytest.mark.parametrize("clips", ["test clips", "test windows", "windows of a set predict named"])
+def test_pseudo_labels_take_the_clips_sure_of_every_class_and_train_on_them(chords: Path, clips: str,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    """A clip (or with submission.window a window of a soundscape, as BirdCLEF's rounds label them) is kept when every
+    class is sure, present or absent: an empty label list is a label too. Hard targets are the classes at 0.5, soft
+    ones the probabilities beside the labelled clips' own 0/1 rows; fold 0 trains on them."""
+    from competition import run
+    from competition.train import load_data
+    from conftest import run_verb
+    from test_pseudo import write_source_fold
+
+    scapes, window = {"path": "mix/soundscapes"}, {"window": 5} if clips != "test clips" else {}
+    named = {"test": "scapes"} if clips.endswith("named") else {}
+    source_test = {} if clips == "test clips" else {"data": {"test": scapes}}  # the set the source's folds predicted
+    write_chords_experiment(chords, "chords", submission=window, **source_test)
+    write_chords_experiment(chords, "pl", submission=window, pseudo={"source": ["chords"], "threshold": 0.8, **named},
+                            **({} if named else source_test))  # with test=scapes its own test set stays mix/test
+    labelled = load_data(load_experiment("chords")).test  # the clips, or windows, that the source predicted
+    ids = labelled.ids[:4]
+    probs = {ids[0]: [0.9, 0.1, 0.95], ids[1]: [0.9, 0.5, 0.1], ids[2]: [0.05, 0.1, 0.15], ids[3]: [0.85, 0.75, 0.1]}
+    for fold in range(3):
+        write_source_fold(chords, "chords", fold, probs, "test-scapes.csv" if named else "test.csv")
+    if named:  # what predict records of the set it named
+        (chords / "experiments" / "chords" / "test-scapes.json").write_text(json.dumps({"source": scapes}))
+    data = load_data(load_experiment("pl"))
+    extra = data.pseudo[0]
+    assert list(extra.ids) == [ids[0], ids[2]]  # ids[1]: 'low' at 0.5; ids[3]: 'low' at 0.75, neither sure
+    assert extra.y.tolist() == [[1, 0, 1], [0, 0, 0]] and extra.soft is None
+    part = data.fold(0)
+    assert part.n_pseudo == 2 and part.train.y[-2:].tolist() == extra.y.tolist()
+    assert np.array_equal(part.train.cache.crops(part.train.rows[-2:], 8000),
+                          labelled.cache.crops(labelled.rows[[0, 2]], 8000))  # the clips' (windows') own audio
+    soft = load_data(load_experiment("pl", ["pseudo.targets=soft"])).fold(0).train
+    assert np.allclose(soft.soft[-2:], [probs[ids[0]], probs[ids[2]]]) and np.array_equal(soft.soft[:-2], soft.y[:-2])
+    for targets in ("hard", "soft"):
+        code, _, err = run_verb(capsys, run, "exp=pl", "fold=0", "device=cpu", "train.epochs=1",
+                                f"pseudo.targets={targets}", "overwrite=true")
+        assert code == 0, err
+        assert json.loads((chords / "experiments" / "pl" / "fold_0" / "DONE").read_text())["n_pseudo"] == 2

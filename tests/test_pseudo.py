@@ -18,15 +18,15 @@ from conftest import error_line, run_verb, tone, train_every_fold, write_clip, w
 CLASSES = ["high", "low", "mid"]
 
 
-def write_source_fold(root: Path, exp: str, fold: int, probs: dict[str, list[float]]) -> None:
-    """A finished fold of `exp` as training leaves one, as far as labelling reads it: DONE, test.csv and the record
-    of what it was made from (run from `root`)."""
+def write_source_fold(root: Path, exp: str, fold: int, probs: dict[str, list[float]], file: str = "test.csv") -> None:
+    """A finished fold of `exp` as training leaves one, as far as labelling reads it: DONE, its predictions `file` and
+    the record of what it was made from (run from `root`)."""
     fold_dir = root / "experiments" / exp / f"fold_{fold}"
     fold_dir.mkdir(parents=True, exist_ok=True)
     record(fold_dir, load_data(load_experiment(exp)).inputs)
     (fold_dir / "DONE").write_text(json.dumps({"classes": CLASSES, "tta_views": ["plain"]}))
     rows = ["id,view," + ",".join(CLASSES)] + [f"{clip},plain,{','.join(map(str, p))}" for clip, p in probs.items()]
-    (fold_dir / "test.csv").write_text("\n".join(rows) + "\n")
+    (fold_dir / file).write_text("\n".join(rows) + "\n")
 
 
 @pytest.fixture
