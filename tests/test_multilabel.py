@@ -1,7 +1,7 @@
 """Multi-label contests (data.task=multilabel) from configuration alone: label lists and class columns read, folds
 that keep speakers whole and spread every class, BCE training of plain and SED heads (in one command and on the
-queue) and a tune, pseudo-labels, per-class blends with evidence, answers as label lists or probability columns, and predict and
-bundles reproducing them. The contest is 'chords' (tests/conftest.py): the tones mixed one to three at a time by
+queue) and a tune, pseudo-labels, per-class blends with evidence, answers as label lists or probability columns, and
+predict and bundles reproducing them. The contest is 'chords' (tests/conftest.py): the tones mixed one to three at a time by
 competition.mixtures."""
 from __future__ import annotations
 
