@@ -25,7 +25,7 @@ from competition.config import EXPERIMENTS_DIR
 from competition.errors import UserError
 from competition.foldrun import DONE, read_record
 from competition.predictions import read_preds
-from competition.task import task_of
+from competition.task import Task
 
 
 @dataclass
@@ -48,7 +48,7 @@ def predictions_file(cfg: DictConfig) -> str:
     return f"test-{cfg.pseudo.test}.csv" if cfg.pseudo.test else "test.csv"
 
 
-def fold_labels(cfg: DictConfig, classes: list[str], fold: int, fold_file: str) -> FoldLabels:
+def fold_labels(cfg: DictConfig, task: Task, classes: list[str], fold: int, fold_file: str) -> FoldLabels:
     """Fold `fold`'s pseudo-labels: each source's fold models' probabilities (their TTA views averaged), averaged over
     the sources, the clips not sure to pseudo.threshold left out (Task.sure). The sources must have been trained on
     this experiment's fold file (its SHA-256 `fold_file`): on other folds their fold k would have trained on this fold
@@ -86,5 +86,5 @@ def fold_labels(cfg: DictConfig, classes: list[str], fold: int, fold_file: str) 
             raise UserError(f"pseudo.source: {', '.join(cfg.pseudo.source)} predicted different clips in their "
                             f"{predictions_file(cfg)}; predict the same set with each")
         probs += part.p[position] / len(parts)
-    keep = task_of(cfg).sure(probs, cfg.pseudo.threshold)
+    keep = task.sure(probs, cfg.pseudo.threshold)
     return FoldLabels(ids[keep], probs[keep], len(ids), digest.hexdigest())

@@ -129,7 +129,7 @@ def load_data(exp: Experiment) -> DataSet:
         test = answer_part(Part(test_split.clips["id"].to_numpy(), test_cache, rows, None), cfg)
         test_fingerprint = test_cache.fingerprint
     fold_file = file_sha256(fold_path(cfg))
-    pseudo, digests = pseudo_labelled(exp, classes, test, fold_file)
+    pseudo, digests = pseudo_labelled(exp, task, classes, test, fold_file)
     inputs = Inputs(OmegaConf.to_container(cfg), list(exp.overrides), fold_file, train_cache.fingerprint,
                     test_fingerprint, digests)
     return DataSet(classes, train, clips["fold"].to_numpy(), test, inputs, task, pseudo)
@@ -144,7 +144,7 @@ def answer_part(part: Part, cfg: DictConfig) -> Part:
     return Part(ids, cache, rows, None)
 
 
-def pseudo_labelled(exp: Experiment, classes: list[str], test: Part | None,
+def pseudo_labelled(exp: Experiment, task: Task, classes: list[str], test: Part | None,
                     fold_file: str) -> tuple[dict[int, Part], dict[str, str]]:
     """Each fold's pseudo-labelled clips (competition.labels) and the digests of the predictions that labelled them;
     none without pseudo.source."""
@@ -167,12 +167,12 @@ def pseudo_labelled(exp: Experiment, classes: list[str], test: Part | None,
                         "pseudo.test=<the name of a set competition.predict predicted>")
     parts, digests = {}, {}
     for fold in range(cfg.folds.n_splits):
-        labels = fold_labels(cfg, classes, fold, fold_file)
+        labels = fold_labels(cfg, task, classes, fold, fold_file)
         position = pd.Index(pool.ids).get_indexer(labels.ids)
         if (position < 0).any():
             raise UserError(f"pseudo.source: clip {labels.ids[position < 0][0]} that {', '.join(cfg.pseudo.source)} "
                             "labelled is not among the clips to label now; predict the set again with the sources")
-        parts[fold] = Part(labels.ids, pool.cache, pool.rows[position], task_of(cfg).hard(labels.probs),
+        parts[fold] = Part(labels.ids, pool.cache, pool.rows[position], task.hard(labels.probs),
                            labels.probs.astype(np.float32) if cfg.pseudo.targets == "soft" else None)
         digests[str(fold)] = labels.digest
     return parts, digests
